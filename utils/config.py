@@ -1,0 +1,284 @@
+"""The one configuration schema.
+
+Every key the code reads has its default here. A YAML file overrides these defaults
+(it may inherit from other files with ``BASE: [file, ...]``), ``MODEL.MODEL_CONFIG_PATH``
+may name a further YAML file with the architecture hyper-parameters, and ``--opts KEY
+VALUE ...`` overrides everything last. An unknown key is an error naming the key and
+the file it came from.
+"""
+import os
+from typing import Iterable, Optional, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.BASE = [""]
+
+# -----------------------------------------------------------------------------
+# Data
+# -----------------------------------------------------------------------------
+_C.DATA = CN()
+# One of the names in data/datasets.py, or "custom" (then MODEL.NUM_CLASSES is required).
+_C.DATA.DATASET = "ImageNet-1K"
+# Training images; the file list's paths are relative to this folder.
+_C.DATA.DATA_PATH_TRAIN = ""
+# File list of the training set, relative to DATA_PATH_TRAIN unless absolute.
+# `--coreset FILE` replaces it for one run.
+_C.DATA.TRAIN_FILE_LIST = "file_list.txt"
+# Validation images and their file list (relative to DATA_PATH_VAL unless absolute).
+_C.DATA.DATA_PATH_VAL = ""
+_C.DATA.VAL_FILE_LIST = "file_list.txt"
+# Per-process batch sizes.
+_C.DATA.BATCH_SIZE_TRAIN = 128
+_C.DATA.BATCH_SIZE_VAL = 128
+_C.DATA.IMG_SIZE = 224
+# bicubic | bilinear | triangular | nearest
+_C.DATA.INTERPOLATION = "bicubic"
+# Worker processes that read files for the DALI pipeline, per process.
+_C.DATA.NUM_WORKERS = 4
+# DALI threads per pipeline.
+_C.DATA.NUM_THREADS = 4
+_C.DATA.PREFETCH = 2
+# auto: "mixed" (nvJPEG on LOCAL_RANK's GPU) when CUDA is available, else "cpu".
+_C.DATA.DECODE_DEVICE = "auto"
+# ImageNet-ReaL evaluation (real.json: 50,000 label lists in val file-list order).
+_C.DATA.REAL_LABEL = False
+_C.DATA.REAL_JSON_PATH = ""
+# ImageNet-21K (raw) models evaluated on ImageNet-1K val: 1,000 column indices.
+_C.DATA.MAPPING_DICT_PATH = ""
+
+# -----------------------------------------------------------------------------
+# Model
+# -----------------------------------------------------------------------------
+_C.MODEL = CN()
+# swin | swinv2 | resnet | convnext | vit | timm
+_C.MODEL.TYPE = "swin"
+# A label for logs; for TYPE resnet and timm it is the timm architecture name.
+_C.MODEL.NAME = "swin_tiny_patch4_window7_224"
+# A YAML file with architecture hyper-parameters, merged into this config.
+_C.MODEL.MODEL_CONFIG_PATH = ""
+# Weights to start from (set by --pretrain); a mismatched head is re-initialised.
+_C.MODEL.PRETRAINED = ""
+# A checkpoint to resume from (set by --resume); else TRAIN.AUTO_RESUME looks in OUTPUT.
+_C.MODEL.RESUME = ""
+# 0: the class count of DATA.DATASET.
+_C.MODEL.NUM_CLASSES = 0
+_C.MODEL.DROP_RATE = 0.0
+_C.MODEL.DROP_PATH_RATE = 0.1
+_C.MODEL.LABEL_SMOOTHING = 0.1
+
+_C.MODEL.SWIN = CN()
+_C.MODEL.SWIN.PATCH_SIZE = 4
+_C.MODEL.SWIN.IN_CHANS = 3
+_C.MODEL.SWIN.EMBED_DIM = 96
+_C.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]
+_C.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]
+_C.MODEL.SWIN.WINDOW_SIZE = 7
+_C.MODEL.SWIN.MLP_RATIO = 4.0
+_C.MODEL.SWIN.QKV_BIAS = True
+_C.MODEL.SWIN.APE = False
+_C.MODEL.SWIN.PATCH_NORM = True
+
+_C.MODEL.SWINV2 = CN()
+_C.MODEL.SWINV2.PATCH_SIZE = 4
+_C.MODEL.SWINV2.IN_CHANS = 3
+_C.MODEL.SWINV2.EMBED_DIM = 96
+_C.MODEL.SWINV2.DEPTHS = [2, 2, 6, 2]
+_C.MODEL.SWINV2.NUM_HEADS = [3, 6, 12, 24]
+_C.MODEL.SWINV2.WINDOW_SIZE = 8
+_C.MODEL.SWINV2.MLP_RATIO = 4.0
+_C.MODEL.SWINV2.QKV_BIAS = True
+_C.MODEL.SWINV2.PRETRAINED_WINDOW_SIZES = [0, 0, 0, 0]
+
+_C.MODEL.CONVNEXT = CN()
+_C.MODEL.CONVNEXT.IN_CHANS = 3
+_C.MODEL.CONVNEXT.DEPTHS = [3, 3, 9, 3]
+_C.MODEL.CONVNEXT.DIMS = [96, 192, 384, 768]
+_C.MODEL.CONVNEXT.LAYER_SCALE_INIT_VALUE = 1e-6
+_C.MODEL.CONVNEXT.HEAD_INIT_SCALE = 1.0
+
+_C.MODEL.VIT = CN()
+_C.MODEL.VIT.PATCH_SIZE = 16
+_C.MODEL.VIT.IN_CHANS = 3
+_C.MODEL.VIT.EMBED_DIM = 768
+_C.MODEL.VIT.DEPTH = 12
+_C.MODEL.VIT.NUM_HEADS = 12
+_C.MODEL.VIT.MLP_RATIO = 4.0
+_C.MODEL.VIT.QKV_BIAS = True
+
+# -----------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------
+_C.TRAIN = CN()
+_C.TRAIN.START_EPOCH = 0
+_C.TRAIN.EPOCHS = 300
+_C.TRAIN.WARMUP_EPOCHS = 20
+_C.TRAIN.WEIGHT_DECAY = 0.05
+# The learning rate itself (not scaled by the batch size).
+_C.TRAIN.BASE_LR = 1e-3
+_C.TRAIN.WARMUP_LR = 1e-6
+_C.TRAIN.MIN_LR = 1e-5
+# 0 disables clipping.
+_C.TRAIN.CLIP_GRAD = 5.0
+_C.TRAIN.AUTO_RESUME = True
+_C.TRAIN.ACCUMULATION_STEPS = 1
+# Gradient checkpointing, to trade compute for memory.
+_C.TRAIN.USE_CHECKPOINT = False
+
+_C.TRAIN.LR_SCHEDULER = CN()
+# cosine | linear | step | multistep
+_C.TRAIN.LR_SCHEDULER.NAME = "cosine"
+# step: decay every DECAY_EPOCHS; multistep: at each of MULTISTEPS.
+_C.TRAIN.LR_SCHEDULER.DECAY_EPOCHS = 30
+_C.TRAIN.LR_SCHEDULER.DECAY_RATE = 0.1
+_C.TRAIN.LR_SCHEDULER.MULTISTEPS = []
+
+_C.TRAIN.OPTIMIZER = CN()
+# adamw | sgd | fusedadam | fusedlamb (the last two need NVIDIA apex)
+_C.TRAIN.OPTIMIZER.NAME = "adamw"
+_C.TRAIN.OPTIMIZER.EPS = 1e-8
+_C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
+_C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
+_C.TRAIN.OPTIMIZER.NESTEROV = False
+
+# -----------------------------------------------------------------------------
+# Augmentation (train view only)
+# -----------------------------------------------------------------------------
+_C.AUG = CN()
+_C.AUG.RANDOM_RESIZED_CROP_SCALE = (0.08, 1.0)
+_C.AUG.RANDOM_RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_C.AUG.HORIZONTAL_FLIP = True
+# ImageNet AutoAugment policy (DALI's auto_augment_image_net).
+_C.AUG.AUTO_AUGMENT = True
+# Mixup / CutMix (timm); both 0 disables them.
+_C.AUG.MIXUP = 0.8
+_C.AUG.CUTMIX = 1.0
+_C.AUG.CUTMIX_MINMAX = None
+_C.AUG.MIXUP_PROB = 1.0
+_C.AUG.MIXUP_SWITCH_PROB = 0.5
+# batch | pair | elem
+_C.AUG.MIXUP_MODE = "batch"
+
+# -----------------------------------------------------------------------------
+# Testing
+# -----------------------------------------------------------------------------
+_C.TEST = CN()
+# True: resize the shorter side to IMG_SIZE / CROP_PCT, then centre-crop IMG_SIZE.
+# False: resize straight to IMG_SIZE x IMG_SIZE.
+_C.TEST.CROP = True
+_C.TEST.CROP_PCT = 0.875
+
+# -----------------------------------------------------------------------------
+# Speed-ups, each optional with a plain-PyTorch fallback
+# -----------------------------------------------------------------------------
+_C.ACCELERATION = CN()
+# Swin: fused roll + window partition CUDA kernel (kernels/window_process).
+_C.ACCELERATION.FUSED_WINDOW_PROCESS = False
+# apex FusedLayerNorm when NVIDIA apex is importable, else torch.nn.LayerNorm.
+_C.ACCELERATION.FUSED_LAYERNORM = False
+
+# -----------------------------------------------------------------------------
+# Misc
+# -----------------------------------------------------------------------------
+# Mixed precision on CUDA (always off on CPU).
+_C.AMP_ENABLE = True
+# float16 | bfloat16
+_C.AMP_DTYPE = "float16"
+_C.COMPILE_ENABLE = False
+_C.OUTPUT = ""
+# Save a checkpoint every SAVE_FREQ epochs (and after the last epoch).
+_C.SAVE_FREQ = 1
+_C.PRINT_FREQ = 10
+_C.SEED = 0
+_C.EVAL_MODE = False
+_C.THROUGHPUT_MODE = False
+
+
+def get_defaults() -> CN:
+    """A mutable copy of the defaults."""
+    return _C.clone()
+
+
+def _read_yaml(path: str) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(node: CN, data: dict, source: str, prefix: str = "") -> None:
+    """Raise naming the first key of `data` that the schema does not have."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in node:
+            raise KeyError(f"{source}: unknown config key {full}")
+        if isinstance(value, dict):
+            if not isinstance(node[key], CN):
+                raise KeyError(f"{source}: {full} is a value, not a section")
+            _check_keys(node[key], value, source, full + ".")
+
+
+def _merge_file(config: CN, path: str, seen: Sequence[str] = ()) -> None:
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ValueError(f"{path}: BASE inheritance loops back to this file")
+    data = _read_yaml(path)
+    for base in data.pop("BASE", None) or []:
+        if base:
+            _merge_file(config, os.path.join(os.path.dirname(path), base), (*seen, path))
+    _check_keys(config, data, path)
+    try:
+        config.merge_from_other_cfg(CN(data))
+    except (KeyError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def _merge_opts(config: CN, opts: Sequence[str]) -> None:
+    if len(opts) % 2:
+        raise ValueError(f"--opts needs KEY VALUE pairs, got an odd count: {list(opts)}")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node = config
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, CN) or part not in node:
+                raise KeyError(f"--opts: unknown config key {key}")
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            config.merge_from_list([key, value])
+        except (KeyError, ValueError, AssertionError) as e:
+            raise ValueError(f"--opts {key} {value}: {e}") from None
+
+
+def load_config(path: Optional[str], opts: Iterable[str] = ()) -> CN:
+    """Defaults, then `path` (with its BASE files), then its MODEL_CONFIG_PATH, then `opts`.
+
+    Returns a frozen CfgNode.
+    """
+    opts = list(opts or [])
+    config = get_defaults()
+    if path:
+        _merge_file(config, path)
+    # The opts may set MODEL.MODEL_CONFIG_PATH themselves: apply them once to find it.
+    _merge_opts(config, opts)
+    model_cfg = config.MODEL.MODEL_CONFIG_PATH
+    if model_cfg:
+        if not os.path.isabs(model_cfg) and path and not os.path.exists(model_cfg):
+            model_cfg = os.path.join(os.path.dirname(os.path.abspath(path)), model_cfg)
+        _merge_file(config, model_cfg)
+        _merge_opts(config, opts)  # the command line still wins
+    config.freeze()
+    return config
+
+
+def config_to_yaml(config: CN) -> str:
+    return config.dump()
