@@ -1,0 +1,90 @@
+"""Data factory: the file lists of a run, and one loader per epoch."""
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from data.datasets import dataset_info
+from data.file_list import FileList, read_file_list
+from data.pipeline import DaliLoader, ViewSpec
+from data.reader import BatchReader, eval_shard, pipeline_seed, train_shard
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve(path: str, root: str) -> str:
+    return path if os.path.isabs(path) else os.path.join(root, path)
+
+
+@dataclass
+class RunData:
+    """The file lists of a run, read and validated once at start-up."""
+
+    train: FileList
+    val: Optional[FileList]
+
+
+def load_file_lists(config, coreset: Optional[str] = None, need_val: bool = True) -> RunData:
+    """Read the train list (or the coreset) and the val list, checking labels against
+    MODEL.NUM_CLASSES. Sizes that differ from the dataset table's are a warning."""
+    num_classes = config.MODEL.NUM_CLASSES
+    train_root = config.DATA.DATA_PATH_TRAIN
+    train_path = coreset or _resolve(config.DATA.TRAIN_FILE_LIST, train_root)
+    train = read_file_list(train_path, root=train_root, num_classes=num_classes)
+    val = None
+    if need_val and config.DATA.DATA_PATH_VAL:
+        val_root = config.DATA.DATA_PATH_VAL
+        info = dataset_info(config.DATA.DATASET)
+        val_classes = 1000 if info is not None and info.val_is_1k_via_mapping else num_classes
+        val = read_file_list(_resolve(config.DATA.VAL_FILE_LIST, val_root), root=val_root, num_classes=val_classes)
+    info = dataset_info(config.DATA.DATASET)
+    if info is not None:
+        if coreset is None and info.train_size and len(train) != info.train_size:
+            logger.warning(f"{train.path}: {len(train)} lines, {config.DATA.DATASET} has {info.train_size} training images")
+        if val is not None and info.val_size and len(val) != info.val_size:
+            logger.warning(f"{val.path}: {len(val)} lines, {config.DATA.DATASET} has {info.val_size} validation images")
+    return RunData(train, val)
+
+
+DECODE_DEVICES = ("auto", "mixed", "cpu")
+
+
+def dali_device_id(config, device_id: Optional[int]) -> Optional[int]:
+    """The GPU DALI decodes on ("mixed"), or None for a CPU-only pipeline."""
+    choice = config.DATA.DECODE_DEVICE
+    if choice not in DECODE_DEVICES:
+        raise ValueError(f"DATA.DECODE_DEVICE: unknown value {choice!r}; known: {', '.join(DECODE_DEVICES)}")
+    if choice == "mixed" and device_id is None:
+        raise ValueError("DATA.DECODE_DEVICE is 'mixed' but this process has no CUDA device")
+    return None if choice == "cpu" else device_id
+
+
+def _loader(config, file_list: FileList, order, batch_size: int, spec: ViewSpec, seed: int, device_id) -> DaliLoader:
+    reader = BatchReader(file_list, order, batch_size, threads=config.DATA.NUM_WORKERS)
+    return DaliLoader(reader, spec, seed=seed, device_id=dali_device_id(config, device_id),
+                      num_threads=config.DATA.NUM_THREADS,
+                      prefetch=config.DATA.PREFETCH)
+
+
+def build_train_loader(config, file_list: FileList, epoch: int, rank: int, world_size: int,
+                       device_id: Optional[int], eval_view: bool = False) -> DaliLoader:
+    """The training loader of one epoch; its order and augmentation depend only on
+    (SEED, epoch, rank, world size), so a resumed run repeats an uninterrupted one."""
+    batch_size = config.DATA.BATCH_SIZE_TRAIN
+    order = train_shard(len(file_list), config.SEED, epoch, rank, world_size, batch_size)
+    spec = ViewSpec(
+        img_size=config.DATA.IMG_SIZE, interpolation=config.DATA.INTERPOLATION, train=True, eval_view=eval_view,
+        auto_augment=config.AUG.AUTO_AUGMENT, hflip=config.AUG.HORIZONTAL_FLIP,
+        crop_scale=tuple(config.AUG.RANDOM_RESIZED_CROP_SCALE), crop_ratio=tuple(config.AUG.RANDOM_RESIZED_CROP_RATIO),
+    )
+    return _loader(config, file_list, order, batch_size, spec, pipeline_seed(config.SEED, epoch, rank), device_id)
+
+
+def build_val_loader(config, file_list: FileList, rank: int, world_size: int, device_id: Optional[int]) -> DaliLoader:
+    """Every validation image exactly once across ranks."""
+    spec = ViewSpec(
+        img_size=config.DATA.IMG_SIZE, interpolation=config.DATA.INTERPOLATION, train=False,
+        test_crop=config.TEST.CROP, crop_pct=config.TEST.CROP_PCT,
+    )
+    order = eval_shard(len(file_list), rank, world_size)
+    return _loader(config, file_list, order, config.DATA.BATCH_SIZE_VAL, spec, 0, device_id)

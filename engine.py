@@ -1,0 +1,200 @@
+"""The training loop: one epoch of training, validation, and throughput measurement.
+
+Produce mode is not a second loop: `train_one_epoch` takes an optional recorder that sees
+each batch's eval view before the update.
+"""
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+from torch import nn
+
+from utils.distributed import all_reduce_
+
+logger = logging.getLogger(__name__)
+
+
+class AverageMeter:
+    def __init__(self):
+        self.sum, self.count = 0.0, 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.sum += value * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(1, self.count)
+
+
+@dataclass
+class StepContext:
+    """What one training step needs besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: "object"  # utils.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    scaler: Optional[torch.amp.GradScaler]
+    autocast: Callable[[], object]  # returns a fresh autocast context
+    accumulation_steps: int = 1
+    clip_grad: float = 0.0
+    mixup: Optional[Callable] = None
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], ctx: StepContext, epoch: int,
+                    device: torch.device, print_freq: int = 10, recorder=None,
+                    recorder_model: Optional[nn.Module] = None) -> Dict[str, float]:
+    """One pass over `loader`. With a recorder, each batch's ``eval_images`` go through
+    `recorder_model` (the model without its DDP wrapper) before the update."""
+    model.train()
+    num_steps = len(loader)
+    loss_meter, norm_meter = AverageMeter(), AverageMeter()
+    # Losses and norms stay on the device; they are read back only every print_freq steps.
+    loss_sum, window = torch.zeros((), device=device), 0
+    start = time.time()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    for step, batch in enumerate(loader):
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        if recorder is not None:
+            recorder.record(recorder_model, batch["eval_images"].to(device, non_blocking=True), labels,
+                            batch["indices"].to(device, non_blocking=True), ctx.autocast())
+        targets = labels
+        if ctx.mixup is not None:
+            images, targets = ctx.mixup(images, labels)
+        update = (step + 1) % ctx.accumulation_steps == 0 or step + 1 == num_steps
+        sync = nullcontext() if update or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with ctx.autocast():
+                output = model(images)
+                loss = ctx.criterion(output, targets)
+            scaled = loss / ctx.accumulation_steps
+            if ctx.scaler is not None:
+                ctx.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        loss_sum += loss.detach()
+        window += 1
+        if update:
+            if ctx.scaler is not None:
+                ctx.scaler.unscale_(ctx.optimizer)
+            if ctx.clip_grad > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
+            else:
+                grad_norm = torch.zeros((), device=device)
+            if ctx.scaler is not None:
+                ctx.scaler.step(ctx.optimizer)
+                ctx.scaler.update()
+            else:
+                ctx.optimizer.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+            ctx.scheduler.step()
+        if (step + 1) % print_freq == 0 or step + 1 == num_steps:
+            loss_meter.update(loss_sum.item() / window, window)
+            loss_sum.zero_()
+            window = 0
+            if update and ctx.clip_grad > 0:
+                norm = float(grad_norm)
+                if math.isfinite(norm):
+                    norm_meter.update(norm)
+            lr = ctx.optimizer.param_groups[0]["lr"]
+            elapsed = time.time() - start
+            logger.info(f"train epoch {epoch} [{step + 1}/{num_steps}] lr {lr:.3e} loss {loss_meter.avg:.4f} "
+                        f"grad_norm {norm_meter.avg:.3f} {elapsed / (step + 1):.3f}s/step")
+    epoch_time = time.time() - start
+    return {"train_loss": loss_meter.avg, "grad_norm": norm_meter.avg, "epoch_time": epoch_time,
+            "lr": ctx.optimizer.param_groups[0]["lr"]}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], device: torch.device,
+             autocast: Callable[[], object] = nullcontext, logit_columns: Optional[torch.Tensor] = None,
+             real_labels=None) -> Dict[str, float]:
+    """Top-1/top-5 (and loss) over the loader; sums and counts are reduced across ranks,
+    so every validation image counts exactly once.
+
+    `logit_columns`: restrict the logits to these classes first (a 21K model on 1K val).
+    `real_labels`: an object with ``hits(indices, top5_predictions) -> (top1_hits,
+    top5_hits, counted)`` tensors for ImageNet-ReaL.
+    """
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    totals = torch.zeros(7, dtype=torch.float64, device=device)  # loss, top1, top5, n, real1, real5, real_n
+    for batch in loader:
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        with autocast():
+            logits = model(images)
+        logits = logits.float()
+        if logit_columns is not None:
+            logits = logits.index_select(1, logit_columns)
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top5 == labels.view(-1, 1)
+        totals[0] += criterion(logits, labels).double()
+        totals[1] += hits[:, 0].sum()
+        totals[2] += hits.any(dim=1).sum()
+        totals[3] += labels.numel()
+        if real_labels is not None:
+            r1, r5, rn = real_labels.hits(batch["indices"], top5)
+            totals[4] += r1
+            totals[5] += r5
+            totals[6] += rn
+    all_reduce_(totals)
+    loss, top1, top5_, n, r1, r5, rn = totals.tolist()
+    metrics = {"val_loss": loss / max(1, n), "acc1": 100 * top1 / max(1, n), "acc5": 100 * top5_ / max(1, n),
+               "val_samples": int(n)}
+    if real_labels is not None:
+        metrics.update({"real_acc1": 100 * r1 / max(1, rn), "real_acc5": 100 * r5 / max(1, rn),
+                        "real_samples": int(rn)})
+    return metrics
+
+
+def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def throughput(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx: StepContext,
+               device: torch.device, warmup: int = 10, iters: int = 30) -> Dict[str, float]:
+    """Images per second for a forward pass (eval) and for a full training step, on one
+    process, with one real batch repeated."""
+    images, labels = images.to(device), labels.to(device)
+    n = images.shape[0]
+
+    def forward():
+        with torch.no_grad(), ctx.autocast():
+            model(images)
+
+    def train_step():
+        inputs, targets = ctx.mixup(images, labels) if ctx.mixup is not None else (images, labels)
+        with ctx.autocast():
+            loss = ctx.criterion(model(inputs), targets)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.step(ctx.optimizer)
+            ctx.scaler.update()
+        else:
+            loss.backward()
+            ctx.optimizer.step()
+        ctx.optimizer.zero_grad(set_to_none=True)
+
+    model.eval()
+    fwd = _time_it(forward, device, warmup, iters)
+    model.train()
+    step = _time_it(train_step, device, warmup, iters)
+    result = {"batch_size": n, "forward_img_per_s": n / fwd, "train_step_img_per_s": n / step}
+    logger.info(f"throughput (per process, batch {n}): forward {result['forward_img_per_s']:.1f} img/s, "
+                f"train step {result['train_step_img_per_s']:.1f} img/s")
+    return result

@@ -1,0 +1,249 @@
+"""Train an image classifier (optionally on a coreset) and report validation accuracy.
+
+    torchrun --nproc_per_node=8 main.py --config configs/swin-tiny-1k.yaml \
+        [--coreset CORESET] [--pretrain CKPT] --output OUT [--opts KEY VALUE ...]
+
+`main_and_produce.py` is this same program with the prediction recorder switched on.
+"""
+import argparse
+import logging
+import os
+import random
+from contextlib import nullcontext
+from functools import partial
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from data.build import build_train_loader, build_val_loader, load_file_lists
+from data.datasets import dataset_info
+from data.val_labels import RealLabels, val_logit_columns
+from engine import StepContext, evaluate, throughput, train_one_epoch
+from models.build import build_model
+from models.pretrained import adapt_pretrained_state
+from utils.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from utils.config import load_config
+from utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from utils.io import atomic_write_text
+from utils.logger import MetricsLog, setup_logging
+from utils.lr_scheduler import LRScheduler
+from utils.optimizer import build_optimizer
+from utils.prediction_recorder import PredictionRecorder
+
+logger = logging.getLogger("main")
+
+
+def parse_args(argv: Optional[Sequence[str]] = None, produce: bool = False) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train and record per-sample predictions every epoch" if produce else "Train and evaluate"
+    )
+    parser.add_argument("--config", required=True, help="YAML config (overrides utils/config.py defaults)")
+    parser.add_argument("--output", required=True, help="output folder (logs, checkpoints, history)")
+    parser.add_argument("--coreset", help="train on this file list instead of DATA.TRAIN_FILE_LIST")
+    parser.add_argument("--pretrain", help="start from these weights (sets MODEL.PRETRAINED)")
+    parser.add_argument("--resume", help="resume from this checkpoint (else TRAIN.AUTO_RESUME looks in --output)")
+    parser.add_argument("--eval", action="store_true", help="only validate (sets EVAL_MODE)")
+    parser.add_argument("--throughput", action="store_true", help="only measure speed (sets THROUGHPUT_MODE)")
+    parser.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="config overrides, applied last")
+    return parser.parse_args(argv)
+
+
+def setup_config(args: argparse.Namespace):
+    """The run's config: file, --opts, then the command-line flags and the derived class count."""
+    opts = list(args.opts)
+    opts += ["OUTPUT", args.output]
+    if args.pretrain:
+        opts += ["MODEL.PRETRAINED", args.pretrain]
+    if args.resume:
+        opts += ["MODEL.RESUME", args.resume]
+    if args.eval:
+        opts += ["EVAL_MODE", "True"]
+    if args.throughput:
+        opts += ["THROUGHPUT_MODE", "True"]
+    config = load_config(args.config, opts)
+    info = dataset_info(config.DATA.DATASET)
+    if config.MODEL.NUM_CLASSES == 0:
+        if info is None:
+            raise ValueError(f"{args.config}: DATA.DATASET is custom, so MODEL.NUM_CLASSES must be set")
+        config.defrost()
+        config.MODEL.NUM_CLASSES = info.num_classes
+        config.freeze()
+    elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
+        logging.getLogger("main").warning(
+            f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
+    return config
+
+
+def seed_everything(seed: int, epoch: int, rank: int) -> None:
+    """Seed every generator from (SEED, epoch, rank) at the start of each epoch, so that a
+    run resumed at epoch E draws exactly what an uninterrupted run draws at epoch E."""
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[1]))
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def make_autocast(config, device: torch.device):
+    if device.type != "cuda" or not config.AMP_ENABLE:
+        return nullcontext, None
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+    if config.AMP_DTYPE not in dtypes:
+        raise ValueError(f"AMP_DTYPE: unknown dtype {config.AMP_DTYPE!r}; known: float16, bfloat16")
+    dtype = dtypes[config.AMP_DTYPE]
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return partial(torch.autocast, "cuda", dtype=dtype), scaler
+
+
+def make_criterion(config, num_classes: int):
+    aug = config.AUG
+    if aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
+                      prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
+                      label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(label_smoothing=config.MODEL.LABEL_SMOOTHING), None
+
+
+def checkpoint_state(config, epoch: int, model: nn.Module, ctx: StepContext, metrics: dict) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "lr_scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
+        "epoch": epoch,
+        "config": config.dump(),
+        "metrics": metrics,
+    }
+
+
+def resume(config, model: nn.Module, ctx: StepContext) -> int:
+    """Restore from MODEL.RESUME or the newest complete checkpoint in OUTPUT; returns the
+    first epoch still to run."""
+    if config.MODEL.RESUME:
+        found = (config.MODEL.RESUME, load_checkpoint(config.MODEL.RESUME))
+    elif config.TRAIN.AUTO_RESUME:
+        found = latest_checkpoint(config.OUTPUT)
+    else:
+        found = None
+    if found is None:
+        return config.TRAIN.START_EPOCH
+    path, state = found
+    model.load_state_dict(state["model"])
+    if not config.EVAL_MODE:
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.scheduler.load_state_dict(state["lr_scheduler"])
+        if ctx.scaler is not None and state.get("scaler"):
+            ctx.scaler.load_state_dict(state["scaler"])
+    logger.info(f"resumed from {path} (epoch {state['epoch']})")
+    return int(state["epoch"]) + 1
+
+
+def main(args: argparse.Namespace, produce: bool = False) -> dict:
+    config = setup_config(args)
+    dist_info: DistInfo = init_distributed()
+    device = dist_info.device
+    setup_logging(config.OUTPUT, dist_info.rank)
+    if dist_info.is_primary:
+        atomic_write_text(os.path.join(config.OUTPUT, "config.yaml"), config.dump())
+    logger.info(f"{'produce' if produce else 'train'} on {dist_info.world_size} process(es), device {device}")
+
+    data = load_file_lists(config, coreset=args.coreset)
+    logger.info(f"train list {data.train.path}: {len(data.train)} images; "
+                f"val: {len(data.val) if data.val is not None else 'none'}")
+
+    model = build_model(config).to(device)
+    if hasattr(model, "flops"):
+        logger.info(f"GFLOPs per image: {model.flops() / 1e9:.2f}")
+    logger.info(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    if config.MODEL.PRETRAINED:
+        load_pretrained(model, config.MODEL.PRETRAINED, adapt=partial(adapt_pretrained_state, config))
+
+    autocast, scaler = make_autocast(config, device)
+    criterion, mixup = make_criterion(config, config.MODEL.NUM_CLASSES)
+    optimizer = build_optimizer(config, model)
+    batches = (len(data.train) // dist_info.world_size) // config.DATA.BATCH_SIZE_TRAIN
+    updates_per_epoch = -(-batches // config.TRAIN.ACCUMULATION_STEPS)
+    scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
+    ctx = StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
+                      config.TRAIN.CLIP_GRAD, mixup)
+    start_epoch = resume(config, model, ctx)
+
+    # The module that runs: compiled if asked, wrapped in DDP when distributed. The
+    # recorder and validation use it without the DDP wrapper (no collectives there).
+    fwd_model = torch.compile(model) if config.COMPILE_ENABLE else model
+    train_model = fwd_model
+    if dist_info.world_size > 1:
+        train_model = DistributedDataParallel(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    val_loader = partial(build_val_loader, config, data.val, dist_info.rank, dist_info.world_size,
+                         dist_info.device_id) if data.val is not None else None
+    logit_columns = val_logit_columns(config, device)
+    real = RealLabels(config.DATA.REAL_JSON_PATH, len(data.val), device) if (
+        config.DATA.REAL_LABEL and data.val is not None) else None
+    validate = partial(evaluate, fwd_model, device=device, autocast=autocast, logit_columns=logit_columns,
+                       real_labels=real)
+
+    try:
+        if config.THROUGHPUT_MODE:
+            seed_everything(config.SEED, start_epoch, dist_info.rank)
+            batch = next(iter(build_train_loader(config, data.train, start_epoch, dist_info.rank,
+                                                 dist_info.world_size, dist_info.device_id)))
+            return throughput(fwd_model, batch["images"], batch["labels"], ctx, device)
+        if config.EVAL_MODE:
+            if val_loader is None:
+                raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
+            metrics = validate(val_loader())
+            logger.info(f"validation: {metrics}")
+            return metrics
+        return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce,
+                   val_loader, validate)
+    finally:
+        cleanup()
+
+
+def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
+        validate) -> dict:
+    metrics_log = MetricsLog(config.OUTPUT)
+    recorder = None
+    if produce:
+        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary)
+        recorder.resume_from(start_epoch)
+    if dist_info.is_primary:
+        metrics_log.truncate_from(start_epoch)
+    barrier()
+    record = {}
+    best = 0.0
+    for epoch in range(start_epoch, config.TRAIN.EPOCHS):
+        seed_everything(config.SEED, epoch, dist_info.rank)
+        loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
+                                    dist_info.device_id, eval_view=produce)
+        if recorder is not None:
+            recorder.start_epoch()
+        stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
+                                recorder=recorder, recorder_model=fwd_model)
+        if recorder is not None:
+            recorder.end_epoch(epoch)
+        record = {"epoch": epoch, **stats}
+        if val_loader is not None:
+            record.update(validate(val_loader()))
+            best = max(best, record["acc1"])
+            record["best_acc1"] = best
+            logger.info(f"epoch {epoch}: top-1 {record['acc1']:.2f}% top-5 {record['acc5']:.2f}% "
+                        f"(best {best:.2f}%) on {record['val_samples']} images")
+        last = epoch + 1 == config.TRAIN.EPOCHS
+        if dist_info.is_primary:
+            if (epoch + 1) % config.SAVE_FREQ == 0 or last:
+                save_checkpoint(checkpoint_path(config.OUTPUT, epoch), checkpoint_state(config, epoch, model, ctx, record))
+            metrics_log.append(record)
+        barrier()
+    return record
+
+
+if __name__ == "__main__":
+    main(parse_args())

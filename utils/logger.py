@@ -1,0 +1,47 @@
+"""Logging for a run: a human log per rank, the console on rank 0, and one JSON line of
+metrics per epoch (rank 0)."""
+import json
+import logging
+import os
+import sys
+from typing import Dict
+
+from utils.io import atomic_write_text
+
+LOGGER_NAME = ""  # the root logger: library modules log through logging.getLogger(__name__)
+
+
+def setup_logging(output: str, rank: int) -> logging.Logger:
+    fmt = logging.Formatter(f"[%(asctime)s rank{rank}] %(name)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    root = logging.getLogger(LOGGER_NAME)
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    os.makedirs(output, exist_ok=True)
+    file_handler = logging.FileHandler(os.path.join(output, f"log_rank{rank}.txt"), mode="a")
+    file_handler.setFormatter(fmt)
+    root.addHandler(file_handler)
+    if rank == 0:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(fmt)
+        root.addHandler(console)
+    return root
+
+
+class MetricsLog:
+    """OUTPUT/metrics.jsonl: one JSON object per epoch. On a resume, the lines of epochs
+    that will be re-run are dropped first."""
+
+    def __init__(self, output: str):
+        self.path = os.path.join(output, "metrics.jsonl")
+
+    def truncate_from(self, epoch: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("epoch", -1) < epoch]
+        atomic_write_text(self.path, "".join(kept))
+
+    def append(self, record: Dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
