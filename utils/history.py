@@ -14,7 +14,8 @@ absent.
 """
 import os
 import re
-from typing import Dict, List
+import warnings
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -68,3 +69,74 @@ def remove_epochs_from(hdir: str, first_epoch: int) -> List[int]:
                     os.remove(p)
             removed.append(epoch)
     return removed
+
+
+# -----------------------------------------------------------------------------
+# Reading (get_coreset.py)
+# -----------------------------------------------------------------------------
+class HistoryError(ValueError):
+    """A problem with a prediction history, naming the folder or file."""
+
+
+def find_history_dir(path: str) -> str:
+    """The history folder for `path`: ``path/pred_prob_history`` if it exists (a produce
+    run's output folder), else `path` itself if it holds epoch files. HistoryError if
+    neither has any."""
+    for candidate in (history_dir(path), path):
+        if list_epoch_files(candidate):
+            return candidate
+    raise HistoryError(
+        f"no prediction history in {path!r}: expected prob_<epoch>.npy or prob_<epoch>.txt "
+        f"files in {history_dir(path)!r} or in {path!r} itself"
+    )
+
+
+def contiguous_epoch_files(hdir: str) -> List[str]:
+    """The epoch files of `hdir` in epoch order 0..K-1. HistoryError if there are none or
+    if an epoch number is missing (a missing epoch would silently shift every window)."""
+    files = list_epoch_files(hdir)
+    if not files:
+        raise HistoryError(f"no prediction history in {hdir!r}")
+    expected = range(max(files) + 1)
+    missing = [e for e in expected if e not in files]
+    if missing:
+        shown = ", ".join(str(e) for e in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise HistoryError(
+            f"{hdir}: epoch {missing[0]} is missing (epochs must run 0..{max(files)} without a gap; "
+            f"{len(missing)} missing: {shown})"
+        )
+    return [files[e] for e in expected]
+
+
+def load_epoch_prob(path: str, expected_len: Optional[int] = None) -> np.ndarray:
+    """One epoch's probabilities as a 1-D float array, NaN where the sample was unseen.
+
+    ``.npy`` (ours): returned as stored (float32), NaN already marks unseen, and a stored
+    0.0 is a real probability. ``.txt`` (the paper's np.savetxt, one value per line):
+    float64, and an exact 0 means unseen (the paper's encoding) and becomes NaN.
+    HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
+    +-inf, or (with `expected_len`) has the wrong length.
+    """
+    try:
+        if path.endswith(".npy"):
+            prob = np.load(path, allow_pickle=False)
+            if prob.dtype.kind != "f":
+                raise HistoryError(f"{path}: expected floating-point values, found dtype {prob.dtype}")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "empty input file"
+                prob = np.loadtxt(path, dtype=np.float64, ndmin=1, comments=None)
+            prob[prob == 0] = np.nan
+    except HistoryError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read as a probability history file: {e}") from None
+    if prob.ndim != 1:
+        raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {prob.shape}")
+    if expected_len is not None and len(prob) != expected_len:
+        raise HistoryError(
+            f"{path}: has {len(prob)} values but the file list has {expected_len} lines"
+        )
+    if np.isinf(prob).any():
+        raise HistoryError(f"{path}: holds infinite values (first at index {int(np.flatnonzero(np.isinf(prob))[0])})")
+    return prob
