@@ -157,6 +157,7 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
     logger.info(f"train list {data.train.path}: {len(data.train)} images; "
                 f"val: {len(data.val) if data.val is not None else 'none'}")
 
+    seed_everything(config.SEED, 0, 0)  # the same initial weights on every rank and every run
     model = build_model(config).to(device)
     if hasattr(model, "flops"):
         logger.info(f"GFLOPs per image: {model.flops() / 1e9:.2f}")

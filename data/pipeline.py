@@ -135,7 +135,10 @@ class DaliLoader:
             except StopIteration:
                 break
             except RuntimeError as e:
-                raise self._explain(e, consumed) from e
+                error = self._explain(e, consumed)
+                if error is e:
+                    raise
+                raise error from e
             consumed += 1
             batch["labels"] = batch["labels"].view(-1)
             batch["indices"] = batch["indices"].view(-1)
@@ -144,11 +147,8 @@ class DaliLoader:
 
     def _explain(self, error: RuntimeError, consumed: int) -> Exception:
         """Turn DALI's generic pipeline error into one that names the file."""
-        cause = error.__cause__ or error.__context__
-        if isinstance(cause, DataError):
-            return cause
-        if "DataError" in str(error) and "listed at" in str(error):
-            return DataError(str(error).split("DataError: ", 1)[-1].strip().splitlines()[0])
+        if isinstance(error, DataError):  # raised by our reader: it names the file already
+            return error
         self.reader.close()
         in_flight = range(consumed, min(consumed + self.pipe.prefetch_queue_depth + 1, self.reader.num_batches))
         candidates = [int(i) for it in in_flight for i in self.reader.batch_indices(it)]
