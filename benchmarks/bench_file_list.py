@@ -60,9 +60,10 @@ def main(argv=None) -> int:
 
     root = tempfile.mkdtemp(prefix="bench_file_list_", dir=args.dir)
     try:
+        print(f"building {args.files} empty files in {args.classes} classes under {root} ...", flush=True)
         t0 = time.perf_counter()
         make_tree(root, args.files, args.classes)
-        print(f"tree: {args.files} files in {args.classes} classes under {root}, made in {time.perf_counter() - t0:.1f} s")
+        print(f"tree made in {time.perf_counter() - t0:.1f} s", flush=True)
         py = sys.executable
         wall, rss, out = timed_child([py, "-m", "data.prepare", "file-list", root, "--no-progress"])
         print(f"file-list: {wall:.2f} s wall, peak RSS {rss:.0f} MiB, {args.files / wall / 1e6:.2f} M files/s")
