@@ -1,0 +1,31 @@
+# `make demo`: the whole pipeline on the embedded MNIST sample, on the CPU.
+# `make test`: unit and end-to-end tests. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow gpu-checks clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# Compiles the fused window-process CUDA extension (needs nvcc; minutes).
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# On a machine with an NVIDIA GPU.
+gpu-checks: $(STAMP)
+	bash tests/gpu/run_gpu_checks.sh
+
+clean:
+	rm -rf demo_output
