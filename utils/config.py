@@ -35,7 +35,7 @@ _C.DATA.BATCH_SIZE_VAL = 128
 _C.DATA.IMG_SIZE = 224
 # bicubic | bilinear | triangular | nearest
 _C.DATA.INTERPOLATION = "bicubic"
-# Worker processes that read files for the DALI pipeline, per process.
+# Threads that read image files ahead of the DALI pipeline, per process.
 _C.DATA.NUM_WORKERS = 4
 # DALI threads per pipeline.
 _C.DATA.NUM_THREADS = 4
