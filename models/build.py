@@ -119,25 +119,32 @@ def _build_vit(config) -> nn.Module:
 
 
 def _create_timm(config) -> nn.Module:
-    """Any timm architecture by MODEL.NAME, without pretrained weights."""
+    """Any timm architecture by MODEL.NAME, without pretrained weights.
+
+    The rates are passed even when 0 (some architectures default to a non-zero
+    drop-path). An architecture that does not take one of the optional arguments is
+    built without it only where that loses nothing: ``img_size`` (convolutional nets
+    take any size) and a rate of 0.
+    """
     name = config.MODEL.NAME
     if not timm.is_model(name):
         raise ValueError(f"MODEL.NAME {name!r} is not a timm architecture (see timm.list_models())")
-    kwargs: Dict[str, Any] = dict(num_classes=config.MODEL.NUM_CLASSES, drop_rate=config.MODEL.DROP_RATE)
-    if config.MODEL.DROP_PATH_RATE > 0:
-        kwargs["drop_path_rate"] = config.MODEL.DROP_PATH_RATE
-    try:
-        # Transformers need the image size; convolutional nets take any size and reject the argument.
-        return timm.create_model(name, pretrained=False, img_size=config.DATA.IMG_SIZE, **kwargs)
-    except TypeError as e:
-        if "img_size" not in str(e):
-            raise
-    try:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    except TypeError as e:
-        if "drop_path_rate" in str(e):
-            raise ValueError(f"timm architecture {name!r} has no drop-path: set MODEL.DROP_PATH_RATE 0") from e
-        raise
+    kwargs: Dict[str, Any] = dict(num_classes=config.MODEL.NUM_CLASSES)
+    optional: Dict[str, Any] = dict(img_size=config.DATA.IMG_SIZE, drop_rate=config.MODEL.DROP_RATE,
+                                    drop_path_rate=config.MODEL.DROP_PATH_RATE)
+    config_key = dict(drop_rate="MODEL.DROP_RATE", drop_path_rate="MODEL.DROP_PATH_RATE")
+    while True:
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs, **optional)
+        except TypeError as e:
+            rejected = [k for k in optional if f"'{k}'" in str(e)]
+            if not rejected:
+                raise
+            key = rejected[0]
+            if key != "img_size" and optional[key]:
+                raise ValueError(f"timm architecture {name!r} does not take {key}: "
+                                 f"set {config_key[key]} 0") from e
+            del optional[key]
 
 
 def _build_resnet(config) -> nn.Module:

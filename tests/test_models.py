@@ -235,6 +235,15 @@ def test_drop_path_and_dropout_honoured(model_type):
     assert not any(isinstance(m, DropPath) and m.drop_prob > 0 for m in none.modules())
 
 
+def test_timm_type_passes_zero_drop_path():
+    """timm's Swin defaults to drop_path_rate 0.1: a configured 0 must reach it."""
+    config = load_config(None, ["MODEL.TYPE", "timm", "MODEL.NAME", "swin_tiny_patch4_window7_224",
+                                "MODEL.NUM_CLASSES", "10", "MODEL.DROP_PATH_RATE", "0.0"])
+    with torch.device("meta"):
+        model = build_model(config)
+    assert not any(isinstance(m, DropPath) and m.drop_prob > 0 for m in model.modules())
+
+
 def test_swin_drop_path_is_random_in_train_only():
     torch.manual_seed(0)
     model = build_model(small_config("swin", "MODEL.DROP_PATH_RATE", "0.5"))

@@ -132,6 +132,7 @@ void check_dtype(const torch::Tensor& t) {
 
 Geometry make_geometry(int64_t H, int64_t W, int64_t wh, int64_t ww, int64_t sh, int64_t sw) {
   TORCH_CHECK(wh > 0 && ww > 0, "swin_window_process: window size must be positive");
+  TORCH_CHECK(H > 0 && W > 0, "swin_window_process: empty image (H, W = ", H, ", ", W, ")");
   TORCH_CHECK(H % wh == 0 && W % ww == 0, "swin_window_process: H, W = ", H, ", ", W,
               " must be multiples of the window size ", wh, ", ", ww, " (pad first)");
   Geometry g;
