@@ -7,7 +7,10 @@
 # 2. runs its unit tests (kernel vs torch.roll + partition, outputs and gradients);
 # 3. times one Swin-T training step with and without the kernel;
 # 4. times the kernel against roll + partition at the Swin-T stage shapes
-#    (batch 128, float16 and bfloat16, forward + backward, CUDA events, median).
+#    (batch 128, float16 and bfloat16, forward + backward, CUDA events, median);
+# 5. a short produce run with DALI mixed decoding (nccl with several GPUs) and get_coreset;
+# 6. training-step throughput of Swin-T, ResNet-50 and ConvNeXt-T, batch 128, AMP,
+#    with and without COMPILE_ENABLE.
 # Logs and JSON results go to OUT_DIR; copy the tables into docs/benchmarks.md.
 # PYTHON picks the interpreter (default: .venv/bin/python if present, else python).
 set -euo pipefail
@@ -55,6 +58,26 @@ step "4. kernel vs roll + partition at Swin-T stage shapes (batch 128)"
 "$PYTHON" benchmarks/bench_window_process.py ops --batch 128 --dtypes float16 bfloat16 --no-jit \
     --json "$OUT/window_ops.json" 2>&1 | tee "$OUT/window_ops.log"
 
-# (produce-mode run and training-throughput measurements are added here by their owner)
+step "5. short produce run: DALI mixed decoding, nccl when there are several GPUs"
+NGPU=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+"$PYTHON" -m data.mnist_demo "$OUT/mnist"
+DEMO_OPTS=(DATA.DATA_PATH_TRAIN "$OUT/mnist/train" DATA.DATA_PATH_VAL "$OUT/mnist/val")
+rm -rf "$OUT/produce"
+"$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" main_and_produce.py \
+    --config configs/demo-mnist.yaml --output "$OUT/produce" \
+    --opts "${DEMO_OPTS[@]}" DATA.DECODE_DEVICE mixed TRAIN.EPOCHS 3 AMP_ENABLE True 2>&1 | tee "$OUT/produce.log"
+"$PYTHON" get_coreset.py --input "$OUT/produce" --dataset_file_list "$OUT/mnist/train/file_list.txt" \
+    --fraction 0.75 --window 2 --output "$OUT/produce/coreset.txt" | tee -a "$OUT/produce.log"
+
+step "6. training-step throughput at batch 128 with AMP, with and without torch.compile"
+# One real DALI batch (mixed decoding, 224 px) repeated; images/s per GPU.
+for cfg in swin-tiny-1k resnet50-1k-90 convnext-tiny-1k; do
+    for compile in False True; do
+        "$PYTHON" main.py --config "configs/$cfg.yaml" --output "$OUT/throughput_${cfg}_compile${compile}" \
+            --throughput --opts "${DEMO_OPTS[@]}" DATA.DATASET custom MODEL.NUM_CLASSES 1000 \
+            DATA.IMG_SIZE 224 DATA.BATCH_SIZE_TRAIN 128 AMP_ENABLE True COMPILE_ENABLE "$compile" 2>&1 |
+            grep -E "throughput|Error|error" | sed "s/^/$cfg compile=$compile: /" | tee -a "$OUT/throughput.log"
+    done
+done
 
 step "done: results in $OUT"
