@@ -1,0 +1,219 @@
+"""utils/prediction_recorder.py: what produce mode records per sample, in which model
+mode, and the history files it writes."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from utils.history import correct_path, history_dir, prob_path, write_epoch
+from utils.prediction_recorder import PredictionRecorder, has_batchnorm
+
+
+class FixedLogits(nn.Module):
+    """Returns the rows of a fixed logit table selected by the input (B, 1) of row ids."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.as_tensor(table, dtype=torch.float32)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.training)
+        return self.table[x.view(-1).long()]
+
+
+def make_recorder(tmp_path, n):
+    return PredictionRecorder(n, str(tmp_path), torch.device("cpu"), is_primary=True)
+
+
+def load_epoch(tmp_path, epoch):
+    hdir = history_dir(str(tmp_path))
+    return np.load(prob_path(hdir, epoch)), np.load(correct_path(hdir, epoch))
+
+
+def test_record_and_write(tmp_path):
+    logits = [[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 5.0]]
+    model = FixedLogits(logits)
+    recorder = make_recorder(tmp_path, 6)
+    recorder.start_epoch()
+    images = torch.tensor([[0], [1], [2]])
+    labels = torch.tensor([0, 2, 1])
+    indices = torch.tensor([4, 0, 2])
+    recorder.record(model, images, labels, indices)
+    recorder.end_epoch(0)
+
+    prob, correct = load_epoch(tmp_path, 0)
+    assert prob.dtype == np.float32 and prob.shape == (6,)
+    assert correct.dtype == np.int8 and correct.shape == (6,)
+    softmax = torch.softmax(torch.tensor(logits), dim=1).numpy()
+    np.testing.assert_allclose(prob[4], softmax[0, 0], rtol=1e-6)
+    np.testing.assert_allclose(prob[0], softmax[1, 2], rtol=1e-6)
+    np.testing.assert_allclose(prob[2], softmax[2, 1], rtol=1e-6)
+    assert correct[[4, 0, 2]].tolist() == [1, 0, 0]
+    for i in (1, 3, 5):  # unseen
+        assert np.isnan(prob[i])
+        assert correct[i] == -1
+
+
+def test_two_batches_accumulate_and_start_epoch_resets(tmp_path):
+    model = FixedLogits([[5.0, 0.0], [0.0, 5.0]])
+    recorder = make_recorder(tmp_path, 4)
+    recorder.start_epoch()
+    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([3]))
+    recorder.record(model, torch.tensor([[1]]), torch.tensor([1]), torch.tensor([1]))
+    recorder.end_epoch(0)
+    prob, correct = load_epoch(tmp_path, 0)
+    assert np.isnan(prob[[0, 2]]).all()
+    assert not np.isnan(prob[[1, 3]]).any()
+    assert correct.tolist() == [-1, 1, -1, 1]
+
+    recorder.start_epoch()
+    recorder.record(model, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
+    recorder.end_epoch(1)
+    prob, correct = load_epoch(tmp_path, 1)
+    assert correct.tolist() == [0, -1, -1, -1]  # epoch 0's records do not leak into epoch 1
+    assert np.isnan(prob[1:]).all()
+
+
+def test_probability_zero_is_not_unseen(tmp_path):
+    model = FixedLogits([[1000.0, -1000.0]])
+    recorder = make_recorder(tmp_path, 3)
+    recorder.start_epoch()
+    recorder.record(model, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([1]))
+    recorder.end_epoch(0)
+    prob, correct = load_epoch(tmp_path, 0)
+    assert prob[1] == 0.0  # a real probability that underflows stays 0, seen
+    assert correct[1] == 0
+    assert np.isnan(prob[0]) and np.isnan(prob[2])
+
+
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.out = nn.Linear(4, 2)
+        self.modes = []
+
+    def forward(self, x):
+        self.modes.append(self.bn.training)
+        return self.out(self.bn(self.fc(x)))
+
+
+def test_batchnorm_model_runs_in_eval_and_is_restored(tmp_path):
+    torch.manual_seed(0)
+    model = BNNet()
+    model.train()
+    model(torch.randn(8, 3))  # non-trivial running stats
+    model.modes.clear()
+    stats = {k: v.clone() for k, v in model.bn.state_dict().items()}
+    recorder = make_recorder(tmp_path, 5)
+    images = torch.randn(5, 3) * 3 + 1
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    recorder.start_epoch()
+    recorder.record(model, images, labels, torch.arange(5))
+    assert model.modes == [False]  # the forward used running statistics
+    assert model.training and model.bn.training  # restored
+    for k, v in model.bn.state_dict().items():
+        assert torch.equal(v, stats[k]), k  # running stats and num_batches_tracked untouched
+    model.eval()
+    expected = torch.softmax(model(images), dim=1)[torch.arange(5), labels]
+    torch.testing.assert_close(recorder.records[0], expected)
+
+
+def test_model_in_eval_stays_in_eval(tmp_path):
+    model = BNNet().eval()
+    recorder = make_recorder(tmp_path, 2)
+    recorder.record(model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert not model.training
+
+
+def test_model_without_batchnorm_stays_in_train_mode(tmp_path):
+    model = FixedLogits([[1.0, 0.0]])
+    model.train()
+    assert not has_batchnorm(model)
+    recorder = make_recorder(tmp_path, 1)
+    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    assert model.modes == [True]  # drop-path etc. active, as in the paper's Swin/ConvNeXt
+    assert model.training
+
+
+def test_eval_mode_forward_override(tmp_path):
+    model = FixedLogits([[1.0, 0.0]])
+    recorder = PredictionRecorder(1, str(tmp_path), torch.device("cpu"), True, eval_mode_forward=True)
+    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    assert model.modes == [False] and model.training
+    bn = BNNet()
+    recorder = PredictionRecorder(1, str(tmp_path), torch.device("cpu"), True, eval_mode_forward=False)
+    recorder.record(bn, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    assert bn.modes == [True]
+
+
+def test_record_does_not_build_a_graph(tmp_path):
+    model = nn.Linear(3, 2)
+    recorder = make_recorder(tmp_path, 2)
+    recorder.record(model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    assert not recorder.records.requires_grad
+    assert model.weight.grad is None
+
+
+def test_mode_restored_when_forward_raises(tmp_path):
+    class Broken(BNNet):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    model = Broken().train()
+    recorder = make_recorder(tmp_path, 1)
+    with pytest.raises(RuntimeError, match="boom"):
+        recorder.record(model, torch.randn(1, 3), torch.tensor([0]), torch.tensor([0]))
+    assert model.training
+
+
+def test_non_primary_writes_nothing(tmp_path):
+    recorder = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), is_primary=False)
+    recorder.start_epoch()
+    recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    recorder.end_epoch(0)
+    assert not os.path.exists(history_dir(str(tmp_path)))
+
+
+def test_no_temporary_files_left(tmp_path):
+    recorder = make_recorder(tmp_path, 4)
+    for epoch in range(3):
+        recorder.start_epoch()
+        recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([epoch]))
+        recorder.end_epoch(epoch)
+    names = sorted(os.listdir(history_dir(str(tmp_path))))
+    assert names == sorted([f"prob_{e}.npy" for e in range(3)] + [f"correct_{e}.npy" for e in range(3)])
+
+
+def test_resume_from_deletes_newer_epochs_only(tmp_path):
+    hdir = history_dir(str(tmp_path))
+    for epoch in range(5):
+        write_epoch(hdir, epoch, np.full(3, 0.5, dtype=np.float32), np.ones(3, dtype=np.int8))
+    # a paper-format text file of a newer epoch goes too
+    np.savetxt(os.path.join(hdir, "prob_6.txt"), np.full(3, 0.5))
+    with open(os.path.join(hdir, "notes.txt"), "w") as f:
+        f.write("keep me")
+    recorder = make_recorder(tmp_path, 3)
+    recorder.resume_from(2)
+    assert sorted(os.listdir(hdir)) == ["correct_0.npy", "correct_1.npy", "notes.txt", "prob_0.npy", "prob_1.npy"]
+
+
+def test_resume_from_zero_and_from_the_future(tmp_path):
+    hdir = history_dir(str(tmp_path))
+    for epoch in range(2):
+        write_epoch(hdir, epoch, np.zeros(2, dtype=np.float32), np.zeros(2, dtype=np.int8))
+    make_recorder(tmp_path, 2).resume_from(5)
+    assert len(os.listdir(hdir)) == 4
+    PredictionRecorder(2, str(tmp_path), torch.device("cpu"), is_primary=False).resume_from(0)
+    assert len(os.listdir(hdir)) == 4  # only the primary rank deletes
+    make_recorder(tmp_path, 2).resume_from(0)
+    assert os.listdir(hdir) == []
+
+
+def test_resume_from_without_history(tmp_path):
+    make_recorder(tmp_path, 2).resume_from(3)  # nothing to delete, no error
+    assert not os.path.exists(history_dir(str(tmp_path)))
