@@ -63,8 +63,6 @@ def test_temp_file_is_beside_the_target(tmp_path):
         f.write("x")
 
 
-@pytest.mark.xfail(strict=True, reason="atomic_open keeps mkstemp's 0600 mode: outputs (coresets, histories, "
-                                       "checkpoints) are not readable by others, unlike open()")
 def test_atomic_open_file_mode_like_open(tmp_path):
     old_umask = os.umask(0o022)  # a usual umask: open() gives 0644
     try:

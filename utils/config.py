@@ -1,11 +1,12 @@
 """The one configuration schema.
 
-Every key the code reads has its default here. A YAML file overrides these defaults
-(it may inherit from other files with ``BASE: [file, ...]``), ``MODEL.MODEL_CONFIG_PATH``
-may name a further YAML file with the architecture hyper-parameters, and ``--opts KEY
-VALUE ...`` overrides everything last. An unknown key is an error naming the key and
-the file it came from.
+Every key the code reads has its default here. ``MODEL.MODEL_CONFIG_PATH`` may name a
+YAML file with the architecture hyper-parameters (relative to the file that names it);
+the config file overrides it (and may inherit from other files with ``BASE: [file,
+...]``), and ``--opts KEY VALUE ...`` overrides everything last. An unknown key is an
+error naming the key and the file it came from.
 """
+import ast
 import os
 from typing import Iterable, Optional, Sequence
 
@@ -215,16 +216,45 @@ def _read_yaml(path: str) -> dict:
     return data
 
 
-def _check_keys(node: CN, data: dict, source: str, prefix: str = "") -> None:
-    """Raise naming the first key of `data` that the schema does not have."""
+def _parse_text(text: str):
+    """A command-line or YAML string meant for a non-string key: a Python or YAML literal."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+
+
+def _coerce(value, original, key: str, source: str):
+    """`value` converted to the type of the default `original`, or an error naming the key.
+    Strings stay strings for string keys (no literal evaluation: OUTPUT '2024' is a path)."""
+    if isinstance(value, str) and not isinstance(original, str) and original is not None:
+        value = _parse_text(value)
+    if isinstance(original, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, (list, tuple)) and isinstance(original, (list, tuple)):
+        return type(original)(value)
+    if value is None or original is None or type(value) is type(original):
+        return value
+    raise ValueError(f"{source}: {key} expects {type(original).__name__}, got {value!r}")
+
+
+def _merge_dict(node: CN, data: dict, source: str, prefix: str = "") -> None:
+    """Merge a parsed YAML mapping into the schema, refusing unknown keys by name."""
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in node:
             raise KeyError(f"{source}: unknown config key {full}")
-        if isinstance(value, dict):
-            if not isinstance(node[key], CN):
-                raise KeyError(f"{source}: {full} is a value, not a section")
-            _check_keys(node[key], value, source, full + ".")
+        if isinstance(node[key], CN):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: {full} is a section; got {value!r}")
+            _merge_dict(node[key], value, source, full + ".")
+        elif isinstance(value, dict):
+            raise KeyError(f"{source}: {full} is a value, not a section")
+        else:
+            node[key] = _coerce(value, node[key], full, source)
 
 
 def _merge_file(config: CN, path: str, seen: Sequence[str] = ()) -> None:
@@ -232,14 +262,22 @@ def _merge_file(config: CN, path: str, seen: Sequence[str] = ()) -> None:
     if path in seen:
         raise ValueError(f"{path}: BASE inheritance loops back to this file")
     data = _read_yaml(path)
-    for base in data.pop("BASE", None) or []:
+    bases = data.pop("BASE", None) or []
+    for base in [bases] if isinstance(bases, str) else bases:
         if base:
             _merge_file(config, os.path.join(os.path.dirname(path), base), (*seen, path))
-    _check_keys(config, data, path)
-    try:
-        config.merge_from_other_cfg(CN(data))
-    except (KeyError, ValueError) as e:
-        raise type(e)(f"{path}: {e}") from None
+    _merge_dict(config, data, path)
+    model_cfg = (data.get("MODEL") or {}).get("MODEL_CONFIG_PATH")
+    if model_cfg:  # relative to the file that names it (else to the cwd); stored absolute
+        config.MODEL.MODEL_CONFIG_PATH = os.path.abspath(_beside(model_cfg, path))
+
+
+def _beside(target: str, config_path: str) -> str:
+    """`target` relative to `config_path`'s folder if it exists there, else as given."""
+    if os.path.isabs(target):
+        return target
+    beside = os.path.join(os.path.dirname(os.path.abspath(config_path)), target)
+    return beside if os.path.exists(beside) else target
 
 
 def _merge_opts(config: CN, opts: Sequence[str]) -> None:
@@ -248,34 +286,34 @@ def _merge_opts(config: CN, opts: Sequence[str]) -> None:
     for key, value in zip(opts[0::2], opts[1::2]):
         node = config
         parts = key.split(".")
-        for i, part in enumerate(parts):
-            if not isinstance(node, CN) or part not in node:
+        for part in parts[:-1]:
+            if not isinstance(node, CN) or part not in node or not isinstance(node[part], CN):
                 raise KeyError(f"--opts: unknown config key {key}")
-            if i < len(parts) - 1:
-                node = node[part]
-        try:
-            config.merge_from_list([key, value])
-        except (KeyError, ValueError, AssertionError) as e:
-            raise ValueError(f"--opts {key} {value}: {e}") from None
+            node = node[part]
+        last = parts[-1]
+        if last not in node or isinstance(node[last], CN):
+            raise KeyError(f"--opts: unknown config key {key}")
+        node[last] = _coerce(value, node[last], key, "--opts")
 
 
 def load_config(path: Optional[str], opts: Iterable[str] = ()) -> CN:
-    """Defaults, then `path` (with its BASE files), then its MODEL_CONFIG_PATH, then `opts`.
+    """Defaults < MODEL.MODEL_CONFIG_PATH's file < `path` (with its BASE files) < `opts`.
 
-    Returns a frozen CfgNode.
+    Returns a frozen CfgNode. The model file is named by `path` or `opts`, so they are read
+    once to find it, then everything is merged again in order of precedence.
     """
     opts = list(opts or [])
     config = get_defaults()
     if path:
         _merge_file(config, path)
-    # The opts may set MODEL.MODEL_CONFIG_PATH themselves: apply them once to find it.
     _merge_opts(config, opts)
     model_cfg = config.MODEL.MODEL_CONFIG_PATH
     if model_cfg:
-        if not os.path.isabs(model_cfg) and path and not os.path.exists(model_cfg):
-            model_cfg = os.path.join(os.path.dirname(os.path.abspath(path)), model_cfg)
+        config = get_defaults()
         _merge_file(config, model_cfg)
-        _merge_opts(config, opts)  # the command line still wins
+        if path:
+            _merge_file(config, path)
+        _merge_opts(config, opts)
     config.freeze()
     return config
 
