@@ -32,6 +32,7 @@ class PredictionRecorder:
         self.is_primary = is_primary
         # Row 0: probability of the true label; row 1: top-1 correct (0/1). -1: unseen.
         self.records = torch.full((2, num_samples), _UNSEEN, dtype=torch.float32, device=device)
+        # None: decided on the first batch (eval() for models with BatchNorm).
         self.eval_mode_forward = eval_mode_forward
 
     def resume_from(self, epoch: int) -> None:
@@ -52,7 +53,9 @@ class PredictionRecorder:
         Models with BatchNorm run this forward in eval mode (running statistics, as the
         paper's code does for ResNet); others stay in train mode (the paper's behaviour
         for Swin and ConvNeXt: drop-path active)."""
-        to_eval = has_batchnorm(model) if self.eval_mode_forward is None else self.eval_mode_forward
+        if self.eval_mode_forward is None:
+            self.eval_mode_forward = has_batchnorm(model)
+        to_eval = self.eval_mode_forward
         was_training = model.training
         if to_eval:
             model.eval()
