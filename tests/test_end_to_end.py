@@ -141,3 +141,14 @@ def test_unknown_config_key_is_an_error_naming_it(data, tmp_path):
     proc = subprocess.run([sys.executable, "main.py", "--config", "configs/demo-mnist.yaml", "--output",
                            str(tmp_path / "o"), "--bogus-flag"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "--bogus-flag" in proc.stderr
+
+
+def test_compiled_model_under_ddp_records_the_same_history(data, produced):
+    """COMPILE_ENABLE with DDP and the recorder: the same history as eager, up to the
+    rounding differences of compiled kernels."""
+    root, opts = data
+    out = str(root / "compiled")
+    run(torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts,
+                 "COMPILE_ENABLE", "True"))
+    for epoch in range(EPOCHS):
+        np.testing.assert_allclose(history(out, epoch), history(produced, epoch), atol=1e-3, equal_nan=True)
