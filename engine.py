@@ -84,8 +84,6 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
                 ctx.scaler.unscale_(ctx.optimizer)
             if ctx.clip_grad > 0:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.clip_grad)
-            else:
-                grad_norm = torch.zeros((), device=device)
             if ctx.scaler is not None:
                 ctx.scaler.step(ctx.optimizer)
                 ctx.scaler.update()
@@ -103,10 +101,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
                     norm_meter.update(norm)
             lr = ctx.optimizer.param_groups[0]["lr"]
             elapsed = time.time() - start
-            logger.info(f"train epoch {epoch} [{step + 1}/{num_steps}] lr {lr:.3e} loss {loss_meter.avg:.4f} "
-                        f"grad_norm {norm_meter.avg:.3f} {elapsed / (step + 1):.3f}s/step")
+            norm_text = f" grad_norm {norm_meter.avg:.3f}" if norm_meter.count else ""
+            logger.info(f"train epoch {epoch} [{step + 1}/{num_steps}] lr {lr:.3e} loss {loss_meter.avg:.4f}"
+                        f"{norm_text} {elapsed / (step + 1):.3f}s/step")
     epoch_time = time.time() - start
-    return {"train_loss": loss_meter.avg, "grad_norm": norm_meter.avg, "epoch_time": epoch_time,
+    # grad_norm: the mean pre-clipping norm at logged updates; None without clipping.
+    return {"train_loss": loss_meter.avg, "grad_norm": norm_meter.avg if norm_meter.count else None,
+            "epoch_time": epoch_time,
             "lr": ctx.optimizer.param_groups[0]["lr"]}
 
 

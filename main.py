@@ -6,6 +6,7 @@
 `main_and_produce.py` is this same program with the prediction recorder switched on.
 """
 import argparse
+import json
 import logging
 import os
 import random
@@ -26,7 +27,7 @@ from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from utils.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
 from utils.config import load_config
-from utils.distributed import DistInfo, barrier, cleanup, init_distributed
+from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, init_distributed
 from utils.io import atomic_write_text
 from utils.logger import MetricsLog, setup_logging
 from utils.lr_scheduler import LRScheduler
@@ -185,7 +186,7 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
     val_loader = partial(build_val_loader, config, data.val, dist_info.rank, dist_info.world_size,
                          dist_info.device_id) if data.val is not None else None
     logit_columns = val_logit_columns(config, device)
-    real = RealLabels(config.DATA.REAL_JSON_PATH, len(data.val), device) if (
+    real = RealLabels(config.DATA.REAL_JSON_PATH, len(data.val), device, file_names=data.val.files) if (
         config.DATA.REAL_LABEL and data.val is not None) else None
     validate = partial(evaluate, fwd_model, device=device, autocast=autocast, logit_columns=logit_columns,
                        real_labels=real)
@@ -201,6 +202,8 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
                 raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
             metrics = validate(val_loader())
             logger.info(f"validation: {metrics}")
+            if dist_info.is_primary:
+                atomic_write_text(os.path.join(config.OUTPUT, "eval.json"), json.dumps(metrics, indent=1) + "\n")
             return metrics
         return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce,
                    val_loader, validate)
@@ -230,6 +233,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                                 recorder=recorder, recorder_model=fwd_model)
         if recorder is not None:
             recorder.end_epoch(epoch)
+        broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
         record = {"epoch": epoch, **stats}
         if val_loader is not None:
             record.update(validate(val_loader()))

@@ -1,7 +1,8 @@
 """Validation extras of the ImageNet recipes: the 21K->1K class mapping and ImageNet-ReaL."""
 import json
 import os
-from typing import Optional, Tuple
+import re
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,11 +38,37 @@ def val_logit_columns(config, device: torch.device) -> Optional[torch.Tensor]:
     return torch.as_tensor(load_mapping_dict(path, config.MODEL.NUM_CLASSES), device=device)
 
 
-class RealLabels:
-    """ImageNet-ReaL: real.json is a list (val file-list order) of label lists; samples
-    with an empty list are not counted."""
+_VAL_NAME = re.compile(r"ILSVRC2012_val_(\d{8})\.")
 
-    def __init__(self, path: str, num_val: int, device: torch.device):
+
+def real_json_order(file_names: Sequence[str], num_entries: int) -> Optional[np.ndarray]:
+    """For each val file-list line, its entry in real.json.
+
+    The published real.json is ordered by image number (entry i is
+    ILSVRC2012_val_{i+1:08d}.JPEG), while a val file list is sorted by class folder; when
+    every name carries that number, it is used. Otherwise (other names) None: entries
+    follow the file-list order, as in the paper's code."""
+    numbers = []
+    for name in file_names:
+        m = _VAL_NAME.search(os.path.basename(name))
+        if m is None:
+            return None
+        numbers.append(int(m.group(1)) - 1)
+    order = np.asarray(numbers, dtype=np.int64)
+    if len(order) and (order.min() < 0 or order.max() >= num_entries):
+        raise ValueError(f"ImageNet val image numbers run up to {int(order.max()) + 1}, real.json has {num_entries} "
+                         f"entries")
+    if len(np.unique(order)) != len(order):
+        raise ValueError("the val file list names the same ImageNet val image number twice")
+    return order
+
+
+class RealLabels:
+    """ImageNet-ReaL: real.json is a list of label lists, one per val image; samples with
+    an empty list are not counted. With `file_names` (the val list's paths) named like
+    ImageNet's, entries are matched by image number; otherwise by file-list order."""
+
+    def __init__(self, path: str, num_val: int, device: torch.device, file_names: Optional[Sequence[str]] = None):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"DATA.REAL_JSON_PATH: {path} does not exist (DATA.REAL_LABEL is on)")
         with open(path, encoding="utf-8") as f:
@@ -52,6 +79,9 @@ class RealLabels:
         if not isinstance(labels, list) or len(labels) != num_val:
             count = len(labels) if isinstance(labels, list) else type(labels).__name__
             raise ValueError(f"{path}: expected a list of {num_val} label lists (one per val image), got {count}")
+        order = real_json_order(file_names, len(labels)) if file_names is not None else None
+        if order is not None:
+            labels = [labels[i] for i in order]
         width = max(1, max(len(x) for x in labels))
         table = torch.full((num_val, width), -1, dtype=torch.int64)
         for i, row in enumerate(labels):

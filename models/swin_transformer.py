@@ -17,7 +17,7 @@ Semantics that differ from timm, on purpose:
   the padded map. timm shifts first; the two agree whenever no padding is needed.
 - The input size is fixed by ``img_size`` (the masks are built once, at construction).
 """
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn

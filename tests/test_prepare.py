@@ -284,7 +284,7 @@ def test_check_roundtrip_file_list_default_root(tmp_path):
 
 
 def test_check_label_order_and_class_consistency(tmp_path, capsys):
-    root = make_tree(tmp_path, {c: ["a.JPEG", "b.JPEG"] for c in ("n01", "n02", "n03", "n04")})
+    make_tree(tmp_path, {c: ["a.JPEG", "b.JPEG"] for c in ("n01", "n02", "n03", "n04")})
     lst = tmp_path / "list.txt"
     lst.write_text(
         "/n01/a.JPEG 0\n/n01/b.JPEG 0\n"

@@ -157,3 +157,28 @@ def test_val_logit_columns_not_needed(tmp_path):
     # 21K raw without a val folder: nothing to map
     config = load_config(None, ["DATA.DATASET", "ImageNet-21K_Winter21"])
     assert val_logit_columns(config, torch.device("cpu")) is None
+
+
+def test_real_json_entries_follow_imagenet_image_numbers(tmp_path):
+    """real.json is ordered by image number; a val list is sorted by class folder."""
+    names = ["/n01/ILSVRC2012_val_00000003.JPEG", "/n01/ILSVRC2012_val_00000001.JPEG",
+             "/n02/ILSVRC2012_val_00000002.JPEG"]
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps([[10], [20, 21], []]))  # images 1, 2, 3
+    real = RealLabels(str(path), 3, torch.device("cpu"), file_names=names)
+    # line 0 is image 3 (no labels), line 1 image 1 (10), line 2 image 2 (20, 21)
+    top5 = torch.tensor([[10, 1, 2, 3, 4], [10, 1, 2, 3, 4], [21, 20, 2, 3, 4]])
+    r1, r5, n = real.hits(torch.tensor([0, 1, 2]), top5)
+    assert (int(r1), int(r5), int(n)) == (2, 2, 2)
+    # Other names: file-list order, as in the paper's code.
+    plain = RealLabels(str(path), 3, torch.device("cpu"), file_names=["/a/x.png", "/a/y.png", "/b/z.png"])
+    r1, _, n = plain.hits(torch.tensor([0, 1, 2]), top5)
+    assert (int(r1), int(n)) == (1, 2)
+
+
+def test_real_json_too_short_for_the_image_numbers(tmp_path):
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps([[1], [2]]))
+    with pytest.raises(ValueError, match="real.json has 2 entries"):
+        RealLabels(str(path), 2, torch.device("cpu"), file_names=["/n/ILSVRC2012_val_00000001.JPEG",
+                                                                   "/n/ILSVRC2012_val_00000009.JPEG"])

@@ -58,6 +58,14 @@ def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank `src`'s buffers (BatchNorm running statistics), so that all
+    ranks validate, and resume, with the weights the checkpoint holds."""
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
