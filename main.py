@@ -218,11 +218,12 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     if produce:
         recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary)
         recorder.resume_from(start_epoch)
+    best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:
-        metrics_log.truncate_from(start_epoch)
+        earlier = metrics_log.truncate_from(start_epoch)
+        best = max([r["acc1"] for r in earlier if "acc1" in r], default=0.0)
     barrier()
     record = {}
-    best = 0.0
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         seed_everything(config.SEED, epoch, dist_info.rank)
         loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
@@ -243,9 +244,11 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                         f"(best {best:.2f}%) on {record['val_samples']} images")
         last = epoch + 1 == config.TRAIN.EPOCHS
         if dist_info.is_primary:
+            # History and metrics first, checkpoint last: a run killed in between redoes the
+            # epoch, and resuming drops its records before writing them again.
+            metrics_log.append(record)
             if (epoch + 1) % config.SAVE_FREQ == 0 or last:
                 save_checkpoint(checkpoint_path(config.OUTPUT, epoch), checkpoint_state(config, epoch, model, ctx, record))
-            metrics_log.append(record)
         barrier()
     return record
 

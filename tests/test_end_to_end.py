@@ -47,6 +47,11 @@ def data(tmp_path_factory):
     return root, opts
 
 
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def history(out, epoch, kind="prob"):
     return np.load(os.path.join(out, "pred_prob_history", f"{kind}_{epoch}.npy"))
 
@@ -76,8 +81,7 @@ def test_every_sample_recorded_once_per_epoch_except_remainder(data, produced):
         assert np.all((prob[expected] >= 0) & (prob[expected] <= 1))
     # The resolved config and the metrics are beside the history.
     assert os.path.exists(os.path.join(produced, "config.yaml"))
-    with open(os.path.join(produced, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = metrics(produced)
     assert [r["epoch"] for r in records] == list(range(EPOCHS))
     assert all(r["val_samples"] == 15 for r in records)
 
@@ -96,8 +100,7 @@ def test_coreset_then_train_on_it(data, produced):
     out = str(root / "on_coreset")
     run(torchrun("main.py", "--config", "configs/demo-mnist.yaml", "--coreset", coreset, "--output", out,
                  "--opts", *opts, "TRAIN.EPOCHS", "2"))
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
+    records = metrics(out)
     assert len(records) == 2 and records[-1]["val_samples"] == 15
     assert not os.path.exists(os.path.join(out, "pred_prob_history"))
     # The checkpoint loads with weights_only=True and validates in EVAL_MODE.
@@ -128,6 +131,10 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
         np.testing.assert_array_equal(history(out, epoch, "correct"), history(produced, epoch, "correct"))
     leftovers = [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp")]
     assert not leftovers
+    # One metrics line per epoch, and the best top-1 carried across the restart.
+    resumed, straight = metrics(out), metrics(produced)
+    assert [r["epoch"] for r in resumed] == list(range(EPOCHS))
+    assert [r["best_acc1"] for r in resumed] == [r["best_acc1"] for r in straight]
 
 
 def test_unknown_config_key_is_an_error_naming_it(data, tmp_path):

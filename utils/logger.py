@@ -4,7 +4,7 @@ import json
 import logging
 import os
 import sys
-from typing import Dict
+from typing import Dict, List
 
 from utils.io import atomic_write_text
 
@@ -35,12 +35,14 @@ class MetricsLog:
     def __init__(self, output: str):
         self.path = os.path.join(output, "metrics.jsonl")
 
-    def truncate_from(self, epoch: int) -> None:
+    def truncate_from(self, epoch: int) -> List[Dict]:
+        """Drop the records of epochs >= epoch; returns the records kept."""
         if not os.path.exists(self.path):
-            return
+            return []
         with open(self.path, encoding="utf-8") as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("epoch", -1) < epoch]
-        atomic_write_text(self.path, "".join(kept))
+            kept = [r for r in (json.loads(line) for line in f if line.strip()) if r.get("epoch", -1) < epoch]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        return kept
 
     def append(self, record: Dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
