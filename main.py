@@ -176,12 +176,16 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
                       config.TRAIN.CLIP_GRAD, mixup)
     start_epoch = resume(config, model, ctx)
 
-    # The module that runs: compiled if asked, wrapped in DDP when distributed. The
-    # recorder and validation use it without the DDP wrapper (no collectives there).
-    fwd_model = torch.compile(model) if config.COMPILE_ENABLE else model
-    train_model = fwd_model
+    # Training runs through DDP when distributed; the recorder and validation use the
+    # model without the DDP wrapper (no collectives there). With COMPILE_ENABLE the DDP
+    # module itself is compiled, so that gradient all-reduces still overlap the backward.
+    train_model = model
     if dist_info.world_size > 1:
-        train_model = DistributedDataParallel(fwd_model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    fwd_model = model
+    if config.COMPILE_ENABLE:
+        fwd_model = torch.compile(model)
+        train_model = torch.compile(train_model) if train_model is not model else fwd_model
 
     val_loader = partial(build_val_loader, config, data.val, dist_info.rank, dist_info.world_size,
                          dist_info.device_id) if data.val is not None else None
