@@ -74,7 +74,7 @@ step "6. training-step throughput at batch 128 with AMP, with and without torch.
 for cfg in swin-tiny-1k resnet50-1k-90 convnext-tiny-1k; do
     for compile in False True; do
         "$PYTHON" main.py --config "configs/$cfg.yaml" --output "$OUT/throughput_${cfg}_compile${compile}" \
-            --throughput --opts "${DEMO_OPTS[@]}" DATA.DATASET custom MODEL.NUM_CLASSES 1000 \
+            --throughput --opts "${DEMO_OPTS[@]}" DATA.DATASET custom MODEL.NUM_CLASSES 1000 DATA.REAL_LABEL False \
             DATA.IMG_SIZE 224 DATA.BATCH_SIZE_TRAIN 128 AMP_ENABLE True COMPILE_ENABLE "$compile" 2>&1 |
             grep -E "throughput|Error|error" | sed "s/^/$cfg compile=$compile: /" | tee -a "$OUT/throughput.log"
     done
