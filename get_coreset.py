@@ -79,14 +79,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 def run(args: argparse.Namespace) -> int:
     # Cheap checks first; nothing is written until every check has passed and the
     # scores are computed.
-    if not (0.0 < args.fraction <= 1.0):
-        raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.window < 2:
         raise ValueError(f"--window must be >= 2, got {args.window}")
     listed = os.path.realpath(args.dataset_file_list)
     for written in (args.output, scores_path(args.output)):
         if os.path.realpath(written) == listed:
             raise ValueError(f"{written!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
+    # The list's lines (~100 bytes of Python string each) are read only after scoring,
+    # so that they and the (N, J) buffer are never held at the same time.
+    n = count_lines(args.dataset_file_list)
+    if n == 0:
+        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
+    keep = check_fraction(n, args.fraction)
     hdir = find_history_dir(args.input)
     paths = contiguous_epoch_files(hdir)
     if args.window > max_window(len(paths), args.include_last_window):
@@ -95,12 +99,6 @@ def run(args: argparse.Namespace) -> int:
             f"{max_window(len(paths), args.include_last_window)}"
             + ("" if args.include_last_window else " (the window ending at the last epoch is not used)")
         )
-    # The list's lines (~100 bytes of Python string each) are read only after scoring,
-    # so that they and the (N, J) buffer are never held at the same time.
-    n = count_lines(args.dataset_file_list)
-    if n == 0:
-        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
-    keep = check_fraction(n, args.fraction)
 
     t0 = time.perf_counter()
     scores = dynamic_uncertainty_scores(_iter_probs(paths, n), n, args.window, args.include_last_window)
