@@ -24,20 +24,19 @@ class RunData:
     val: Optional[FileList]
 
 
-def load_file_lists(config, coreset: Optional[str] = None, need_val: bool = True) -> RunData:
+def load_file_lists(config, coreset: Optional[str] = None) -> RunData:
     """Read the train list (or the coreset) and the val list, checking labels against
     MODEL.NUM_CLASSES. Sizes that differ from the dataset table's are a warning."""
     num_classes = config.MODEL.NUM_CLASSES
     train_root = config.DATA.DATA_PATH_TRAIN
     train_path = coreset or _resolve(config.DATA.TRAIN_FILE_LIST, train_root)
     train = read_file_list(train_path, root=train_root, num_classes=num_classes)
+    info = dataset_info(config.DATA.DATASET)
     val = None
-    if need_val and config.DATA.DATA_PATH_VAL:
+    if config.DATA.DATA_PATH_VAL:
         val_root = config.DATA.DATA_PATH_VAL
-        info = dataset_info(config.DATA.DATASET)
         val_classes = 1000 if info is not None and info.val_is_1k_via_mapping else num_classes
         val = read_file_list(_resolve(config.DATA.VAL_FILE_LIST, val_root), root=val_root, num_classes=val_classes)
-    info = dataset_info(config.DATA.DATASET)
     if info is not None:
         if coreset is None and info.train_size and len(train) != info.train_size:
             logger.warning(f"{train.path}: {len(train)} lines, {config.DATA.DATASET} has {info.train_size} training images")
