@@ -150,12 +150,46 @@ def test_unknown_config_key_is_an_error_naming_it(data, tmp_path):
     assert proc.returncode != 0 and "--bogus-flag" in proc.stderr
 
 
-def test_compiled_model_under_ddp_records_the_same_history(data, produced):
-    """COMPILE_ENABLE with DDP and the recorder: the same history as eager, up to the
-    rounding differences of compiled kernels."""
+def coreset_lines(root, out, name):
+    path = str(root / f"{name}.txt")
+    run([sys.executable, "get_coreset.py", "--input", out, "--dataset_file_list", str(root / "train" / "file_list.txt"),
+         "--fraction", "0.5", "--window", "2", "--output", path])
+    with open(path) as f:
+        return set(f.read().splitlines())
+
+
+# Eager and compiled forwards of the same float32 weights differ only in rounding: each
+# kernel's sums may run in another order (and compiled kernels are fused, and tuned to the
+# CPU's vector width), a relative difference of a few float32 ulps (eps = 1.2e-7) per
+# operation. Through the ~10 layers of resnet_tiny that stays far below 1e-4 on a softmax
+# probability (its derivative in a logit is at most 1/4); 1e-4 is ~800 ulps of headroom.
+# It holds only where both runs have the very same weights: the first batch of epoch 0
+# on each rank (probabilities are recorded before the update). After that, every update
+# feeds the rounding back into the weights and the gap grows with training in a way that
+# depends on the machine (7 of 33 samples differ by 3e-3 after 3 epochs on one AMD EPYC),
+# so later epochs are compared by what they are used for: the coreset.
+SAME_WEIGHTS_ATOL = 1e-4
+
+
+def test_compiled_model_under_ddp_records_every_sample_and_agrees_with_eager(data, produced):
+    """COMPILE_ENABLE with DDP and the recorder: every sample recorded once per epoch,
+    the first batch's probabilities equal to eager's up to float32 rounding, and the
+    resulting coreset largely the same."""
     root, opts = data
     out = str(root / "compiled")
     run(torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts,
                  "COMPILE_ENABLE", "True"))
+    n = 33
     for epoch in range(EPOCHS):
-        np.testing.assert_allclose(history(out, epoch), history(produced, epoch), atol=1e-3, equal_nan=True)
+        compiled, eager = history(out, epoch), history(produced, epoch)
+        seen = ~np.isnan(compiled)
+        np.testing.assert_array_equal(seen, ~np.isnan(eager))
+        assert seen.sum() == 32 and np.all((compiled[seen] >= 0) & (compiled[seen] <= 1))
+    first_batches = np.concatenate([train_shard(n, 7, 0, r, 2, 4)[:4] for r in range(2)])
+    np.testing.assert_allclose(history(out, 0)[first_batches], history(produced, 0)[first_batches],
+                               rtol=0, atol=SAME_WEIGHTS_ATOL)
+    # 16 of 33 kept: at least 12 in common (the scores agree to ~1e-2 on the machine that
+    # showed the 3e-3 gap, which can swap a pair or two of neighbours, not a quarter).
+    compiled_core, eager_core = coreset_lines(root, out, "core_compiled"), coreset_lines(root, produced, "core_eager")
+    assert len(compiled_core) == len(eager_core) == 16
+    assert len(compiled_core & eager_core) >= 12
