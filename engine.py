@@ -134,10 +134,12 @@ def _stop_if_diverged(first_bad: torch.Tensor, epoch: int, num_steps: int) -> No
     code = int(all_reduce_(first_bad.clone(), op=torch.distributed.ReduceOp.MIN))
     if code < 2 * num_steps:
         step, infinite = divmod(code, 2)
-        raise TrainingDiverged(
-            f"training diverged: the loss is {'infinite' if infinite else 'NaN'} at epoch {epoch}, step "
-            f"{step + 1} of {num_steps}; no history or checkpoint is written for epoch {epoch}. Lower "
-            f"TRAIN.BASE_LR, set TRAIN.CLIP_GRAD, or check the data; a restart resumes from the last checkpoint")
+        message = (f"training diverged: the loss is {'infinite' if infinite else 'NaN'} at epoch {epoch}, step "
+                   f"{step + 1} of {num_steps}; no history or checkpoint is written for epoch {epoch}, earlier "
+                   f"epochs stay as they are. Lower TRAIN.BASE_LR, set TRAIN.CLIP_GRAD or check the data, then "
+                   f"resume")
+        logger.error(message)
+        raise TrainingDiverged(message)
 
 
 @torch.no_grad()
