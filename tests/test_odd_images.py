@@ -159,3 +159,28 @@ def test_train_view_matches_pillow(odd, decoder, eval_view):
         else:
             colour = reference.reshape(-1, 3).mean(axis=0) if kind != "rgba" else reference[0, 0]
             np.testing.assert_allclose(got, np.broadcast_to(colour, got.shape), atol=bound(kind), err_msg=kind)
+
+
+def test_prepare_check_decode_counts_each_kind_and_lists_the_undecodable(tmp_path, capsys):
+    from data.prepare import main
+
+    root = tmp_path / "tree"
+    names = make_odd_tree(str(root))
+    with open(root / "c00" / names["rgb"], "rb") as f:
+        whole = f.read()
+    (root / "c00" / "truncated.JPEG").write_bytes(whole[: len(whole) // 2])
+    (root / "c00" / "text.JPEG").write_text("not an image\n")
+    with open(root / "file_list.txt", "a") as f:
+        f.write("/c00/truncated.JPEG 0\n/c00/text.JPEG 0\n")
+    lines = len(names) + 2
+    assert main(["check", str(root / "file_list.txt"), "--decode", "--no-progress", "--workers", "2"]) == 1
+    out = capsys.readouterr().out
+    assert f"decoded {lines} images: {lines - 2} fine, 2 undecodable" in out
+    assert ("odd images, decoded and converted to 8-bit RGB by the pipeline: CMYK 1, grayscale 1, PNG named .JPEG 1, "
+            "RGBA (alpha dropped) 1, 16-bit 1, EXIF-rotated 1") in out
+    list_path = root / "file_list.txt"
+    assert f"{list_path}:{lines - 1}: undecodable image {root / 'c00' / 'truncated.JPEG'}: OSError" in out
+    assert f"{list_path}:{lines}: undecodable image {root / 'c00' / 'text.JPEG'}: UnidentifiedImageError" in out
+    assert out.splitlines()[-1] == f"{list_path}: 2 problems (undecodable 2)"
+    # Without --decode only the list itself is checked: the same tree is clean.
+    assert main(["check", str(list_path)]) == 0
