@@ -31,6 +31,74 @@ def torchrun(script, *args, nproc=2):
             os.path.join(ROOT, script), *args]
 
 
+def _children():
+    """{child pid: [its children]} for the whole machine, from /proc (no psutil)."""
+    tree = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def descendants(pid):
+    """Every process under `pid`, parents before children."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_pid(launcher_pid, rank, script="main_and_produce.py"):
+    """The pid of the worker process with RANK=`rank` under torchrun `launcher_pid`, or None."""
+    for pid in descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue  # ended while we looked
+        if script.encode() in cmdline and f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def wait_until_gone(pid, timeout=60):
+    """Until `pid` has exited (a zombie has: its locks are released)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still alive {timeout} s after SIGKILL")
+
+
+def kill_tree(proc):
+    """SIGKILL torchrun and every process under it, as a scheduler ending a job does.
+    (torchrun starts each worker in a session of its own: killing torchrun's process
+    group alone leaves the workers running.)"""
+    pids = [proc.pid] + descendants(proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    for pid in pids[1:]:
+        wait_until_gone(pid)  # not our children: wait() above does not wait for them
+
+
 def run(cmd, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -121,8 +189,7 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
     deadline = time.time() + 300
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun tree, mid-training
-    proc.wait()
+    kill_tree(proc)  # the whole torchrun tree, workers included, mid-training
     assert not os.path.exists(os.path.join(out, "pred_prob_history", f"prob_{EPOCHS - 1}.npy")), \
         "the run finished before it could be killed"
     run(cmd)  # TRAIN.AUTO_RESUME is on by default

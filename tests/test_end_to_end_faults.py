@@ -10,7 +10,8 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from test_end_to_end import EPOCHS, data, history, metrics, produced, run, torchrun  # noqa: F401 (fixtures)
+from test_end_to_end import (EPOCHS, data, history, kill_tree, metrics, produced, run, torchrun,  # noqa: F401
+                             worker_pid)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -19,52 +20,6 @@ def produce_cmd(out, opts, *launcher_flags, extra=()):
     cmd = torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts,
                    *extra)
     return cmd[:3] + list(launcher_flags) + cmd[3:]
-
-
-def _children(pid):
-    """{child pid: [its children]} for the whole machine, from /proc (no psutil)."""
-    tree = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue  # the process ended while we looked
-            tree.setdefault(ppid, []).append(int(name))
-    return tree
-
-
-def worker_pid(launcher_pid, rank, script="main_and_produce.py"):
-    """The pid of the worker process with RANK=`rank` under torchrun `launcher_pid`, or None."""
-    tree, todo = _children(launcher_pid), [launcher_pid]
-    while todo:
-        pid = todo.pop()
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if pid != launcher_pid and script.encode() in cmdline and f"RANK={rank}".encode() in environ:
-            return pid
-        todo.extend(tree.get(pid, []))
-    return None
-
-
-def wait_until_gone(pid, timeout=60):
-    """Until `pid` has exited (a zombie has: its locks are released)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"process {pid} still alive {timeout} s after SIGKILL")
 
 
 def wait_for(condition, proc, what, timeout=300):
@@ -100,7 +55,7 @@ def test_elastic_restart_after_a_killed_worker_resumes_to_the_same_history(data,
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc)
     assert proc.returncode == 0, output[-4000:]
     with open(os.path.join(out, "log_rank0.txt")) as f:
         log = f.read()
@@ -125,9 +80,7 @@ def test_second_run_on_a_live_output_is_refused_and_a_stale_lock_is_not(data):
             assert "train on 1 process" not in f.read(), "the refused run wrote into the folder"
         assert first.poll() is None, "the refusal disturbed the live run"
     finally:
-        os.killpg(first.pid, signal.SIGKILL)  # no clean-up: the lock file stays behind
-        first.wait()
-    wait_until_gone(holder)  # the workers are not our children: their exit is not waited for above
+        kill_tree(first)  # SIGKILL, no clean-up: the lock file stays behind
     # The killed run's lock file is still there, its lock is not: a new run proceeds.
     assert os.path.exists(os.path.join(out, ".run.lock"))
     run([sys.executable, "main.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--throughput",

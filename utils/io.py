@@ -30,7 +30,7 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and str(path) not in str(e):
+        if isinstance(e, OSError):
             raise named_write_error(e, path) from e
         raise
 
