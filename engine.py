@@ -18,6 +18,10 @@ from utils.distributed import all_reduce_
 logger = logging.getLogger(__name__)
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; names the epoch and the step."""
+
+
 class AverageMeter:
     def __init__(self):
         self.sum, self.count = 0.0, 0
@@ -49,12 +53,21 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
                     device: torch.device, print_freq: int = 10, recorder=None,
                     recorder_model: Optional[nn.Module] = None) -> Dict[str, float]:
     """One pass over `loader`. With a recorder, each batch's ``eval_images`` go through
-    `recorder_model` (the model without its DDP wrapper) before the update."""
+    `recorder_model` (the model without its DDP wrapper) before the update.
+
+    A NaN or infinite loss raises TrainingDiverged naming the epoch and the first bad
+    step; it is detected at the next print_freq read-back (the last step is always one),
+    so the epoch never returns and the caller records no history for it."""
     model.train()
     num_steps = len(loader)
     loss_meter, norm_meter = AverageMeter(), AverageMeter()
     # Losses and norms stay on the device; they are read back only every print_freq steps.
     loss_sum, window = torch.zeros((), device=device), 0
+    # 2 * (the first step whose loss was not finite) + (1 if that loss was infinite, 0 if
+    # NaN); 2 * num_steps while every loss is finite. Kept on the device: no host
+    # synchronisation per step.
+    no_bad = 2 * num_steps
+    first_bad = torch.full((), no_bad, dtype=torch.int64, device=device)
     start = time.time()
     ctx.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(loader):
@@ -79,6 +92,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
                 scaled.backward()
         loss_sum += loss.detach()
         window += 1
+        bad_code = 2 * step + torch.isinf(loss.detach()).long()
+        first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(loss.detach()), no_bad, bad_code))
         if update:
             if ctx.scaler is not None:
                 ctx.scaler.unscale_(ctx.optimizer)
@@ -92,6 +107,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
             ctx.optimizer.zero_grad(set_to_none=True)
             ctx.scheduler.step()
         if (step + 1) % print_freq == 0 or step + 1 == num_steps:
+            _stop_if_diverged(first_bad, epoch, num_steps)
             loss_meter.update(loss_sum.item() / window, window)
             loss_sum.zero_()
             window = 0
@@ -109,6 +125,21 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
     return {"train_loss": loss_meter.avg, "grad_norm": norm_meter.avg if norm_meter.count else None,
             "epoch_time": epoch_time,
             "lr": ctx.optimizer.param_groups[0]["lr"]}
+
+
+def _stop_if_diverged(first_bad: torch.Tensor, epoch: int, num_steps: int) -> None:
+    """Raise TrainingDiverged on every rank if any rank has seen a non-finite loss. One
+    scalar all-reduce at the read-back points only, so that all ranks stop together
+    instead of the healthy ones waiting in the next collective."""
+    code = int(all_reduce_(first_bad.clone(), op=torch.distributed.ReduceOp.MIN))
+    if code < 2 * num_steps:
+        step, infinite = divmod(code, 2)
+        message = (f"training diverged: the loss is {'infinite' if infinite else 'NaN'} at epoch {epoch}, step "
+                   f"{step + 1} of {num_steps}; no history or checkpoint is written for epoch {epoch}, earlier "
+                   f"epochs stay as they are. Lower TRAIN.BASE_LR, set TRAIN.CLIP_GRAD or check the data, then "
+                   f"resume")
+        logger.error(message)
+        raise TrainingDiverged(message)
 
 
 @torch.no_grad()

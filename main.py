@@ -32,6 +32,7 @@ from utils.io import atomic_write_text
 from utils.logger import MetricsLog, setup_logging
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
+from utils.output_lock import lock_output
 from utils.prediction_recorder import PredictionRecorder
 
 logger = logging.getLogger("main")
@@ -148,6 +149,7 @@ def resume(config, model: nn.Module, ctx: StepContext) -> int:
 def main(args: argparse.Namespace, produce: bool = False) -> dict:
     config = setup_config(args)
     dist_info: DistInfo = init_distributed()
+    output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
     device = dist_info.device
     setup_logging(config.OUTPUT, dist_info.rank)
     if dist_info.is_primary:
@@ -212,6 +214,7 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
         return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce,
                    val_loader, validate)
     finally:
+        output_lock.release()
         cleanup()
 
 

@@ -7,7 +7,11 @@ Views:
 - val: shorter side resized to IMG_SIZE / CROP_PCT, centre crop (or a plain resize).
 
 Decoding is "mixed" (nvJPEG on the process's GPU) when the pipeline has a device, and
-"cpu" otherwise; the same definition serves both.
+"cpu" otherwise; the same definition serves both. Every image comes out as 8-bit RGB:
+CMYK and grayscale JPEGs are converted, a PNG named .JPEG is decoded by its content,
+alpha is dropped (not composited), 16-bit images are scaled to 8 bits, and the EXIF
+orientation is applied (the image as a viewer shows it, as Pillow's
+ImageOps.exif_transpose gives it). tests/test_odd_images.py checks each against Pillow.
 """
 import warnings
 from dataclasses import dataclass
@@ -48,6 +52,15 @@ class ViewSpec:
     crop_pct: float = 0.875
 
 
+# Apply the EXIF orientation (DALI's default, stated here so that it is a decision): an
+# image taken with a rotated camera is learned upright, as it is displayed.
+ADJUST_ORIENTATION = True
+
+
+def _decode(jpegs, decode_device: str):
+    return fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB, adjust_orientation=ADJUST_ORIENTATION)
+
+
 def _normalize(images, crop=None, mirror=None):
     kwargs = {"crop": crop} if crop else {}
     if mirror is not None:
@@ -68,7 +81,7 @@ def image_pipeline(reader: BatchReader, spec: ViewSpec, decode_device: str):
     interp = INTERPOLATIONS[spec.interpolation]
     size = spec.img_size
     if not spec.train:
-        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = _decode(jpegs, decode_device)
         if spec.test_crop:
             view = _centre_view(images, size, int(size / spec.crop_pct), interp)
         else:
@@ -77,7 +90,7 @@ def image_pipeline(reader: BatchReader, spec: ViewSpec, decode_device: str):
     else:
         if spec.eval_view:
             # Decode once; both views come from the same decoded image.
-            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+            images = _decode(jpegs, decode_device)
             train = fn.random_resized_crop(
                 images, size=(size, size), random_area=spec.crop_scale, random_aspect_ratio=spec.crop_ratio,
                 interp_type=interp,
@@ -85,7 +98,7 @@ def image_pipeline(reader: BatchReader, spec: ViewSpec, decode_device: str):
         else:
             train = fn.decoders.image_random_crop(
                 jpegs, device=decode_device, output_type=types.RGB, random_area=spec.crop_scale,
-                random_aspect_ratio=spec.crop_ratio,
+                random_aspect_ratio=spec.crop_ratio, adjust_orientation=ADJUST_ORIENTATION,
             )
             train = fn.resize(train, size=(size, size), interp_type=interp)
         if spec.auto_augment:

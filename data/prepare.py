@@ -2,7 +2,7 @@
 
     python -m data.prepare file-list ROOT [--output FILE] [--class-pattern GLOB] [--extensions .JPEG,...]
     python -m data.prepare map-21k --train-21k DIR --val-1k DIR [--release Fall11|Winter21]
-    python -m data.prepare check LIST [--root DIR] [--num-classes K | --dataset NAME]
+    python -m data.prepare check LIST [--root DIR] [--num-classes K | --dataset NAME] [--decode]
 
 Conventions (the paper's, see PAPER_README section 2):
 
@@ -31,13 +31,14 @@ import posixpath
 import sys
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
 
 from data.datasets import DATASETS
 from data.file_list import FileListError, parse_line
+from data.image_check import KINDS, survey_images
 from utils.io import atomic_open
 
 PLACEHOLDER_CLASS = "n04399382"  # the ImageNet-1K class absent from ImageNet-21K
@@ -524,11 +525,48 @@ def _line_paths(path: str, wanted: set) -> Dict[int, str]:
     return texts
 
 
+def _listed_images(path: str, root: str) -> Iterator[Tuple[int, str]]:
+    """(line number, full path) of each line that parses and names an existing file (the
+    others are problems the line check reports already)."""
+    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rel, _ = parse_line(line.strip(), path, lineno)
+            except FileListError:
+                continue
+            full = os.path.join(root, posixpath.normpath(rel.lstrip("/")))
+            if os.path.isfile(full):
+                yield lineno, full
+
+
+def _decode_all(args, report: CheckReport) -> None:
+    """--decode: decode every listed image once; undecodable ones become problems, the
+    odd-but-fine ones are counted by kind."""
+    root = args.root or os.path.dirname(os.path.abspath(args.list))
+    survey = survey_images(_listed_images(args.list, root), total=report.entries, workers=args.workers,
+                           progress=not args.no_progress)
+    for lineno, message in survey.undecodable:
+        report.add(lineno, "undecodable", message)
+    report.problems.sort(key=lambda p: p[0])
+    print(f"{report.path}: decoded {survey.decoded + len(survey.undecodable)} images: {survey.decoded} fine, "
+          f"{len(survey.undecodable)} undecodable")
+    if survey.kinds:
+        counts = ", ".join(f"{KINDS[k]} {len(survey.kinds[k])}" for k in KINDS if k in survey.kinds)
+        print(f"{report.path}: odd images, decoded and converted to 8-bit RGB by the pipeline: {counts}")
+        for kind in KINDS:
+            if kind in survey.kinds:
+                print(f"  {KINDS[kind]}: lines {_some([str(n) for n in survey.kinds[kind]])}")
+
+
 def _cmd_check(args) -> int:
     num_classes = args.num_classes
     if args.dataset:
         num_classes = DATASETS[args.dataset].num_classes
     report = check_file_list(args.list, args.root, num_classes)
+    if args.decode and os.path.isfile(args.list):
+        _decode_all(args, report)
     shown = report.problems if args.max_report is None else report.problems[: args.max_report]
     for lineno, message in shown:
         print(f"{report.path}:{lineno}: {message}" if lineno else f"{report.path}: {message}")
@@ -625,6 +663,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, metavar="K", help="labels must lie in [0, K)")
     g.add_argument("--dataset", choices=sorted(DATASETS), help="take K from the dataset table")
     ck.add_argument("--max-report", type=int, metavar="N", help="print at most N problems (default: all)")
+    ck.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every listed image once (Pillow, full decode): undecodable files are problems; CMYK, "
+        "grayscale, PNG named .JPEG, RGBA, 16-bit and EXIF-rotated images are counted and listed by line",
+    )
+    ck.add_argument("--workers", type=int, default=0, metavar="N", help="--decode threads (default: one per CPU)")
+    ck.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     ck.set_defaults(func=_cmd_check)
     return p
 

@@ -31,6 +31,74 @@ def torchrun(script, *args, nproc=2):
             os.path.join(ROOT, script), *args]
 
 
+def _children():
+    """{child pid: [its children]} for the whole machine, from /proc (no psutil)."""
+    tree = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # the process ended while we looked
+            tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def descendants(pid):
+    """Every process under `pid`, parents before children."""
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def worker_pid(launcher_pid, rank, script="main_and_produce.py"):
+    """The pid of the worker process with RANK=`rank` under torchrun `launcher_pid`, or None."""
+    for pid in descendants(launcher_pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue  # ended while we looked
+        if script.encode() in cmdline and f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def wait_until_gone(pid, timeout=60):
+    """Until `pid` has exited (a zombie has: its locks are released)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} still alive {timeout} s after SIGKILL")
+
+
+def kill_tree(proc):
+    """SIGKILL torchrun and every process under it, as a scheduler ending a job does.
+    (torchrun starts each worker in a session of its own: killing torchrun's process
+    group alone leaves the workers running.)"""
+    pids = [proc.pid] + descendants(proc.pid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    for pid in pids[1:]:
+        wait_until_gone(pid)  # not our children: wait() above does not wait for them
+
+
 def run(cmd, **kwargs):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -121,8 +189,7 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
     deadline = time.time() + 300
     while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the whole torchrun tree, mid-training
-    proc.wait()
+    kill_tree(proc)  # the whole torchrun tree, workers included, mid-training
     assert not os.path.exists(os.path.join(out, "pred_prob_history", f"prob_{EPOCHS - 1}.npy")), \
         "the run finished before it could be killed"
     run(cmd)  # TRAIN.AUTO_RESUME is on by default
@@ -150,12 +217,46 @@ def test_unknown_config_key_is_an_error_naming_it(data, tmp_path):
     assert proc.returncode != 0 and "--bogus-flag" in proc.stderr
 
 
-def test_compiled_model_under_ddp_records_the_same_history(data, produced):
-    """COMPILE_ENABLE with DDP and the recorder: the same history as eager, up to the
-    rounding differences of compiled kernels."""
+def coreset_lines(root, out, name):
+    path = str(root / f"{name}.txt")
+    run([sys.executable, "get_coreset.py", "--input", out, "--dataset_file_list", str(root / "train" / "file_list.txt"),
+         "--fraction", "0.5", "--window", "2", "--output", path])
+    with open(path) as f:
+        return set(f.read().splitlines())
+
+
+# Eager and compiled forwards of the same float32 weights differ only in rounding: each
+# kernel's sums may run in another order (and compiled kernels are fused, and tuned to the
+# CPU's vector width), a relative difference of a few float32 ulps (eps = 1.2e-7) per
+# operation. Through the ~10 layers of resnet_tiny that stays far below 1e-4 on a softmax
+# probability (its derivative in a logit is at most 1/4); 1e-4 is ~800 ulps of headroom.
+# It holds only where both runs have the very same weights: the first batch of epoch 0
+# on each rank (probabilities are recorded before the update). After that, every update
+# feeds the rounding back into the weights and the gap grows with training in a way that
+# depends on the machine (7 of 33 samples differ by 3e-3 after 3 epochs on one AMD EPYC),
+# so later epochs are compared by what they are used for: the coreset.
+SAME_WEIGHTS_ATOL = 1e-4
+
+
+def test_compiled_model_under_ddp_records_every_sample_and_agrees_with_eager(data, produced):
+    """COMPILE_ENABLE with DDP and the recorder: every sample recorded once per epoch,
+    the first batch's probabilities equal to eager's up to float32 rounding, and the
+    resulting coreset largely the same."""
     root, opts = data
     out = str(root / "compiled")
     run(torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts,
                  "COMPILE_ENABLE", "True"))
+    n = 33
     for epoch in range(EPOCHS):
-        np.testing.assert_allclose(history(out, epoch), history(produced, epoch), atol=1e-3, equal_nan=True)
+        compiled, eager = history(out, epoch), history(produced, epoch)
+        seen = ~np.isnan(compiled)
+        np.testing.assert_array_equal(seen, ~np.isnan(eager))
+        assert seen.sum() == 32 and np.all((compiled[seen] >= 0) & (compiled[seen] <= 1))
+    first_batches = np.concatenate([train_shard(n, 7, 0, r, 2, 4)[:4] for r in range(2)])
+    np.testing.assert_allclose(history(out, 0)[first_batches], history(produced, 0)[first_batches],
+                               rtol=0, atol=SAME_WEIGHTS_ATOL)
+    # 16 of 33 kept: at least 12 in common (the scores agree to ~1e-2 on the machine that
+    # showed the 3e-3 gap, which can swap a pair or two of neighbours, not a quarter).
+    compiled_core, eager_core = coreset_lines(root, out, "core_compiled"), coreset_lines(root, produced, "core_eager")
+    assert len(compiled_core) == len(eager_core) == 16
+    assert len(compiled_core & eager_core) >= 12

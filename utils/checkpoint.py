@@ -9,7 +9,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from utils.io import atomic_open
+from utils.io import atomic_open, named_write_error
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +24,37 @@ def checkpoint_path(output: str, epoch: int) -> str:
     return os.path.join(checkpoint_dir(output), f"ckpt_epoch_{epoch}.pth")
 
 
+class _WriteErrorKeeper:
+    """A file wrapper that keeps the OSError of a failing write: torch.save turns it
+    into a RuntimeError that says neither the cause nor the file."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str, state: Dict) -> None:
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
+    """Write atomically; a write error (disk full, ...) raises OSError naming `path`, and
+    the previous file at `path`, if any, stays as it was."""
+    keeper = None
+    try:
+        with atomic_open(path, "wb") as f:
+            keeper = _WriteErrorKeeper(f)
+            torch.save(state, keeper)
+    except RuntimeError as e:
+        if keeper is None or keeper.error is None:
+            raise
+        raise named_write_error(keeper.error, path) from e
 
 
 def load_checkpoint(path: str) -> Dict:

@@ -2,6 +2,7 @@
 and as a plain `python main.py` (world size 1, no process group needed)."""
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Optional
 
 import torch
@@ -39,8 +40,28 @@ def init_distributed() -> DistInfo:
         backend = "gloo"
     if world_size > 1 and not dist.is_initialized():
         kwargs = {"device_id": device} if backend == "nccl" else {}
+        store = _restart_scoped_store(rank, world_size)
+        if store is not None:
+            kwargs.update(store=store, rank=rank, world_size=world_size)
         dist.init_process_group(backend=backend, **kwargs)
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def _restart_scoped_store(rank: int, world_size: int) -> Optional[dist.Store]:
+    """Under torchrun, its store with every key prefixed by the restart round; None
+    elsewhere (init_process_group then reads the environment itself).
+
+    torchrun keeps one store across elastic restarts (``--max-restarts``), and the process
+    group finds its peers through keys in it: unprefixed, the restarted group reads the
+    addresses the failed group published and cannot connect ("Connection refused")."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or "MASTER_ADDR" not in os.environ:
+        return None
+    served_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not served_by_agent, timeout=timedelta(minutes=30),
+                          multi_tenant=True)
+    return dist.PrefixStore(f"restart_{restart}/", store)
 
 
 def is_distributed() -> bool:

@@ -13,7 +13,9 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     """Open a temporary file beside `path`; on a clean exit it replaces `path`.
 
     A crash (or an exception inside the block) leaves `path` untouched and removes
-    the temporary file, so readers never see a half-written file.
+    the temporary file, so readers never see a half-written file. A failing write (disk
+    full, quota, I/O error) raises OSError with the same errno and a message naming
+    `path`, which the bare error from write(2) does not.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,10 +27,19 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise named_write_error(e, path) from e
         raise
+
+
+def named_write_error(error: OSError, path: PathLike) -> OSError:
+    """`error` (same errno, hence the same OSError subclass) with a message naming `path`."""
+    reason = error.strerror or str(error)
+    message = f"cannot write {path}: {reason}; the previous {Path(path).name}, if any, is unchanged"
+    return OSError(error.errno, message) if error.errno is not None else OSError(message)
 
 
 def _umask() -> int:

@@ -30,7 +30,8 @@ def setup_logging(output: str, rank: int) -> logging.Logger:
 
 class MetricsLog:
     """OUTPUT/metrics.jsonl: one JSON object per epoch. On a resume, the lines of epochs
-    that will be re-run are dropped first."""
+    that will be re-run are dropped first. Every change rewrites the file atomically (it
+    is one short line per epoch), so a write error or a crash never leaves a torn line."""
 
     def __init__(self, output: str):
         self.path = os.path.join(output, "metrics.jsonl")
@@ -39,11 +40,23 @@ class MetricsLog:
         """Drop the records of epochs >= epoch; returns the records kept."""
         if not os.path.exists(self.path):
             return []
-        with open(self.path, encoding="utf-8") as f:
-            kept = [r for r in (json.loads(line) for line in f if line.strip()) if r.get("epoch", -1) < epoch]
+        kept = [r for r in self.read() if r.get("epoch", -1) < epoch]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
+    def read(self) -> List[Dict]:
+        if not os.path.exists(self.path):
+            return []
+        records = []
+        with open(self.path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{self.path}:{lineno}: not a JSON record: {e}") from None
+        return records
+
     def append(self, record: Dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.read() + [record]))

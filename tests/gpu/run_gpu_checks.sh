@@ -9,6 +9,7 @@
 # 4. times the kernel against roll + partition at the Swin-T stage shapes
 #    (batch 128, float16 and bfloat16, forward + backward, CUDA events, median);
 # 5. a short produce run with DALI mixed decoding (nccl with several GPUs) and get_coreset;
+#    CMYK/grayscale/PNG-as-JPEG/RGBA/16-bit/EXIF-rotated images through nvJPEG vs Pillow;
 # 6. training-step throughput of Swin-T, ResNet-50 and ConvNeXt-T, batch 128, AMP,
 #    with and without COMPILE_ENABLE.
 # Logs and JSON results go to OUT_DIR; copy the tables into docs/benchmarks.md.
@@ -68,6 +69,10 @@ rm -rf "$OUT/produce"
     --opts "${DEMO_OPTS[@]}" DATA.DECODE_DEVICE mixed TRAIN.EPOCHS 3 AMP_ENABLE True 2>&1 | tee "$OUT/produce.log"
 "$PYTHON" get_coreset.py --input "$OUT/produce" --dataset_file_list "$OUT/mnist/train/file_list.txt" \
     --fraction 0.75 --window 2 --output "$OUT/produce/coreset.txt" | tee -a "$OUT/produce.log"
+
+step "5b. odd images (CMYK, grayscale, PNG named .JPEG, RGBA, 16-bit, EXIF) with mixed decoding"
+"$PYTHON" -m pytest tests/test_odd_images.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/odd_images.log"
+if grep -q "needs a CUDA GPU" "$OUT/odd_images.log"; then echo "mixed decoding was skipped" >&2; exit 1; fi
 
 step "6. training-step throughput at batch 128 with AMP, with and without torch.compile"
 # One real DALI batch (mixed decoding, 224 px) repeated; images/s per GPU.
