@@ -1,0 +1,230 @@
+"""The pruning curve on the embedded MNIST data: top-1 against the fraction kept, for
+every pruning method of get_coreset.py, with several training seeds, beside random and
+the full training set.
+
+    python scripts/pruning_curve.py --output docs/curves/clean
+    python scripts/pruning_curve.py --output docs/curves/noisy --label-noise 0.2
+
+1. write the demo data (data.mnist_demo); with --label-noise, a relabelled copy of the
+   train list (data.label_noise) that everything after trains on;
+2. one produce run (main_and_produce.py) on that list;
+3. coresets with get_coreset.py, for every method and fraction, per seed (random and CCS
+   sample with the seed; the other methods give the same coreset for every seed);
+4. main.py on each coreset and on the full list, once per seed, --jobs runs at a time;
+5. OUTPUT/curve.csv (one row per method, fraction and seed) and OUTPUT/curve.png (mean
+   and standard deviation over the seeds against the fraction; the full-data accuracy as
+   a line). With label noise, each row also gives the share of the relabelled images that
+   the coreset kept.
+
+Finished runs are not repeated: rerunning the script after an interruption continues.
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from data.file_list import read_lines  # noqa: E402
+from data.label_noise import flipped_path  # noqa: E402
+from utils.io import atomic_open, atomic_write_text  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
+PLAIN_METHODS = ("dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random")
+# Variants that change the selection rule of a method: name -> (method, extra get_coreset flags).
+SELECTION_VARIANTS = {"dynunc-ccs": ("dynunc", ["--ccs", "{ccs_beta}"]),
+                      "dynunc-balanced": ("dynunc", ["--class-balanced"])}
+FULL = "full"
+CSV_FIELDS = ["labels", "method", "fraction", "seed", "images", "top1", "top5", "flipped_kept"]
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str
+    fraction: float
+    seed: int
+    coreset: Optional[str]  # None: the full training list
+    output: str
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sh(cmd: Sequence[str], quiet: bool = False) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONUNBUFFERED="1")
+    if not quiet:
+        log("+ " + " ".join(cmd))
+    proc = subprocess.run(list(cmd), cwd=ROOT, env=env, capture_output=quiet, text=True)
+    if proc.returncode != 0:
+        detail = f"\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}" if quiet else ""
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}{detail}")
+
+
+def finished(output: str, epochs: int) -> Optional[dict]:
+    """The last metrics record of a run that completed all its epochs, else None."""
+    path = os.path.join(output, "metrics.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return records[-1] if records and records[-1]["epoch"] == epochs - 1 else None
+
+
+def fraction_text(fraction: float) -> str:
+    return repr(float(fraction))
+
+
+def make_coresets(args, produce: str, train_list: str, seed: int) -> Dict[str, Dict[float, str]]:
+    """{method: {fraction: coreset path}} for one seed."""
+    folder = os.path.join(args.output, "coresets", f"seed{seed}")
+    fractions = [fraction_text(f) for f in args.fractions]
+    base = [sys.executable, "get_coreset.py", "--input", produce, "--dataset_file_list", train_list,
+            "--window", str(args.window), "--seed", str(seed), "--fraction", *fractions]
+    paths: Dict[str, Dict[float, str]] = {}
+    plain = [m for m in args.methods if m in PLAIN_METHODS]
+    if plain:
+        sh(base + ["--method", *plain, "--output", os.path.join(folder, "{method}_{fraction}.txt")], quiet=True)
+        for m in plain:
+            paths[m] = {f: os.path.join(folder, f"{m}_{fraction_text(f)}.txt") for f in args.fractions}
+    for name in (m for m in args.methods if m in SELECTION_VARIANTS):
+        method, flags = SELECTION_VARIANTS[name]
+        flags = [flag.format(ccs_beta=args.ccs_beta) for flag in flags]
+        sh(base + ["--method", method, *flags, "--output", os.path.join(folder, f"{name}_{{fraction}}.txt")],
+           quiet=True)
+        paths[name] = {f: os.path.join(folder, f"{name}_{fraction_text(f)}.txt") for f in args.fractions}
+    return paths
+
+
+def train(args, job: Job, train_opts: List[str]) -> dict:
+    record = finished(job.output, args.epochs)
+    if record is None:
+        cmd = [sys.executable, "main.py", "--config", CONFIG, "--output", job.output]
+        if job.coreset:
+            cmd += ["--coreset", job.coreset]
+        sh(cmd + ["--opts", *train_opts, "SEED", str(job.seed)], quiet=True)
+        record = finished(job.output, args.epochs)
+        if record is None:
+            raise RuntimeError(f"{job.output}: the run ended without its last epoch's metrics")
+    log(f"{job.method} {job.fraction} seed {job.seed}: top-1 {record['acc1']:.2f}")
+    return record
+
+
+def flipped_share(coreset: Optional[str], index_of: Dict[str, int], flipped: np.ndarray) -> float:
+    if coreset is None:
+        return 1.0
+    kept = np.array([index_of[line] for line in read_lines(coreset)], dtype=np.int64)
+    return float(np.isin(flipped, kept).mean()) if len(flipped) else float("nan")
+
+
+def plot(rows: List[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    full = [r["top1"] for r in rows if r["method"] == FULL]
+    if full:
+        mean, std = float(np.mean(full)), float(np.std(full))
+        ax.axhline(mean, color="black", lw=1, ls="--", label=f"full data ({mean:.2f})")
+        ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != FULL]
+    for k, method in enumerate(methods):
+        fractions = sorted({r["fraction"] for r in rows if r["method"] == method})
+        accs = [[r["top1"] for r in rows if r["method"] == method and r["fraction"] == f] for f in fractions]
+        style = dict(color="grey", ls=":") if method == "random" else {}
+        ax.errorbar(fractions, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs], marker="o", ms=4,
+                    capsize=3, label=method, **style)
+    ax.set_xlabel("fraction of the training set kept")
+    ax.set_ylabel("top-1 (%) on the validation set")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    with atomic_open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="folder for the data, runs, curve.csv and curve.png")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="share of training labels to flip")
+    parser.add_argument("--methods", nargs="+", default=list(PLAIN_METHODS) + list(SELECTION_VARIANTS),
+                        choices=list(PLAIN_METHODS) + list(SELECTION_VARIANTS))
+    parser.add_argument("--fractions", nargs="+", type=float, default=[0.9, 0.7, 0.5, 0.3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of every run (produce and train)")
+    parser.add_argument("--window", type=int, default=3, help="dynamic-uncertainty window")
+    parser.add_argument("--ccs-beta", type=float, default=0.1, help="hardest share CCS drops first")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
+    parser.add_argument("--nproc", type=int, default=2, help="processes of the produce run")
+    args = parser.parse_args(argv)
+    start = time.time()
+    args.output = os.path.abspath(args.output)
+    data = os.path.join(args.output, "data")
+    sh([sys.executable, "-m", "data.mnist_demo", data])
+    train_list = os.path.join(data, "train", "file_list.txt")
+    labels = "clean"
+    flipped = np.zeros(0, dtype=np.int64)
+    if args.label_noise > 0:
+        labels = f"noise{args.label_noise:g}"
+        noisy = os.path.join(args.output, "train_noisy.txt")
+        if not os.path.exists(flipped_path(noisy)):
+            sh([sys.executable, "-m", "data.label_noise", train_list, "--rate", str(args.label_noise),
+                "--seed", "0", "--output", noisy])
+        train_list = noisy
+        flipped = np.load(flipped_path(noisy))
+    opts = ["DATA.DATA_PATH_TRAIN", os.path.join(data, "train"), "DATA.DATA_PATH_VAL", os.path.join(data, "val"),
+            "DATA.TRAIN_FILE_LIST", train_list, "TRAIN.EPOCHS", str(args.epochs), "DATA.NUM_WORKERS", "1"]
+
+    produce = os.path.join(args.output, "produce")
+    if finished(produce, args.epochs) is None:
+        sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+            os.path.join(ROOT, "main_and_produce.py"), "--config", CONFIG, "--output", produce, "--opts", *opts])
+    jobs: List[Job] = []
+    for seed in args.seeds:
+        jobs.append(Job(FULL, 1.0, seed, None, os.path.join(args.output, "runs", f"{FULL}_s{seed}")))
+        for method, by_fraction in make_coresets(args, produce, train_list, seed).items():
+            for fraction, coreset in by_fraction.items():
+                name = f"{method}_{fraction_text(fraction)}_s{seed}"
+                jobs.append(Job(method, fraction, seed, coreset, os.path.join(args.output, "runs", name)))
+    log(f"{len(jobs)} training runs, {args.jobs} at a time")
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        records = list(pool.map(lambda job: train(args, job, opts), jobs))
+
+    index_of = {line: i for i, line in enumerate(read_lines(train_list))}
+    rows = []
+    for job, record in zip(jobs, records):
+        images = len(index_of) if job.coreset is None else len(read_lines(job.coreset))
+        share = flipped_share(job.coreset, index_of, flipped) if len(flipped) else ""
+        rows.append({"labels": labels, "method": job.method, "fraction": job.fraction, "seed": job.seed,
+                     "images": images, "top1": round(record["acc1"], 4), "top5": round(record["acc5"], 4),
+                     "flipped_kept": "" if share == "" else round(share, 4)})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(os.path.join(args.output, "curve.csv"), buf.getvalue())
+    title = "MNIST demo, clean labels" if not len(flipped) else f"MNIST demo, {args.label_noise:.0%} labels flipped"
+    plot(rows, os.path.join(args.output, "curve.png"), f"{title} ({len(args.seeds)} seeds, {args.epochs} epochs)")
+    log(f"wrote {os.path.join(args.output, 'curve.csv')} and curve.png; wall time {time.time() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
