@@ -19,7 +19,7 @@ def test_parse(tmp_path):
     fl = read_file_list(path)
     assert len(fl) == 3
     assert fl.files == ["/c00/a.jpg", "/c01/b.jpg", "c02/c.jpg"]
-    assert fl.labels.dtype == np.int64
+    assert fl.labels.dtype == np.int32  # stored as int32 in the index
     assert fl.labels.tolist() == [0, 1, 2]
     assert fl.line_numbers.tolist() == [1, 2, 3]
     assert fl.num_classes_seen == 3
