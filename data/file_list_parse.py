@@ -134,10 +134,14 @@ def _run_bounds(ws: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Optional[int]) -> ParsedBlock:
     """Parse complete lines (`data` ends with a terminator); line0 lines come before them."""
-    buf = np.frombuffer(data, dtype=np.uint8)
+    padded = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
+    buf = padded[: len(data)]
     n = len(buf)
-    cr = np.flatnonzero(buf == _CR)
-    terms = np.flatnonzero(buf == _NL)
+    # Bytes below '!' (controls and space) are few, about two a line: classify them alone.
+    low = np.flatnonzero(buf <= 0x20)
+    low_byte = buf[low]
+    terms = low[low_byte == _NL]
+    cr = low[low_byte == _CR]
     if len(cr):
         lone = cr[buf[np.minimum(cr + 1, n - 1)] != _NL]  # a '\r' ending the block is lone too
         if len(lone):
@@ -150,31 +154,39 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
 
     # Lines the numpy path does not handle: non-ASCII bytes, or whitespace other than
     # space / tab / CR / LF (str.split and str.strip know more of it).
-    odd = (buf >= 0x80) | ((buf >= 0x0B) & (buf <= 0x0C)) | ((buf >= 0x1C) & (buf <= 0x1F))
+    odd_at = low[(low_byte == 0x0B) | (low_byte == 0x0C) | ((low_byte >= 0x1C) & (low_byte <= 0x1F))]
+    words = padded[: len(padded) // 8 * 8].view(np.uint64)
+    if (words & np.uint64(0x8080808080808080)).any():
+        odd_at = np.union1d(odd_at, np.flatnonzero(buf >= 0x80))
     slow = np.zeros(num_lines, dtype=bool)
-    odd_at = np.flatnonzero(odd)
     if len(odd_at):
         slow[np.searchsorted(terms, odd_at)] = True
 
-    isws = (buf == 0x20) | (buf == 0x09) | (buf == _NL) | (buf == _CR)
-    ws = np.flatnonzero(isws)
-    run_start, run_end = _run_bounds(ws)
-    # Content = the line without leading and trailing whitespace.
-    content_end = np.maximum(run_start[np.searchsorted(ws, terms)], starts)
-    k = np.minimum(np.searchsorted(ws, starts), len(ws) - 1)
-    content_start = np.where(ws[k] == starts, run_end[k], starts)
-    blank = content_start >= content_end
-    # The label: after the last whitespace inside the content.
-    k2 = np.searchsorted(ws, content_end) - 1
-    sep = ws[np.maximum(k2, 0)]
-    one_token = ~blank & ((k2 < 0) | (sep < content_start))
+    ws = low[(low_byte == 0x20) | (low_byte == 0x09) | (low_byte == _NL) | (low_byte == _CR)]
+    sep = ws[0::2]
+    if (len(cr) == 0 and len(odd_at) == 0 and len(ws) == 2 * num_lines and np.array_equal(ws[1::2], terms)
+            and (sep > starts).all() and (terms - sep >= 2).all()):
+        # The usual block: every line is '<path> <label>\n' with one space or tab.
+        content_start, content_end, path_end = starts, terms, sep
+        blank = one_token = np.zeros(num_lines, dtype=bool)
+    else:
+        run_start, run_end = _run_bounds(ws)
+        # Content = the line without leading and trailing whitespace.
+        content_end = np.maximum(run_start[np.searchsorted(ws, terms)], starts)
+        k = np.minimum(np.searchsorted(ws, starts), len(ws) - 1)
+        content_start = np.where(ws[k] == starts, run_end[k], starts)
+        blank = content_start >= content_end
+        # The label: after the last whitespace inside the content.
+        k2 = np.searchsorted(ws, content_end) - 1
+        sep = ws[np.maximum(k2, 0)]
+        one_token = ~blank & ((k2 < 0) | (sep < content_start))
+        path_end = np.maximum(run_start[np.maximum(k2, 0)], content_start)
     label_start = sep + 1
-    label_len = content_end - label_start
-    path_end = np.maximum(run_start[np.maximum(k2, 0)], content_start)
+    label_len = np.where(blank | one_token, 0, content_end - label_start)
 
     value = np.zeros(num_lines, dtype=np.int64)
     digits_ok = (label_len >= 1) & (label_len <= _FAST_DIGITS)
-    for d in range(_FAST_DIGITS):
+    for d in range(int(label_len[digits_ok].max()) if digits_ok.any() else 0):
         inside = d < label_len
         b = buf[np.where(inside, np.minimum(label_start + d, n - 1), 0)].astype(np.int64) - 48
         digits_ok &= ~inside | ((b >= 0) & (b <= 9))
@@ -182,8 +194,8 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
 
     python = slow | (~blank & (one_token | ~digits_ok))
     valid = ~blank & ~python
-    p_start = np.where(valid, content_start, 0)
-    p_len = np.where(valid, path_end - content_start, 0)
+    p_start = content_start.copy()
+    p_len = path_end - content_start
 
     error, error_line = None, 0
     for j in np.flatnonzero(python):
@@ -208,24 +220,23 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
         value[j] = label
         valid[j] = True
 
-    entries = np.flatnonzero(valid)
+    entries = slice(None) if valid.all() else np.flatnonzero(valid)
     if error is not None:
-        entries = entries[line_no[entries] < error_line]
+        entries = np.flatnonzero(valid & (line_no < error_line))
     labels = value[entries]
     bad = labels < 0
     bad |= labels > MAX_LABEL if num_classes is None else labels >= num_classes
     if bad.any():
-        j = entries[np.argmax(bad)]
+        j = np.flatnonzero(valid)[np.argmax(bad)] if isinstance(entries, slice) else entries[np.argmax(bad)]
         error_line = int(line_no[j])
         error = label_error(path, error_line, int(value[j]), num_classes)
-        entries = entries[line_no[entries] < error_line]
+        entries = np.flatnonzero(valid & (line_no < error_line))
         labels = value[entries]
 
-    padded = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
+    p_start, p_len = p_start[entries], p_len[entries]
     return ParsedBlock(
-        data=data, base=base, path_start=p_start[entries] + base, path_len=p_len[entries], labels=labels,
-        lines=line_no[entries], hashes=path_hash(padded, p_start[entries], p_len[entries]), num_lines=num_lines,
-        error=error, error_line=error_line,
+        data=data, base=base, path_start=p_start + base, path_len=p_len, labels=labels, lines=line_no[entries],
+        hashes=path_hash(padded, p_start, p_len), num_lines=num_lines, error=error, error_line=error_line,
     )
 
 
@@ -241,9 +252,13 @@ def path_hash(padded: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.n
     words = as_strided(padded, shape=(len(padded) - _PAD + 1, 8), strides=(padded.strides[0], padded.strides[0]))
     words = words.view("<u8")[:, 0]  # words[i] = the 8 bytes at padded[i:i+8], little-endian
     h = np.full(len(start), _SEED, dtype=np.uint64)
-    todo = np.arange(len(start))
-    offset = 0
     with np.errstate(over="ignore"):
+        whole = int(length.min()) // 8 if len(length) else 0  # words that every string has in full
+        for offset in range(0, 8 * whole, 8):
+            x = (h ^ words[start + offset]) * _MUL
+            h = x ^ (x >> np.uint64(29))
+        offset = 8 * whole
+        todo = np.flatnonzero(length > offset)
         while len(todo):
             rem = length[todo] - offset
             w = words[start[todo] + offset]
