@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from data.file_list_index import FileListIndex, open_index
+from data.file_list_index import FileListIndex, line_bound, open_index
 from data.file_list_parse import FileListError, iter_blocks, label_error, parse_line
 
 __all__ = ["FileList", "FileListError", "parse_line", "read_coreset", "read_file_list", "read_lines"]
@@ -137,12 +137,16 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
     if root is None:
         root = os.path.dirname(os.path.abspath(full_list))
     index = open_index(full_list, lookup=True)  # the coreset's own labels are checked below
-    rows, lines = [], []
     try:
         f = open(path, "rb")
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
     with f:
+        bound = line_bound(f)
+        f.seek(0)
+        rows = np.empty(bound, dtype=np.int32)  # an index holds fewer than 2**31 entries
+        lines = np.empty(bound, dtype=np.int32)
+        count = 0
         for block in iter_blocks(f, path, num_classes):
             found = index.find(block.hashes, block.path_len)
             labels_there = index.labels[np.maximum(found, 0)]
@@ -159,11 +163,15 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
                 )
             if block.error is not None:
                 raise block.error
-            rows.append(found.astype(np.int32))  # an index holds fewer than 2**31 entries
-            lines.append(block.lines.astype(np.int32))
-    if sum(len(r) for r in rows) == 0:
+            m = len(found)
+            if count + m > bound:
+                raise FileListError(f"{path}: the coreset changed while it was read")
+            rows[count : count + m] = found
+            lines[count : count + m] = block.lines
+            count += m
+    if count == 0:
         raise FileListError(f"{path}: the file list is empty")
-    return FileList(path, root, index, np.concatenate(rows), np.concatenate(lines))
+    return FileList(path, root, index, rows[:count], lines[:count])  # the untouched tail costs no memory
 
 
 def read_lines(path: str) -> List[str]:

@@ -253,8 +253,9 @@ def _open_valid(index_path: str, list_path: str, list_fd: int, st: os.stat_resul
         os.close(fd)
 
 
-def _capacity(f) -> int:
-    """An upper bound on the number of lines (terminators + 1)."""
+def line_bound(f) -> int:
+    """An upper bound on the number of lines of the binary file `f` (terminators + 1),
+    read from where it is to its end."""
     count, tail = 1, b""
     while True:
         chunk = f.read(BLOCK_BYTES)
@@ -268,7 +269,7 @@ def _capacity(f) -> int:
 
 def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Optional[int], built_ns: int) -> Header:
     """Parse the list open as `f` and write its index to the empty file `fd`."""
-    capacity = _capacity(f)
+    capacity = line_bound(f)
     f.seek(0)
     probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, (0,) * len(SECTIONS))
     os.ftruncate(fd, probe.file_size)

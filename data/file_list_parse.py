@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterator, Optional, Tuple
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-BLOCK_BYTES = 16 << 20  # bytes read at a time; memory per block is a small multiple of this
+BLOCK_BYTES = 8 << 20  # bytes read at a time; memory per block is a small multiple of this
 BOM = b"\xef\xbb\xbf"
 MAX_LABEL = 2**31 - 1  # labels are stored as int32
 _PAD = 8  # zero bytes after a block, so that 8-byte words can be read at any path offset
