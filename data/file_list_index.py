@@ -329,28 +329,31 @@ def _build_lock(list_fd: int) -> Iterator[None]:
 
 def _build(list_path: str, list_file, st: os.stat_result, num_classes: Optional[int],
            index_path: Optional[str]) -> FileListIndex:
-    """Build the index into `index_path` (atomically), or into an unnamed temporary file."""
+    """Build the index into `index_path` (atomically), or into an unnamed temporary file
+    when `index_path` is None or cannot be written."""
     built_ns = time.time_ns()
-    racy = st.st_mtime_ns > built_ns - int(RACY_SECONDS * 1e9)
-    keep = index_path is not None and not racy
-    if keep:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(index_path) + ".", suffix=".tmp",
-                                   dir=os.path.dirname(index_path))
-    else:
-        fd, tmp = tempfile.mkstemp(prefix="file_list_index.", suffix=".tmp")
-        os.unlink(tmp)  # unnamed: gone with the last mapping
-        tmp = None
+    tmp = None
+    if index_path is not None:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(index_path) + ".", suffix=".tmp",
+                                       dir=os.path.dirname(index_path))
+        except OSError as e:
+            logger.warning(f"{index_path}: cannot write the file-list index there ({e}); using a temporary one")
+            index_path = None
+    if index_path is None:
+        fd, unnamed = tempfile.mkstemp(prefix="file_list_index.", suffix=".tmp")
+        os.unlink(unnamed)  # gone with the last mapping
     try:
         t0 = time.perf_counter()
         with open(list_file.fileno(), "rb", closefd=False) as f:
             f.seek(0)
             header = _write_index(fd, f, list_path, st, num_classes, built_ns)
-        if keep:
+        if tmp is not None:
             os.fchmod(fd, st.st_mode & 0o666)  # readable by whoever can read the list
             os.fsync(fd)
             os.replace(tmp, index_path)
             tmp = None
-        where = index_path if keep else "(temporary)"
+        where = index_path or "(temporary)"
         logger.info(f"{list_path}: indexed {header.count} entries in {time.perf_counter() - t0:.1f} s -> {where}")
         return FileListIndex(list_path, header, _map(fd), _map(list_file.fileno()), where)
     finally:
@@ -375,7 +378,9 @@ def open_index(list_path: str, num_classes: Optional[int] = None, lookup: bool =
         if st.st_size == 0:
             raise FileListError(f"{list_path}: the file list is empty")
         location = index_location(list_path)
-        if location is None:
+        if location is None or st.st_mtime_ns > time.time_ns() - int(RACY_SECONDS * 1e9):
+            # Nowhere to keep it, or a list that may change again within its mtime tick:
+            # this process parses it for itself (no lock: each gets its own).
             return _build(list_path, list_file, st, num_classes, None)
         index = _open_valid(location, list_path, list_file.fileno(), st, lookup)
         if index is not None:
