@@ -464,3 +464,41 @@ def test_coreset_of_a_large_list_with_similar_names(tmp_path, monkeypatch):
         f.write("/n00000001/n00000001_200.JPEG 1\n")  # one past the class's last image
     with pytest.raises(FileListError, match=f"{core}:3001: '/n00000001/n00000001_200.JPEG' is not in the full list"):
         read_coreset(core, full, num_classes=50)
+
+
+BUILDER = """
+import logging, sys
+records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
+logging.getLogger("data.file_list_index").addHandler(Keep())
+logging.getLogger("data.file_list_index").setLevel(logging.INFO)
+from data.file_list import read_file_list
+print("ready", flush=True)
+sys.stdin.readline()  # start together
+fl = read_file_list(sys.argv[1])
+print(len(fl), fl.labels.sum(), sum(" indexed " in r for r in records))
+"""
+
+
+def test_concurrent_processes_build_the_index_once(tmp_path):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    n = 200000
+    path = aged_list(tmp_path, "".join(f"/c/{i}.jpg {i % 7}\n" for i in range(n)))
+    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, path], cwd=root, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    results = [out.split() for out, _ in outs]
+    assert all(r[:2] == [str(n), str(sum(i % 7 for i in range(n)))] for r in results)
+    assert sum(int(r[2]) for r in results) == 1  # one process built it, the others waited and mapped it
+    assert sorted(os.listdir(tmp_path)) == ["list.txt", "list.txt.idx"]
