@@ -90,7 +90,7 @@ def memory_status() -> dict:
 
 
 def child(step: str, full: str, coreset: str, classes: int, rank: int, world: int) -> dict:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     report = {}
     if step == "legacy":
         files, _, _ = legacy_read(full, classes)
@@ -131,6 +131,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
                       recorder_s=t_rec - t_shard, list_handling_s=t_rec - t_import,
                       hwm_before_lists_mib=before["VmHWM"], rss_anon_before_lists_mib=before["RssAnon"])
     report["seconds"] = time.perf_counter() - t0
+    report["cpu_s"] = time.process_time() - cpu0
     report.update(memory_status())
     return report
 

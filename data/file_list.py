@@ -101,16 +101,12 @@ class PathSequence(Sequence):
         return f"PathSequence({self._list.path!r}, {len(self)} paths)"
 
 
-def _check_labels(index: FileListIndex, path: str, num_classes: Optional[int], rows=None, lines=None) -> None:
+def _check_labels(index: FileListIndex, path: str, num_classes: Optional[int]) -> None:
     """FileListError naming the first line whose label is outside [0, num_classes)."""
-    if num_classes is None:
+    if num_classes is None or index.header.max_label < num_classes:
         return  # negative labels never reach an index
-    labels = index.labels if rows is None else index.labels[rows]
-    bad = np.flatnonzero(labels >= num_classes)
-    if len(bad):
-        i = int(bad[0])
-        lineno = int(index.lines[i] if lines is None else lines[i])
-        raise label_error(path, lineno, int(labels[i]), num_classes)
+    i = int(np.argmax(index.labels >= num_classes))
+    raise label_error(path, int(index.lines[i]), int(index.labels[i]), num_classes)
 
 
 def read_file_list(path: str, root: Optional[str] = None, num_classes: Optional[int] = None) -> FileList:

@@ -13,8 +13,8 @@ Layout (little-endian): a 4096-byte header, then six arrays of `capacity` entrie
     path_start int64   row_hash uint64   sorted_key uint64   path_len int32   label int32   line int32
 
 `sorted_key` is ``(row_hash >> row_bits << row_bits) | row``, sorted: the lookup table
-for coreset lines. The header records the list's size and mtime (ns), the entry count
-and a CRC-32 of each array and of itself.
+for coreset lines. The header records the list's size and mtime (ns), the entry count,
+the largest label and a CRC-32 of each array and of itself.
 
 The index is never trusted blindly: a header that does not match the list (size, mtime),
 a wrong file size or a CRC mismatch makes it stale or corrupt, and it is rebuilt (written
@@ -55,7 +55,7 @@ SECTIONS: Tuple[Tuple[str, str], ...] = (
     ("path_len", "<i4"), ("label", "<i4"), ("line", "<i4"),
 )
 LOOKUP_SECTIONS = ("row_hash", "sorted_key")
-_HEAD = struct.Struct("<8sIIQqqQQ" + "I" * len(SECTIONS))  # + the header's own CRC-32
+_HEAD = struct.Struct("<8sIIQqqQQq" + "I" * len(SECTIONS))  # + the header's own CRC-32
 BYTES_PER_ENTRY = sum(np.dtype(t).itemsize for _, t in SECTIONS)
 MAX_ENTRIES = 2**31 - 1  # rows and line numbers are int32
 
@@ -69,11 +69,12 @@ class Header:
     built_ns: int
     count: int
     capacity: int
+    max_label: int  # so that a label bound is checked without reading the labels
     crcs: Tuple[int, ...]
 
     def pack(self) -> bytes:
         body = _HEAD.pack(MAGIC, self.version, self.row_bits, self.list_size, self.list_mtime_ns, self.built_ns,
-                          self.count, self.capacity, *self.crcs)
+                          self.count, self.capacity, self.max_label, *self.crcs)
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
@@ -89,7 +90,7 @@ class Header:
             raise ValueError("header checksum mismatch")
         if fields[1] != VERSION:
             raise ValueError(f"index version {fields[1]}, this code writes {VERSION}")
-        return cls(*fields[1:8], crcs=tuple(fields[8:]))
+        return cls(*fields[1:9], crcs=tuple(fields[9:]))
 
     def offset(self, name: str) -> int:
         at = HEADER_BYTES
@@ -271,10 +272,10 @@ def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Op
     """Parse the list open as `f` and write its index to the empty file `fd`."""
     capacity = line_bound(f)
     f.seek(0)
-    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, (0,) * len(SECTIONS))
+    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, 0, (0,) * len(SECTIONS))
     os.ftruncate(fd, probe.file_size)
     crcs = {name: 0 for name, _ in SECTIONS}
-    count = 0
+    count, max_label = 0, 0
     for block in iter_blocks(f, list_path, num_classes):
         if block.error is not None:
             raise block.error
@@ -287,6 +288,8 @@ def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Op
             _pwrite_all(fd, data, probe.offset(name) + count * data.itemsize)
             crcs[name] = zlib.crc32(data, crcs[name])
         count += m
+        if m:
+            max_label = max(max_label, int(block.labels.max()))
     if count == 0:
         raise FileListError(f"{list_path}: the file list is empty")
     now = os.stat(list_path)
@@ -306,7 +309,7 @@ def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Op
     _pwrite_all(fd, keys, probe.offset("sorted_key"))
     crcs["sorted_key"] = zlib.crc32(keys)
     del keys
-    header = Header(VERSION, row_bits, st.st_size, st.st_mtime_ns, built_ns, count, capacity,
+    header = Header(VERSION, row_bits, st.st_size, st.st_mtime_ns, built_ns, count, capacity, max_label,
                     tuple(crcs[name] for name, _ in SECTIONS))
     os.pwrite(fd, header.pack(), 0)
     return header

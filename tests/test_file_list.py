@@ -301,6 +301,17 @@ def test_index_is_written_once_and_reused(tmp_path, monkeypatch):
     assert fl.files == ["/a.jpg", "/b.jpg"] and fl.labels.tolist() == [0, 1]
 
 
+def test_label_bound_checked_against_an_index_built_without_it(tmp_path, monkeypatch):
+    builds = count_builds(monkeypatch)
+    path = aged_list(tmp_path, "/a.jpg 0\n\n/b.jpg 2\n/c.jpg 3\n/d.jpg 3\n")
+    assert read_file_list(path).num_classes_seen == 4
+    assert read_file_list(path, num_classes=4).labels.tolist() == [0, 2, 3, 3]
+    with pytest.raises(FileListError) as info:
+        read_file_list(path, num_classes=3)
+    assert str(info.value) == f"{path}:4: label 3 is outside [0, 3)"
+    assert len(builds) == 1
+
+
 def test_list_just_written_is_not_indexed_on_disk(tmp_path, monkeypatch):
     builds = count_builds(monkeypatch)
     path = write(tmp_path / "list.txt", "/a.jpg 0\n")
@@ -395,7 +406,7 @@ def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypa
 def test_index_header_round_trip():
     import data.file_list_index as fli
 
-    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, tuple(range(len(fli.SECTIONS))))
+    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, tuple(range(len(fli.SECTIONS))))
     assert fli.Header.unpack(header.pack()) == header
     with pytest.raises(ValueError, match="checksum"):
         fli.Header.unpack(header.pack()[:-1] + b"\0")
