@@ -117,7 +117,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         config = load_config(None, ["DATA.DATASET", "custom", "MODEL.NUM_CLASSES", str(classes),
                                     "DATA.DATA_PATH_TRAIN", os.path.dirname(full),
                                     "DATA.TRAIN_FILE_LIST", os.path.basename(full), "DATA.DATA_PATH_VAL", ""])
-        t_import = time.perf_counter()
+        t_import, cpu_import = time.perf_counter(), time.process_time()
         before = memory_status()  # torch and DALI alone take hundreds of MiB
         data = load_file_lists(config)
         t_lists = time.perf_counter()
@@ -125,10 +125,11 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         t_shard = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
             PredictionRecorder(len(data.train), out, torch.device("cpu"), rank == 0)
-        t_rec = time.perf_counter()
+        t_rec, cpu_rec = time.perf_counter(), time.process_time()
         report.update(entries=len(data.train), shard=len(order), imports_s=t_import - t0,
                       load_file_lists_s=t_lists - t_import, train_shard_s=t_shard - t_lists,
                       recorder_s=t_rec - t_shard, list_handling_s=t_rec - t_import,
+                      list_handling_cpu_s=cpu_rec - cpu_import,
                       hwm_before_lists_mib=before["VmHWM"], rss_anon_before_lists_mib=before["RssAnon"])
     report["seconds"] = time.perf_counter() - t0
     report["cpu_s"] = time.process_time() - cpu0
