@@ -100,7 +100,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
 
         fl = read_file_list(full, root="/data", num_classes=classes)
         report["entries"] = len(fl)
-        report["index"] = fl.index.where
+        report["index"] = fl.index.location
     elif step == "coreset":
         from data.file_list import read_coreset
 

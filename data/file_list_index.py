@@ -113,10 +113,10 @@ class FileListIndex:
     """A valid index, mapped: read-only arrays over the file, and the list itself mapped
     for the path bytes."""
 
-    def __init__(self, list_path: str, header: Header, index_map: mmap.mmap, list_map: mmap.mmap, where: str):
+    def __init__(self, list_path: str, header: Header, index_map: mmap.mmap, list_map: mmap.mmap, location: str):
         self.list_path = list_path
         self.header = header
-        self.where = where  # the index file, or a note that it is a temporary one
+        self.location = location  # the index file, or "(temporary)"
         self.count = header.count
         self.row_bits = header.row_bits
         self._list_map = list_map
@@ -356,9 +356,9 @@ def _build(list_path: str, list_file, st: os.stat_result, num_classes: Optional[
             os.fsync(fd)
             os.replace(tmp, index_path)
             tmp = None
-        where = index_path or "(temporary)"
-        logger.info(f"{list_path}: indexed {header.count} entries in {time.perf_counter() - t0:.1f} s -> {where}")
-        return FileListIndex(list_path, header, _map(fd), _map(list_file.fileno()), where)
+        location = index_path or "(temporary)"
+        logger.info(f"{list_path}: indexed {header.count} entries in {time.perf_counter() - t0:.1f} s -> {location}")
+        return FileListIndex(list_path, header, _map(fd), _map(list_file.fileno()), location)
     finally:
         os.close(fd)
         if tmp is not None:

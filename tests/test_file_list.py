@@ -297,7 +297,7 @@ def test_index_is_written_once_and_reused(tmp_path, monkeypatch):
     assert os.path.isfile(path + ".idx") and len(builds) == 1
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
     fl = read_file_list(path)
-    assert len(builds) == 1 and fl.index.where == path + ".idx"
+    assert len(builds) == 1 and fl.index.location == path + ".idx"
     assert fl.files == ["/a.jpg", "/b.jpg"] and fl.labels.tolist() == [0, 1]
 
 
@@ -315,7 +315,7 @@ def test_label_bound_checked_against_an_index_built_without_it(tmp_path, monkeyp
 def test_list_just_written_is_not_indexed_on_disk(tmp_path, monkeypatch):
     builds = count_builds(monkeypatch)
     path = write(tmp_path / "list.txt", "/a.jpg 0\n")
-    assert read_file_list(path).index.where == "(temporary)"
+    assert read_file_list(path).index.location == "(temporary)"
     assert os.listdir(tmp_path) == ["list.txt"]
     read_file_list(path)
     assert len(builds) == 2
@@ -398,8 +398,8 @@ def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypa
     monkeypatch.setattr(fli.os, "access", lambda p, mode: False if p == str(folder) else real_access(p, mode))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     fl = read_file_list(path)
-    assert fl.index.where.startswith(str(tmp_path / "cache" / "dynunc" / "file_list_index") + os.sep)
-    assert fl.index.where.endswith("-list.txt.idx") and os.path.isfile(fl.index.where)
+    assert fl.index.location.startswith(str(tmp_path / "cache" / "dynunc" / "file_list_index") + os.sep)
+    assert fl.index.location.endswith("-list.txt.idx") and os.path.isfile(fl.index.location)
     assert os.listdir(folder) == ["list.txt"]
 
 
