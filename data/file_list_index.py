@@ -165,7 +165,8 @@ def index_location(list_path: str) -> Optional[str]:
     folder = os.path.dirname(os.path.abspath(list_path))
     if os.access(folder, os.W_OK):
         return os.path.abspath(list_path) + INDEX_SUFFIX
-    cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dynunc", "file_list_index")
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    cache = os.path.join(cache_home, "dynunc", "file_list_index")
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError:

@@ -204,7 +204,8 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            error, error_line = FileListError(f"{path}:{lineno}: the line is not valid UTF-8 ({e.reason} at byte {e.start})"), lineno
+            why = f"the line is not valid UTF-8 ({e.reason} at byte {e.start})"
+            error, error_line = FileListError(f"{path}:{lineno}: {why}"), lineno
             break
         stripped = text.strip()
         if not stripped:
