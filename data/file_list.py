@@ -128,7 +128,9 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
 
     A coreset line whose path is not in the full list, or is there with another label, is
     an error naming the coreset line and the full list. Messages and `where` name the
-    coreset's lines; `root` defaults to the full list's folder.
+    coreset's lines; `root` defaults to the full list's folder. A line is looked up by a
+    64-bit hash of its path bytes and their length (the index's table), so a path absent
+    from the full list passes only if it collides with one there (odds ~N / 2**64 a line).
     """
     if root is None:
         root = os.path.dirname(os.path.abspath(full_list))
