@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def count_lines(path: str) -> int:
     """The number of entries read_lines(path) returns (non-blank lines), without keeping them."""
     try:
-        with open(path, "r", encoding="utf-8") as f:
+        with open(path, "r", encoding="utf-8-sig") as f:
             return sum(1 for line in f if line.strip())
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from data.datasets import dataset_info
-from data.file_list import FileList, read_file_list
+from data.file_list import FileList, read_coreset, read_file_list
 from data.pipeline import DaliLoader, ViewSpec
 from data.reader import BatchReader, eval_shard, pipeline_seed, train_shard
 
@@ -25,12 +25,16 @@ class RunData:
 
 
 def load_file_lists(config, coreset: Optional[str] = None) -> RunData:
-    """Read the train list (or the coreset) and the val list, checking labels against
-    MODEL.NUM_CLASSES. Sizes that differ from the dataset table's are a warning."""
+    """Read the train list (or the coreset, whose lines must be lines of the train list)
+    and the val list, checking labels against MODEL.NUM_CLASSES. Sizes that differ from
+    the dataset table's are a warning."""
     num_classes = config.MODEL.NUM_CLASSES
     train_root = config.DATA.DATA_PATH_TRAIN
-    train_path = coreset or _resolve(config.DATA.TRAIN_FILE_LIST, train_root)
-    train = read_file_list(train_path, root=train_root, num_classes=num_classes)
+    full_path = _resolve(config.DATA.TRAIN_FILE_LIST, train_root)
+    if coreset:
+        train = read_coreset(coreset, full_path, root=train_root, num_classes=num_classes)
+    else:
+        train = read_file_list(full_path, root=train_root, num_classes=num_classes)
     info = dataset_info(config.DATA.DATASET)
     val = None
     if config.DATA.DATA_PATH_VAL:

@@ -369,7 +369,7 @@ def check_file_list(path: str, root: Optional[str] = None, num_classes: Optional
     dir_index: Dict[str, int] = {}
     dir_of, name_hash, labels, linenos = array("q"), array("q"), array("q"), array("q")
     try:
-        f = open(path, "r", encoding="utf-8", errors="surrogateescape")
+        f = open(path, "r", encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         report.add(0, "list", f"cannot read the list: {e.strerror or e}")
         return report
@@ -518,7 +518,7 @@ def _line_paths(path: str, wanted: set) -> Dict[int, str]:
     texts: Dict[int, str] = {}
     if not wanted:
         return texts
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, "r", encoding="utf-8-sig", errors="surrogateescape") as f:
         for lineno, line in enumerate(f, start=1):
             if lineno in wanted:
                 texts[lineno] = posixpath.normpath(line.strip().rsplit(maxsplit=1)[0].lstrip("/"))

@@ -118,7 +118,7 @@ def forward_val(config, state):
         for batch in build_val_loader(config, val, 0, 1, None):
             logits[batch["indices"]] = model(batch["images"]).float()
     assert not logits.isnan().any()
-    return logits, torch.as_tensor(val.labels)
+    return logits, torch.from_numpy(val.labels.astype(np.int64))  # int32 in the file-list index
 
 
 def centre_head(config, state):

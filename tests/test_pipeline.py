@@ -304,6 +304,17 @@ def test_load_file_lists_coreset(setup, tmp_path):
     assert data.train.files == ["/c01/img_003.jpg", "/c02/img_000.jpg"]
     assert data.train.root == str(train)  # coreset paths are relative to the training images
     assert data.train.path == str(coreset)
+    assert data.train.rows.tolist() == [13, 20]  # rows of the full training list
+
+
+def test_load_file_lists_refuses_a_coreset_line_not_in_the_train_list(setup, tmp_path):
+    config, _, train, _ = setup
+    coreset = tmp_path / "coreset.txt"
+    coreset.write_text("/c01/img_003.jpg 1\n/c01/img_099.jpg 1\n")
+    with pytest.raises(FileListError) as info:
+        load_file_lists(config, coreset=str(coreset))
+    assert str(info.value) == (f"{coreset}:2: '/c01/img_099.jpg' is not in the full list "
+                               f"{train / 'file_list.txt'}")
 
 
 @pytest.mark.parametrize("which", ["train", "val"])

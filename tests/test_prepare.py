@@ -229,6 +229,16 @@ def test_check_clean_list_and_coreset(imagenet, tmp_path, capsys):
     assert main(["check", str(coreset), "--root", imagenet, "--dataset", "ImageNet-1K"]) == 0
 
 
+def test_check_windows_list_with_byte_order_mark(imagenet, tmp_path, capsys):
+    assert main(["file-list", imagenet, "--no-progress"]) == 0
+    with open(os.path.join(imagenet, "file_list.txt"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    saved = tmp_path / "notepad.txt"
+    saved.write_bytes(("\ufeff" + "\r\n".join(lines)).encode("utf-8"))  # no newline at the end
+    assert main(["check", str(saved), "--root", imagenet, "--num-classes", "5"]) == 0
+    assert capsys.readouterr().out.strip().endswith("OK")
+
+
 def test_check_reports_every_problem_with_line_numbers(imagenet, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(
