@@ -24,8 +24,8 @@ from typing import Iterator, List, Optional, Sequence
 import numpy as np
 
 from data.file_list import FileListError, read_lines
-from utils.dynamic_uncertainty import check_fraction, dynamic_uncertainty_scores, max_window, select_coreset
-from utils.history import HistoryError, contiguous_epoch_files, find_history_dir, load_epoch_prob
+from pruning.dynamic_uncertainty import check_fraction, dynamic_uncertainty_scores, max_window, select_coreset
+from pruning.history import HistoryError, contiguous_epoch_files, find_history_dir, load_epoch_prob
 from utils.io import atomic_open, atomic_save_npy
 
 

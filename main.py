@@ -32,7 +32,7 @@ from utils.io import atomic_write_text
 from utils.logger import MetricsLog, setup_logging
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
-from utils.prediction_recorder import PredictionRecorder
+from pruning.recorder import PredictionRecorder
 
 logger = logging.getLogger("main")
 

@@ -1,4 +1,4 @@
-"""utils/prediction_recorder.py: what produce mode records per sample, in which model
+"""pruning/recorder.py: what produce mode records per sample, in which model
 mode, and the history files it writes."""
 import os
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.history import correct_path, history_dir, prob_path, write_epoch
-from utils.prediction_recorder import PredictionRecorder, has_batchnorm
+from pruning.history import correct_path, history_dir, prob_path, write_epoch
+from pruning.recorder import PredictionRecorder, has_batchnorm
 
 
 class FixedLogits(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from utils.distributed import all_reduce_
-from utils.history import history_dir, remove_epochs_from, write_epoch
+from pruning.history import history_dir, remove_epochs_from, write_epoch
 
 logger = logging.getLogger(__name__)
 
