@@ -220,7 +220,8 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     metrics_log = MetricsLog(config.OUTPUT)
     recorder = None
     if produce:
-        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary)
+        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
+                                      file_list=data.train.path)
         recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:

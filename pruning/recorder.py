@@ -1,19 +1,40 @@
-"""Produce mode: the hook that records, for every training sample, the softmax
-probability of its true label on the un-augmented view, with the weights as they are
-before the step's update (REFERENCE.md section 1)."""
+"""Produce mode: the hook that records, for every training sample, on the un-augmented
+view and with the weights as they are before the step's update (REFERENCE.md section 1):
+the softmax probability of its true label, whether the top-1 prediction is right, the
+margin (true logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
 import logging
+import os
 from contextlib import nullcontext
 from typing import ContextManager, Optional
 
 import torch
 from torch import nn
 
+from pruning.history import (HistoryError, file_list_fingerprint, fingerprint_path, history_dir, list_epoch_files,
+                             read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
 from utils.distributed import all_reduce_
-from pruning.history import history_dir, remove_epochs_from, write_epoch
 
 logger = logging.getLogger(__name__)
 
-_UNSEEN = -1.0
+# Every recorded quantity is > -inf for a seen sample (margin may be negative), so -inf
+# marks "unseen" and MAX over the ranks gathers.
+_UNSEEN = float("-inf")
+# Rows of the records tensor.
+ROWS = ("prob", "correct", "margin", "el2n")
+
+
+def batch_records(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(len(ROWS), B) float32: p(true label), top-1 correct (0/1), margin, EL2N per sample."""
+    logits = logits.float()
+    labels = labels.view(-1, 1)
+    softmax = torch.softmax(logits, dim=-1)
+    prob = softmax.gather(1, labels).view(-1)
+    correct = (logits.argmax(dim=-1) == labels.view(-1)).float()
+    other_max = logits.scatter(1, labels, float("-inf")).amax(dim=-1)
+    margin = logits.gather(1, labels).view(-1) - other_max
+    # The difference itself, not sum p^2 - 2 p_y + 1, which cancels for confident samples.
+    el2n = torch.linalg.vector_norm(softmax.scatter_add(1, labels, -torch.ones_like(prob).view(-1, 1)), dim=-1)
+    return torch.stack([prob, correct, margin, el2n])
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -21,26 +42,40 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 class PredictionRecorder:
-    """Holds this rank's records of the current epoch on the device; one all-reduce per
-    epoch gathers them (each sample is seen by at most one rank per epoch, so MAX over a
-    -1 "unseen" fill acts as a gather). No host synchronisation per step."""
+    """Holds this rank's records of the current epoch on the device, one row per
+    quantity (ROWS); one all-reduce per epoch gathers them (each sample is seen by at
+    most one rank per epoch, so MAX over a -inf "unseen" fill acts as a gather). No host
+    synchronisation per step."""
 
     def __init__(self, num_samples: int, output: str, device: torch.device, is_primary: bool,
-                 eval_mode_forward: Optional[bool] = None):
+                 eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None):
         self.num_samples = num_samples
         self.dir = history_dir(output)
         self.is_primary = is_primary
-        # Row 0: probability of the true label; row 1: top-1 correct (0/1). -1: unseen.
-        self.records = torch.full((2, num_samples), _UNSEEN, dtype=torch.float32, device=device)
+        self.file_list = file_list  # the training list; its fingerprint goes beside the history
+        self.records = torch.full((len(ROWS), num_samples), _UNSEEN, dtype=torch.float32, device=device)
         # None: decided on the first batch (eval() for models with BatchNorm).
         self.eval_mode_forward = eval_mode_forward
 
     def resume_from(self, epoch: int) -> None:
-        """A run (re)starting at `epoch` rewrites the history from there on."""
-        if self.is_primary:
-            removed = remove_epochs_from(self.dir, epoch)
-            if removed:
-                logger.info(f"history of epochs {removed} is newer than the checkpoint: it will be rewritten")
+        """Called once as a run (re)starts at `epoch`: the history is rewritten from there
+        on, and the file list's fingerprint is recorded (HistoryError if the epochs kept
+        were recorded on a different list)."""
+        if not self.is_primary:
+            return
+        removed = remove_epochs_from(self.dir, epoch)
+        if removed:
+            logger.info(f"history of epochs {removed} is newer than the checkpoint: it will be rewritten")
+        if self.file_list is None:
+            return
+        fingerprint = file_list_fingerprint(self.file_list, self.num_samples)
+        recorded = read_fingerprint(self.dir)
+        if recorded is not None and list_epoch_files(self.dir) and recorded["sha256"] != fingerprint["sha256"]:
+            raise HistoryError(
+                f"{self.file_list} is not the file list the kept epochs of {self.dir} were recorded on "
+                f"({fingerprint_path(self.dir)} records {recorded['path']}); use the same list or a new --output")
+        os.makedirs(self.dir, exist_ok=True)
+        write_fingerprint(self.dir, fingerprint)
 
     def start_epoch(self) -> None:
         self.records.fill_(_UNSEEN)
@@ -48,7 +83,7 @@ class PredictionRecorder:
     @torch.no_grad()
     def record(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
                autocast: ContextManager = nullcontext()) -> None:
-        """Run `model` on the eval view and store p(true label) and correctness.
+        """Run `model` on the eval view and store its records (ROWS) per sample.
 
         Models with BatchNorm run this forward in eval mode (running statistics, as the
         paper's code does for ResNet); others stay in train mode (the paper's behaviour
@@ -65,20 +100,17 @@ class PredictionRecorder:
         finally:
             if to_eval:
                 model.train(was_training)
-        logits = logits.float()
-        prob = torch.softmax(logits, dim=-1).gather(1, labels.view(-1, 1)).view(-1)
-        correct = (logits.argmax(dim=-1) == labels).float()
-        self.records[0].index_copy_(0, indices, prob)
-        self.records[1].index_copy_(0, indices, correct)
+        self.records.index_copy_(1, indices, batch_records(logits, labels))
 
     def end_epoch(self, epoch: int) -> None:
-        """Gather across ranks and, on rank 0, write prob_{epoch}.npy / correct_{epoch}.npy."""
+        """Gather across ranks and, on rank 0, write the epoch's files (history.py)."""
         all_reduce_(self.records, op=torch.distributed.ReduceOp.MAX)
         if not self.is_primary:
             return
         records = self.records.cpu()
-        seen = records[0] >= 0
-        prob = torch.where(seen, records[0], torch.full_like(records[0], float("nan"))).numpy()
-        correct = torch.where(seen, records[1], torch.full_like(records[1], -1.0)).to(torch.int8).numpy()
-        write_epoch(self.dir, epoch, prob, correct)
+        seen = records[0] > _UNSEEN
+        nan = torch.tensor(float("nan"))
+        prob, margin, el2n = (torch.where(seen, records[ROWS.index(k)], nan).numpy() for k in ("prob", "margin", "el2n"))
+        correct = torch.where(seen, records[1], torch.tensor(-1.0)).to(torch.int8).numpy()
+        write_epoch(self.dir, epoch, prob, correct, margin=margin, el2n=el2n)
         logger.info(f"recorded epoch {epoch}: {int(seen.sum())} of {self.num_samples} samples seen -> {self.dir}")
