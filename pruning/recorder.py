@@ -32,8 +32,10 @@ def batch_records(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     correct = (logits.argmax(dim=-1) == labels.view(-1)).float()
     other_max = logits.scatter(1, labels, float("-inf")).amax(dim=-1)
     margin = logits.gather(1, labels).view(-1) - other_max
-    # The difference itself, not sum p^2 - 2 p_y + 1, which cancels for confident samples.
-    el2n = torch.linalg.vector_norm(softmax.scatter_add(1, labels, -torch.ones_like(prob).view(-1, 1)), dim=-1)
+    # ||softmax - onehot||^2 = (1 - p_y)^2 + sum_{j != y} p_j^2, with 1 - p_y taken as the
+    # sum of the other probabilities: no cancellation for confident samples.
+    others = softmax.scatter(1, labels, 0.0)
+    el2n = (others.sum(dim=-1).square() + others.square().sum(dim=-1)).sqrt()
     return torch.stack([prob, correct, margin, el2n])
 
 
