@@ -93,7 +93,8 @@ def remove_stale_temporaries(path: PathLike) -> List[str]:
 class AtomicGroup:
     """Several outputs that replace their targets together: each is written in full to a
     temporary file first; `commit` then renames them all, with SIGINT and SIGTERM held
-    back meanwhile, so an interruption leaves either every old file or every new one."""
+    back meanwhile, so an interruption leaves either every old file or every new one
+    (SIGKILL during the renames, a window of microseconds, is the exception)."""
 
     def __init__(self):
         self._staged: List[Tuple[str, Path]] = []
@@ -151,12 +152,23 @@ def atomic_group() -> Iterator[AtomicGroup]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (delivered when the block ends); main thread, POSIX."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT and SIGTERM back until the block ends, then deliver the first one that
+    arrived to the handler that was in place. Python-level handlers (a thread mask would
+    not do: the kernel may hand a process signal to any thread, e.g. a BLAS worker).
+    Main thread only; elsewhere signals are not held."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    held: List[int] = []
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: installed outside Python, cannot be restored
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if held:
+            signal.raise_signal(held[0])
