@@ -1,6 +1,7 @@
 """Which samples a coreset keeps, given one score per sample (higher = kept first).
 
-- top: the `keep` highest scores; ties go to the lower index; NaN (no data) ranks last;
+- top: the `keep` highest scores; ties go to the lower index; NaN (no data) ranks last
+  (found by partition, O(N), for each budget);
 - class-balanced: each class keeps its share of `keep` in proportion to its size
   (largest remainders, ties to the lower class index), chosen within the class by the
   rule below;
@@ -10,7 +11,7 @@
   min(its size, remaining budget // bins left), sampled uniformly with a seeded
   generator. NaN-scored samples are never candidates.
 
-`Ranking` sorts a method's scores once, so that several fractions share the sort.
+`Ranking` sorts a method's scores at most once, so that several fractions share the sort.
 Every selection returns the kept indices in ascending order and depends only on
 (scores, keep, labels, rule, seed).
 """
@@ -40,6 +41,19 @@ def rank(scores: np.ndarray) -> np.ndarray:
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     return np.argsort(-scores, kind="stable")
+
+
+def top(scores: np.ndarray, keep: int) -> np.ndarray:
+    """The first `keep` of rank(scores), ascending, in O(N): a partition finds the
+    keep-th score, then every score above it and the lowest-index ties at it are kept
+    (what a stable sort would put first; NaN, partitioned last, only if needed)."""
+    neg = -np.asarray(scores, dtype=np.float64)
+    kth = np.partition(neg, keep - 1)[keep - 1]
+    if np.isnan(kth):
+        above, at = np.flatnonzero(~np.isnan(neg)), np.flatnonzero(np.isnan(neg))
+    else:
+        above, at = np.flatnonzero(neg < kth), np.flatnonzero(neg == kth)
+    return np.sort(np.concatenate([above, at[: keep - len(above)]]))
 
 
 def class_quotas(labels: np.ndarray, keep: int) -> np.ndarray:
@@ -94,13 +108,22 @@ def ccs_select(scores: np.ndarray, ranked: np.ndarray, keep: int, rule: CCS, rng
 
 
 class Ranking:
-    """One method's scores, sorted once; `select` gives the kept indices for one budget."""
+    """One method's scores, sorted once (when a rule needs the order) and shared by
+    every budget; `select` gives the kept indices for one budget."""
 
     def __init__(self, scores: np.ndarray, labels: Optional[np.ndarray] = None):
         self.scores = np.asarray(scores, dtype=np.float64)
-        self.order = rank(self.scores)
+        if self.scores.ndim != 1:
+            raise ValueError(f"scores must be 1-D, got shape {self.scores.shape}")
         self.labels = labels
+        self._order = None
         self._by_class = None
+
+    @property
+    def order(self) -> np.ndarray:
+        if self._order is None:
+            self._order = rank(self.scores)
+        return self._order
 
     def _grouped(self):
         """The ranking grouped by class (each class's samples in rank order) and the
@@ -119,7 +142,7 @@ class Ranking:
             raise ValueError(f"keep must be in [1, {n}], got {keep}")
         if not class_balanced:
             if ccs is None:
-                return np.sort(self.order[:keep])
+                return top(self.scores, keep)
             return ccs_select(self.scores, self.order, keep, ccs, np.random.default_rng(ccs.seed))
         grouped, starts = self._grouped()
         quotas = class_quotas(self.labels, keep)

@@ -269,3 +269,14 @@ def test_class_balanced_ccs_per_class():
     assert scores[kept[labels[kept] == 1]].max() < 15  # class 1's hardest 5 dropped
     with pytest.raises(ValueError, match="of class 0"):
         Ranking(scores, labels).select(45, class_balanced=True, ccs=CCS(0.5, seed=0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top_by_partition_is_the_stable_ranking(seed):
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 5, 400).astype(np.float64)  # ties everywhere
+    scores[rng.random(400) < 0.1] = nan
+    scores[rng.random(400) < 0.05] = math.inf
+    scores[rng.random(400) < 0.05] = -0.0
+    for keep in (1, 7, 100, 350, 399, 400):
+        assert Ranking(scores).select(keep).tolist() == sorted(rank(scores)[:keep].tolist()), keep
