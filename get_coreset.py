@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
               f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
     num_epochs = len(paths)
-    el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None
+    el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None and "el2n" in args.method
                    else default_el2n_epochs(num_epochs))
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
     check_history(args, hdir, num_epochs, params)

@@ -35,7 +35,7 @@ def batch_records(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # ||softmax - onehot||^2 = (1 - p_y)^2 + sum_{j != y} p_j^2, with 1 - p_y taken as the
     # sum of the other probabilities: no cancellation for confident samples.
     others = softmax.scatter(1, labels, 0.0)
-    el2n = (others.sum(dim=-1).square() + others.square().sum(dim=-1)).sqrt()
+    el2n = torch.stack([others.sum(dim=-1), torch.linalg.vector_norm(others, dim=-1)]).norm(dim=0)
     return torch.stack([prob, correct, margin, el2n])
 
 

@@ -238,3 +238,8 @@ def test_placeholder_refused_before_anything_is_read(s):
 def test_output_collisions_refused(s):
     assert_refused(s, base(s, s["list"], "--method", "aum", "--fraction", "0.5"),
                    "would overwrite --dataset_file_list")
+
+
+def test_epochs_without_el2n_is_ignored_with_a_warning(s):
+    code, _, err = run_cli(base(s, s["tmp"] / "a.txt", "--method", "aum", "--fraction", "0.5", "--epochs", "0:99"))
+    assert code == 0 and "--epochs is used by method el2n only; ignored" in err
