@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import IO, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
             group.save_npy(method_scores_path(args.output, method), scores[method])
         for o in outputs:
             with group.open(o.path, "wb") as f:
-                f.write(lines.subset(kept[o]))
+                lines.write_subset(f, kept[o])
     print(
         f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"
         + (f"; window {args.window}" if args.window is not None and "dynunc" in args.method else "")
@@ -278,22 +278,26 @@ def run(args: argparse.Namespace) -> int:
 
 class EncodedLines:
     """The list's entries as written to a coreset, ``line + "\\n"`` in UTF-8, held as one
-    byte buffer with each entry's length, so that a subset is written with two numpy
-    operations instead of a Python loop over millions of lines."""
+    byte buffer with each entry's offsets, so that a subset is cut with a few numpy
+    passes instead of a Python loop over millions of lines."""
+
+    CHUNK = 1 << 16  # entries per pass: temporaries of a few MB, reused, in cache
 
     def __init__(self, lines: Sequence[str]):
         text = "\n".join(itertools.chain(lines, [""]))  # every entry followed by a newline
         self.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        ends = np.flatnonzero(self.data == ord("\n")) + 1  # entries hold no newline of their own
-        assert len(ends) == len(lines)
-        self.lengths = np.diff(ends, prepend=0)
+        self.ends = np.flatnonzero(self.data == ord("\n")) + 1  # entries hold no newline of their own
+        assert len(self.ends) == len(lines)
+        self.lengths = np.diff(self.ends, prepend=0)
 
-    def subset(self, kept: np.ndarray) -> np.ndarray:
-        """The bytes of the entries `kept` (ascending indices), in order."""
-        mask = np.zeros(len(self.lengths), dtype=bool)
-        mask[kept] = True
-        return self.data[np.repeat(mask, self.lengths)]
-
+    def write_subset(self, f: IO[bytes], kept: np.ndarray) -> None:
+        """Write the entries `kept` (ascending indices), in order."""
+        keep = np.zeros(len(self.lengths), dtype=bool)
+        keep[kept] = True
+        for lo in range(0, len(keep), self.CHUNK):
+            hi = min(lo + self.CHUNK, len(keep))
+            start = self.ends[lo - 1] if lo else 0
+            f.write(self.data[start:self.ends[hi - 1]][np.repeat(keep[lo:hi], self.lengths[lo:hi])])
 
 if __name__ == "__main__":
     sys.exit(main())
