@@ -206,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     # score is computed.
     check_arguments(args)
     # The list's lines (~100 bytes of Python string each) are read only after scoring,
-    # so that they and the scoring state are never held at the same time.
+    # so that they and the scoring state are never held at the same time; they are then
+    # kept as one UTF-8 buffer (EncodedLines).
     n = count_lines(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
@@ -236,22 +237,25 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     scores = score_history(args.method, num_epochs, n, load, params)
-    kept = {}
+    kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     for method in args.method:
         ranking = Ranking(scores[method], labels)
         for o in outputs:
             if o.method == method:
                 try:
-                    kept[o] = ranking.select(o.keep, class_balanced=args.class_balanced, ccs=ccs)
+                    indices = ranking.select(o.keep, class_balanced=args.class_balanced, ccs=ccs)
                 except ValueError as e:
                     if ccs is None:
                         raise
                     raise ValueError(f"--ccs {args.ccs} with --fraction {o.fraction} ({method}): {e}") from None
+                kept[o] = np.zeros(n, dtype=bool)
+                kept[o][indices] = True
     elapsed = time.perf_counter() - t0
-    lines = read_lines(args.dataset_file_list)
-    if len(lines) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(lines)})")
-    lines = EncodedLines(lines)
+    entries = read_lines(args.dataset_file_list)
+    if len(entries) != n:
+        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(entries)})")
+    encoded = EncodedLines(entries)
+    del entries
 
     written = [method_scores_path(args.output, m) for m in args.method] + [o.path for o in outputs]
     for path in written:
@@ -261,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
             group.save_npy(method_scores_path(args.output, method), scores[method])
         for o in outputs:
             with group.open(o.path, "wb") as f:
-                lines.write_subset(f, kept[o])
+                encoded.write_subset(f, kept[o])
     print(
         f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"
         + (f"; window {args.window}" if args.window is not None and "dynunc" in args.method else "")
@@ -272,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     rule += f", ccs {args.ccs}" if ccs is not None else ""
     for o in outputs:
         detail = "" if (o.method == "dynunc" and not rule) else f", {o.method}{rule}"
-        print(f"kept {len(kept[o])} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
     return 0
 
 
@@ -290,10 +294,8 @@ class EncodedLines:
         assert len(self.ends) == len(lines)
         self.lengths = np.diff(self.ends, prepend=0)
 
-    def write_subset(self, f: IO[bytes], kept: np.ndarray) -> None:
-        """Write the entries `kept` (ascending indices), in order."""
-        keep = np.zeros(len(self.lengths), dtype=bool)
-        keep[kept] = True
+    def write_subset(self, f: IO[bytes], keep: np.ndarray) -> None:
+        """Write the entries where `keep` (one bool per entry) is True, in order."""
         for lo in range(0, len(keep), self.CHUNK):
             hi = min(lo + self.CHUNK, len(keep))
             start = self.ends[lo - 1] if lo else 0
