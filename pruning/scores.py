@@ -199,7 +199,7 @@ def _dynunc(probs: Iterable[np.ndarray], n: int, params: ScoreParams) -> np.ndar
 
 METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
-                     "He et al. 2023 (this paper)", stream=_dynunc, flags=("--window", "--include-last-window")),
+                     "He et al. 2023, this paper", stream=_dynunc, flags=("--window", "--include-last-window")),
     "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
                          "Toneva et al. 2019", make=lambda n, p: ForgettingEvents(n)),
     "el2n": Method(("el2n",), "mean ||softmax - one-hot||_2 over the --epochs slice",
