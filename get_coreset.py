@@ -1,54 +1,95 @@
-"""Select a coreset from a produce run's prediction history by dynamic uncertainty.
+"""Select coresets from a produce run's prediction history: dynamic uncertainty (the
+paper's method, the default) and the standard baselines that need only training
+dynamics, for one or several fractions, from one pass over the history.
 
     python get_coreset.py --input OUTPUT --dataset_file_list LIST --fraction 0.75 \
         --window 10 --output CORESET
+    python get_coreset.py --input OUTPUT --dataset_file_list LIST --fraction 0.5 0.75 0.9 \
+        --method dynunc forgetting el2n aum variability confidence random --window 10 \
+        --output out/{method}_{fraction}.txt
 
 `--input` is the produce run's output folder (history in OUTPUT/pred_prob_history/) or
 the history folder itself. Epoch files are prob_{epoch}.npy (NaN = unseen) or the
-paper's prob_{epoch}.txt (0 = unseen); epochs must run 0..K-1 without a gap.
+paper's prob_{epoch}.txt (0 = unseen), with correct_/margin_/el2n_{epoch}.npy beside
+them for the methods that need those; epochs must run 0..K-1 without a gap.
 
-By default the scores are exactly the paper's (REFERENCE.md section 2): K-J windows,
-the window that ends at the last epoch is NOT used (`--include-last-window` adds it).
-The int(N * fraction) highest scores are kept, ties going to the lower line index.
+By default (dynunc) the scores are exactly the paper's (REFERENCE.md section 2): K-J
+windows, the window that ends at the last epoch is NOT used (`--include-last-window`
+adds it). The int(N * fraction) highest scores are kept, ties going to the lower line
+index (pruning/scores.py: the methods; pruning/select.py: the selection rules).
 
-Writes, atomically: CORESET (the kept lines of LIST in LIST's order) and
-CORESET.scores.npy (float64, the score of every line of LIST). On any error nothing is
-written and the exit code is 2.
+Writes, atomically and all together at the end: each coreset (the kept lines of LIST
+in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
+any refusal nothing is written and the exit code is 2; an interrupted run leaves the
+old outputs as they were.
 """
 import argparse
+import itertools
 import os
 import sys
 import time
-from typing import Iterator, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import IO, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from data.file_list import FileListError, read_lines
-from utils.dynamic_uncertainty import check_fraction, dynamic_uncertainty_scores, max_window, select_coreset
-from utils.history import HistoryError, contiguous_epoch_files, find_history_dir, load_epoch_prob
-from utils.io import atomic_open, atomic_save_npy
+from data.file_list import FileListError, read_file_list, read_lines
+from pruning.dynamic_uncertainty import check_fraction, max_window
+from pruning.history import (HistoryError, check_fingerprint, contiguous_epoch_files, file_list_fingerprint,
+                             find_history_dir, fingerprint_path, load_epoch_prob, load_epoch_record, record_path)
+from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, epochs_read, parse_epoch_slice, score_history
+from pruning.select import CCS, Ranking
+from utils.io import atomic_group, remove_stale_temporaries
+
+METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
+SCORES_FRACTION = "all"  # what {fraction} becomes in a scores file's name
 
 
 def scores_path(output: str) -> str:
     return output + ".scores.npy"
 
 
+def _method_help() -> str:
+    return "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="get_coreset.py",
-        description="Keep the samples with the highest dynamic uncertainty.",
+        description="Keep the samples with the highest pruning scores (dynamic uncertainty by default).",
     )
     p.add_argument("--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
     p.add_argument("--dataset_file_list", required=True, help="the training file list the history was recorded on")
-    p.add_argument("--fraction", required=True, type=float, help="fraction of lines to keep, in (0, 1]")
-    p.add_argument("--window", required=True, type=int, help="window length J (>= 2, <= number of epochs - 1)")
-    p.add_argument("--output", required=True, help="coreset file to write; scores go to OUTPUT.scores.npy")
+    p.add_argument("--fraction", required=True, nargs="+", metavar="F",
+                   help="fraction(s) of lines to keep, each in (0, 1]")
+    p.add_argument("--method", nargs="+", default=["dynunc"], metavar="NAME",
+                   help=f"scoring method(s), default dynunc. {_method_help()}")
+    p.add_argument(
+        "--output", required=True,
+        help="coreset file to write. With several methods it must contain {method}, with several fractions "
+        "{fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each method's scores go "
+        "once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
+    )
+    p.add_argument("--window", type=int,
+                   help="dynunc: window length J (>= 2, <= number of epochs - 1); required by dynunc only")
     p.add_argument(
         "--include-last-window",
         action="store_true",
-        help="also score the window ending at the last epoch (the paper's code does not; "
+        help="dynunc: also score the window ending at the last epoch (the paper's code does not; "
         "then window may be up to the number of epochs)",
     )
+    p.add_argument("--epochs", metavar="START:STOP",
+                   help="el2n: the epochs averaged, a Python slice of the recorded epochs 0..K-1. Default: the "
+                   "first 10%% of them, at least one (0:ceil(K/10)); Paul et al. scored early in training and "
+                   "averaged over 10 runs, one run's early epochs stand in for the runs")
+    p.add_argument("--seed", type=int, default=0, help="random: the subset drawn; --ccs: the draws in each bin")
+    p.add_argument("--class-balanced", action="store_true",
+                   help="each class keeps its share of the budget, in proportion to its size (largest remainders); "
+                   "top scores (or CCS) within the class. Classes: the file list's labels")
+    p.add_argument("--ccs", type=float, metavar="BETA",
+                   help="coverage-centric selection (Zheng et al. 2023): drop the hardest BETA fraction (BETA in "
+                   "[0, 1)), then spread the budget over equal-width score bins, smallest bin first")
+    p.add_argument("--ccs-bins", type=int, default=50, help="--ccs: the number of score bins (default 50)")
     return p
 
 
@@ -61,9 +102,16 @@ def count_lines(path: str) -> int:
         raise FileListError(f"file list not found: {path}") from None
 
 
-def _iter_probs(paths: Sequence[str], num_samples: int) -> Iterator[np.ndarray]:
-    for path in paths:
-        yield load_epoch_prob(path, expected_len=num_samples)
+@dataclass(frozen=True)
+class Output:
+    method: str
+    fraction: str  # as written on the command line
+    keep: int
+    path: str
+
+
+def render(template: str, method: str, fraction: str) -> str:
+    return template.replace(METHOD_PLACEHOLDER, method).replace(FRACTION_PLACEHOLDER, fraction)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -73,52 +121,185 @@ def main(argv: Optional[List[str]] = None) -> int:
         return run(args)
     except (HistoryError, FileListError, ValueError) as e:
         parser.error(str(e))  # exits with code 2
+    except KeyboardInterrupt:
+        print("get_coreset.py: interrupted; no output was replaced", file=sys.stderr)
+        return 130
     return 2  # unreachable
 
 
-def run(args: argparse.Namespace) -> int:
-    # Cheap checks first; nothing is written until every check has passed and the
-    # scores are computed.
-    if args.window < 2:
-        raise ValueError(f"--window must be >= 2, got {args.window}")
+def check_arguments(args: argparse.Namespace) -> None:
+    """The checks that need neither the list nor the history."""
+    unknown = [m for m in args.method if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    for flag, values in (("--method", args.method), ("--fraction", args.fraction)):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"{flag}: {repeated[0]!r} is given twice")
+    if "dynunc" in args.method:
+        if args.window is None:
+            raise ValueError("--window is required by method dynunc")
+        if args.window < 2:
+            raise ValueError(f"--window must be >= 2, got {args.window}")
+    for flag, value, method in (("--epochs", args.epochs, "el2n"),):
+        if value is not None and method not in args.method:
+            print(f"warning: {flag} is used by method {method} only; ignored", file=sys.stderr)
+    if args.ccs is not None:
+        CCS(args.ccs, args.ccs_bins, args.seed)  # ValueError naming --ccs / --ccs-bins
+    for flag, needed in ((METHOD_PLACEHOLDER, len(args.method) > 1), (FRACTION_PLACEHOLDER, len(args.fraction) > 1)):
+        if needed and flag not in args.output:
+            raise ValueError(f"--output {args.output!r} must contain {flag}: several "
+                             f"{'methods' if flag == METHOD_PLACEHOLDER else 'fractions'} are asked for")
+
+
+def plan_outputs(args: argparse.Namespace, n: int) -> List[Output]:
+    outputs = []
+    for fraction in args.fraction:
+        try:
+            value = float(fraction)
+        except ValueError:
+            raise ValueError(f"--fraction: {fraction!r} is not a number") from None
+        keep = check_fraction(n, value)
+        outputs += [Output(m, fraction, keep, render(args.output, m, fraction)) for m in args.method]
+    return outputs
+
+
+def method_scores_path(template: str, method: str) -> str:
+    return scores_path(render(template, method, SCORES_FRACTION))
+
+
+def check_output_paths(args: argparse.Namespace, outputs: Sequence[Output]) -> None:
     listed = os.path.realpath(args.dataset_file_list)
-    for written in (args.output, scores_path(args.output)):
-        if os.path.realpath(written) == listed:
-            raise ValueError(f"{written!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
+    written = [o.path for o in outputs] + [method_scores_path(args.output, m) for m in args.method]
+    seen: Dict[str, str] = {}
+    for path in written:
+        real = os.path.realpath(path)
+        if real == listed:
+            raise ValueError(f"{path!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
+        if real in seen:
+            raise ValueError(f"--output {args.output!r}: two outputs would both be written to {path!r}")
+        seen[real] = path
+
+
+def check_history(args: argparse.Namespace, hdir: str, num_epochs: int, params: ScoreParams) -> None:
+    """--window against K, and every record file the methods read exists (naming the
+    first missing one and the method), before anything is read."""
+    if "dynunc" in args.method and args.window > max_window(num_epochs, args.include_last_window):
+        raise ValueError(
+            f"--window {args.window} is too large for {num_epochs} epochs in {hdir}: at most "
+            f"{max_window(num_epochs, args.include_last_window)}"
+            + ("" if args.include_last_window else " (the window ending at the last epoch is not used)")
+        )
+    for name in args.method:
+        for kind in METHODS[name].needs:
+            if kind == "prob":
+                continue  # contiguous_epoch_files found every epoch's prob file
+            for epoch in epochs_read(name, params, num_epochs):
+                path = record_path(hdir, kind, epoch)
+                if not os.path.exists(path):
+                    raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
+                                       f"(recorded by produce runs of this version, not by older ones or the paper's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    # Cheap checks first; nothing is written until every check has passed and every
+    # score is computed.
+    check_arguments(args)
     # The list's lines (~100 bytes of Python string each) are read only after scoring,
-    # so that they and the (N, J) buffer are never held at the same time.
+    # so that they and the scoring state are never held at the same time; they are then
+    # kept as one UTF-8 buffer (EncodedLines).
     n = count_lines(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
-    keep = check_fraction(n, args.fraction)
+    outputs = plan_outputs(args, n)
+    check_output_paths(args, outputs)
     hdir = find_history_dir(args.input)
+    if not check_fingerprint(hdir, args.dataset_file_list, file_list_fingerprint(args.dataset_file_list, n)):
+        print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
+              f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
-    if args.window > max_window(len(paths), args.include_last_window):
-        raise ValueError(
-            f"--window {args.window} is too large for {len(paths)} epochs in {hdir}: at most "
-            f"{max_window(len(paths), args.include_last_window)}"
-            + ("" if args.include_last_window else " (the window ending at the last epoch is not used)")
-        )
+    num_epochs = len(paths)
+    el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None and "el2n" in args.method
+                   else default_el2n_epochs(num_epochs))
+    params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
+    check_history(args, hdir, num_epochs, params)
+    labels = None
+    if args.class_balanced:
+        labels = read_file_list(args.dataset_file_list).labels
+        if len(labels) != n:
+            raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
+    ccs = CCS(args.ccs, args.ccs_bins, args.seed) if args.ccs is not None else None
+
+    def load(epoch: int, kind: str) -> np.ndarray:
+        if kind == "prob":
+            return load_epoch_prob(paths[epoch], expected_len=n)
+        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=n)
 
     t0 = time.perf_counter()
-    scores = dynamic_uncertainty_scores(_iter_probs(paths, n), n, args.window, args.include_last_window)
-    kept = select_coreset(scores, args.fraction, keep=keep)
+    scores = score_history(args.method, num_epochs, n, load, params)
+    kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
+    for method in args.method:
+        ranking = Ranking(scores[method], labels)
+        for o in outputs:
+            if o.method == method:
+                try:
+                    indices = ranking.select(o.keep, class_balanced=args.class_balanced, ccs=ccs)
+                except ValueError as e:
+                    if ccs is None:
+                        raise
+                    raise ValueError(f"--ccs {args.ccs} with --fraction {o.fraction} ({method}): {e}") from None
+                kept[o] = np.zeros(n, dtype=bool)
+                kept[o][indices] = True
     elapsed = time.perf_counter() - t0
-    lines = read_lines(args.dataset_file_list)
-    if len(lines) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(lines)})")
+    entries = read_lines(args.dataset_file_list)
+    if len(entries) != n:
+        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(entries)})")
+    encoded = EncodedLines(entries)
+    del entries
 
-    atomic_save_npy(scores_path(args.output), scores)
-    with atomic_open(args.output, "w", encoding="utf-8") as f:
-        f.writelines(lines[i] + "\n" for i in kept)
+    written = [method_scores_path(args.output, m) for m in args.method] + [o.path for o in outputs]
+    for path in written:
+        remove_stale_temporaries(path)  # left by a run of this command killed while writing
+    with atomic_group() as group:
+        for method in args.method:
+            group.save_npy(method_scores_path(args.output, method), scores[method])
+        for o in outputs:
+            with group.open(o.path, "wb") as f:
+                encoded.write_subset(f, kept[o])
     print(
-        f"scored {n} lines over {len(paths)} epochs (window {args.window}) in {elapsed:.1f}s; "
-        f"scores -> {scores_path(args.output)}",
+        f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"
+        + (f"; window {args.window}" if args.window is not None and "dynunc" in args.method else "")
+        + f") in {elapsed:.1f}s; scores -> {', '.join(method_scores_path(args.output, m) for m in args.method)}",
         file=sys.stderr,
     )
-    print(f"kept {len(kept)} of {n} lines (fraction {args.fraction}) -> {args.output}")
+    rule = ", class-balanced" if args.class_balanced else ""
+    rule += f", ccs {args.ccs}" if ccs is not None else ""
+    for o in outputs:
+        detail = "" if (o.method == "dynunc" and not rule) else f", {o.method}{rule}"
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
     return 0
 
+
+class EncodedLines:
+    """The list's entries as written to a coreset, ``line + "\\n"`` in UTF-8, held as one
+    byte buffer with each entry's offsets, so that a subset is cut with a few numpy
+    passes instead of a Python loop over millions of lines."""
+
+    CHUNK = 1 << 16  # entries per pass: temporaries of a few MB, reused, in cache
+
+    def __init__(self, lines: Sequence[str]):
+        text = "\n".join(itertools.chain(lines, [""]))  # every entry followed by a newline
+        self.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+        self.ends = np.flatnonzero(self.data == ord("\n")) + 1  # entries hold no newline of their own
+        assert len(self.ends) == len(lines)
+        self.lengths = np.diff(self.ends, prepend=0)
+
+    def write_subset(self, f: IO[bytes], keep: np.ndarray) -> None:
+        """Write the entries where `keep` (one bool per entry) is True, in order."""
+        for lo in range(0, len(keep), self.CHUNK):
+            hi = min(lo + self.CHUNK, len(keep))
+            start = self.ends[lo - 1] if lo else 0
+            f.write(self.data[start:self.ends[hi - 1]][np.repeat(keep[lo:hi], self.lengths[lo:hi])])
 
 if __name__ == "__main__":
     sys.exit(main())

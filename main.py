@@ -25,6 +25,7 @@ from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
+from pruning.recorder import PredictionRecorder
 from utils.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
 from utils.config import load_config
 from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, init_distributed
@@ -33,7 +34,6 @@ from utils.logger import MetricsLog, setup_logging
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
 from utils.output_lock import lock_output
-from utils.prediction_recorder import PredictionRecorder
 
 logger = logging.getLogger("main")
 
@@ -223,7 +223,8 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     metrics_log = MetricsLog(config.OUTPUT)
     recorder = None
     if produce:
-        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary)
+        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
+                                      file_list=data.train.path)
         recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:

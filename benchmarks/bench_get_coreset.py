@@ -23,8 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from utils.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
-from utils.history import load_epoch_prob  # noqa: E402
+from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
+from pruning.history import load_epoch_prob  # noqa: E402
 
 
 def make_history(hdir, n, epochs, world_size, batch, seed):

@@ -2,11 +2,14 @@
 
 1. write the 5,000 digits as an image tree with file lists (4,000 train / 1,000 val);
 2. torchrun (2 processes, gloo, DALI CPU) main_and_produce.py: train and record the history;
-3. get_coreset.py: keep the most uncertain fraction;
-4. main.py on the full set, on the coreset, and on a random subset of the same size;
-5. print a table of top-1 accuracies.
+3. get_coreset.py, one call: the dynamic-uncertainty coreset and every baseline method's
+   (forgetting, EL2N, AUM, variability, confidence, random) at the same fraction;
+4. main.py on the full set, on the dynamic-uncertainty coreset and on the random subset
+   (with --train-baselines also on every other baseline's coreset);
+5. print how much each baseline's coreset shares with dynamic uncertainty's, and a table
+   of top-1 accuracies.
 
-    python scripts/demo.py [--output demo_output] [--fraction 0.5] [--window 4] [--nproc 2]
+    python scripts/demo.py [--output demo_output] [--fraction 0.5] [--window 4] [--nproc 2] [--train-baselines]
 
 Finished runs are not repeated (auto-resume finds their last checkpoint); delete the
 output folder to start over.
@@ -46,12 +49,15 @@ def mean_epoch_time(output: str) -> float:
     return float(np.median(times[1:] if len(times) > 1 else times))  # epoch 0 includes warm-up
 
 
-def random_subset(list_path: str, size: int, output: str, seed: int = 0) -> None:
-    with open(list_path) as f:
-        lines = [line for line in f if line.strip()]
-    keep = np.sort(np.random.default_rng(seed).choice(len(lines), size, replace=False))
-    with open(output, "w") as f:
-        f.writelines(lines[i] for i in keep)
+METHODS = ["dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random"]
+NAMES = {"dynunc": "dynamic-uncertainty coreset", "forgetting": "forgetting coreset", "el2n": "EL2N coreset",
+         "aum": "AUM coreset", "variability": "variability coreset", "confidence": "low-confidence coreset",
+         "random": "random subset"}
+
+
+def read_kept(path: str) -> set:
+    with open(path) as f:
+        return {line for line in f if line.strip()}
 
 
 def main() -> int:
@@ -60,6 +66,8 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.5)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--train-baselines", action="store_true",
+                        help="also train on the forgetting, EL2N, AUM, variability and confidence coresets")
     args = parser.parse_args()
     start = time.time()
     out = os.path.abspath(args.output)
@@ -71,25 +79,28 @@ def main() -> int:
 
     produce = os.path.join(out, "produce")
     torchrun(args.nproc, "main_and_produce.py", "--config", CONFIG, "--output", produce, *opts)
-    coreset = os.path.join(out, "coreset_dynunc.txt")
+    coresets = {m: os.path.join(out, f"coreset_{m}.txt") for m in METHODS}
     sh([sys.executable, "get_coreset.py", "--input", produce, "--dataset_file_list", train_list,
-        "--fraction", str(args.fraction), "--window", str(args.window), "--output", coreset])
-    with open(coreset) as f:
-        size = sum(1 for line in f if line.strip())
-    random_list = os.path.join(out, "subset_random.txt")
-    random_subset(train_list, size, random_list)
+        "--fraction", str(args.fraction), "--window", str(args.window), "--method", *METHODS,
+        "--output", os.path.join(out, "coreset_{method}.txt")])
+    dynunc = read_kept(coresets["dynunc"])
+    size = len(dynunc)
+    print("\n| coreset | lines shared with the dynamic-uncertainty coreset |\n|---|---:|")
+    for m in METHODS[1:]:
+        print(f"| {NAMES[m]} | {len(read_kept(coresets[m]) & dynunc) / size:.0%} |")
 
-    runs = {"full": os.path.join(out, "train_full"), "dynunc": os.path.join(out, "train_dynunc"),
-            "random": os.path.join(out, "train_random")}
+    trained = ["dynunc", "random"] + ([m for m in METHODS if m not in ("dynunc", "random")]
+                                      if args.train_baselines else [])
+    runs = {"full": os.path.join(out, "train_full")}
+    runs.update({m: os.path.join(out, f"train_{m}") for m in trained})
     torchrun(args.nproc, "main.py", "--config", CONFIG, "--output", runs["full"], *opts)
-    torchrun(args.nproc, "main.py", "--config", CONFIG, "--coreset", coreset, "--output", runs["dynunc"], *opts)
-    torchrun(args.nproc, "main.py", "--config", CONFIG, "--coreset", random_list, "--output", runs["random"], *opts)
+    for m in trained:
+        torchrun(args.nproc, "main.py", "--config", CONFIG, "--coreset", coresets[m], "--output", runs[m], *opts)
 
     with open(train_list) as f:
         total = sum(1 for line in f if line.strip())
-    rows = [("full training set", total, runs["full"]),
-            (f"dynamic-uncertainty coreset ({args.fraction:.0%})", size, runs["dynunc"]),
-            (f"random subset ({args.fraction:.0%})", size, runs["random"])]
+    rows = [("full training set", total, runs["full"])]
+    rows += [(f"{NAMES[m]} ({args.fraction:.0%})", size, runs[m]) for m in trained]
     print("\n| training data | images | top-1 (%) | top-5 (%) |\n|---|---:|---:|---:|")
     for name, n, run in rows:
         rec = last_record(run)

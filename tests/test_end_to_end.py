@@ -147,6 +147,23 @@ def test_every_sample_recorded_once_per_epoch_except_remainder(data, produced):
         np.testing.assert_array_equal(~np.isnan(prob), expected)
         np.testing.assert_array_equal(correct >= 0, expected)
         assert np.all((prob[expected] >= 0) & (prob[expected] <= 1))
+        # margin and EL2N: recorded exactly where prob is, from the same forward.
+        margin, el2n = history(produced, epoch, "margin"), history(produced, epoch, "el2n")
+        assert margin.dtype == el2n.dtype == np.float32 and margin.shape == el2n.shape == (n,)
+        np.testing.assert_array_equal(~np.isnan(margin), expected)
+        np.testing.assert_array_equal(~np.isnan(el2n), expected)
+        m, e, p, c = margin[expected], el2n[expected], prob[expected], correct[expected]
+        assert np.all(c[m > 0] == 1) and np.all(c[m < 0] == 0)  # the true logit wins iff the margin is > 0
+        # 1 - p <= ||softmax - onehot|| <= sqrt(2) (1 - p)
+        assert np.all(e >= (1 - p) - 1e-5) and np.all(e <= np.sqrt(2) * (1 - p) + 1e-5)
+    # The list the history was recorded on, for get_coreset's check.
+    with open(os.path.join(produced, "pred_prob_history", "file_list.json")) as f:
+        recorded = json.load(f)
+    import hashlib
+
+    with open(root / "train" / "file_list.txt", "rb") as f:
+        assert recorded == {"path": str(root / "train" / "file_list.txt"), "entries": n,
+                            "sha256": hashlib.sha256(f.read()).hexdigest()}
     # The resolved config and the metrics are beside the history.
     assert os.path.exists(os.path.join(produced, "config.yaml"))
     records = metrics(produced)

@@ -1,4 +1,4 @@
-"""get_coreset.py and utils/dynamic_uncertainty.py against a literal reference.
+"""get_coreset.py and pruning/dynamic_uncertainty.py against a literal reference.
 
 The reference below follows REFERENCE.md section 2 line by line, with plain loops:
 it is slow and obvious, the implementation under test is streamed and vectorised.
@@ -15,8 +15,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import get_coreset  # noqa: E402
-from utils.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
-from utils.history import HistoryError, load_epoch_prob  # noqa: E402
+from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
+from pruning.history import HistoryError, load_epoch_prob  # noqa: E402
 
 
 # -----------------------------------------------------------------------------

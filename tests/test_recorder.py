@@ -1,5 +1,6 @@
-"""utils/prediction_recorder.py: what produce mode records per sample, in which model
+"""pruning/recorder.py: what produce mode records per sample, in which model
 mode, and the history files it writes."""
+import json
 import os
 
 import numpy as np
@@ -7,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from utils.history import correct_path, history_dir, prob_path, write_epoch
-from utils.prediction_recorder import PredictionRecorder, has_batchnorm
+from pruning.history import (HistoryError, correct_path, file_list_fingerprint, history_dir, prob_path, record_path,
+                             write_epoch)
+from pruning.recorder import PredictionRecorder, has_batchnorm
 
 
 class FixedLogits(nn.Module):
@@ -186,13 +188,15 @@ def test_no_temporary_files_left(tmp_path):
         recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([epoch]))
         recorder.end_epoch(epoch)
     names = sorted(os.listdir(history_dir(str(tmp_path))))
-    assert names == sorted([f"prob_{e}.npy" for e in range(3)] + [f"correct_{e}.npy" for e in range(3)])
+    assert names == sorted(f"{kind}_{e}.npy" for e in range(3) for kind in ("prob", "correct", "margin", "el2n"))
 
 
 def test_resume_from_deletes_newer_epochs_only(tmp_path):
     hdir = history_dir(str(tmp_path))
     for epoch in range(5):
         write_epoch(hdir, epoch, np.full(3, 0.5, dtype=np.float32), np.ones(3, dtype=np.int8))
+    write_epoch(hdir, 4, np.full(3, 0.5, dtype=np.float32), np.ones(3, dtype=np.int8),
+                margin=np.zeros(3, dtype=np.float32), el2n=np.zeros(3, dtype=np.float32))
     # a paper-format text file of a newer epoch goes too
     np.savetxt(os.path.join(hdir, "prob_6.txt"), np.full(3, 0.5))
     with open(os.path.join(hdir, "notes.txt"), "w") as f:
@@ -217,3 +221,80 @@ def test_resume_from_zero_and_from_the_future(tmp_path):
 def test_resume_from_without_history(tmp_path):
     make_recorder(tmp_path, 2).resume_from(3)  # nothing to delete, no error
     assert not os.path.exists(history_dir(str(tmp_path)))
+
+
+def test_margin_and_el2n_worked_out(tmp_path):
+    # logits, label -> margin = logit[label] - max(other logits); el2n = ||softmax - onehot||
+    logits = [[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 5.0], [4.0, 4.0, -1.0]]
+    labels = torch.tensor([0, 2, 1, 1])
+    recorder = make_recorder(tmp_path, 5)
+    recorder.start_epoch()
+    recorder.record(FixedLogits(logits), torch.tensor([[0], [1], [2], [3]]), labels, torch.tensor([3, 0, 1, 4]))
+    recorder.end_epoch(0)
+    hdir = history_dir(str(tmp_path))
+    margin = np.load(record_path(hdir, "margin", 0))
+    el2n = np.load(record_path(hdir, "el2n", 0))
+    assert margin.dtype == np.float32 and el2n.dtype == np.float32
+    np.testing.assert_allclose(margin[[3, 0, 1, 4]], [2.0 - 1.0, 0.0 - 3.0, 1.0 - 5.0, 4.0 - 4.0], rtol=0, atol=1e-6)
+    sm = torch.softmax(torch.tensor(logits, dtype=torch.float64), dim=1).numpy()
+    expected = [np.linalg.norm(sm[r] - np.eye(3)[int(labels[r])]) for r in range(4)]
+    np.testing.assert_allclose(el2n[[3, 0, 1, 4]], expected, rtol=1e-6)
+    assert np.isnan(margin[2]) and np.isnan(el2n[2])  # unseen
+
+
+def test_negative_margins_survive_the_max_gather(tmp_path):
+    """With the old -1 fill a margin below -1 would have read as unseen."""
+    recorder = make_recorder(tmp_path, 2)
+    recorder.start_epoch()
+    recorder.record(FixedLogits([[-50.0, 50.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([1]))
+    recorder.end_epoch(0)
+    hdir = history_dir(str(tmp_path))
+    assert np.load(record_path(hdir, "margin", 0))[1] == -100.0
+    assert np.load(prob_path(hdir, 0))[1] < 1e-40 and np.load(correct_path(hdir, 0))[1] == 0
+    np.testing.assert_allclose(np.load(record_path(hdir, "el2n", 0))[1], np.sqrt(2.0), rtol=1e-6)
+    assert np.isnan(np.load(record_path(hdir, "margin", 0))[0])
+
+
+def test_confident_el2n_does_not_cancel(tmp_path):
+    recorder = make_recorder(tmp_path, 1)
+    recorder.start_epoch()
+    recorder.record(FixedLogits([[12.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    recorder.end_epoch(0)
+    q = 1.0 / (1.0 + np.exp(12.0))  # p of the wrong class, ~6e-6
+    np.testing.assert_allclose(np.load(record_path(history_dir(str(tmp_path)), "el2n", 0))[0], np.sqrt(2) * q,
+                               rtol=1e-4)
+
+
+def write_list(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_file_list_fingerprint_written_at_start(tmp_path):
+    flist = write_list(tmp_path / "train.txt", ["/a/1.jpg 0", "/b/2.jpg 1"])
+    recorder = PredictionRecorder(2, str(tmp_path / "out"), torch.device("cpu"), True, file_list=flist)
+    recorder.resume_from(0)
+    with open(os.path.join(history_dir(str(tmp_path / "out")), "file_list.json")) as f:
+        recorded = json.load(f)
+    import hashlib
+
+    assert recorded == {"path": flist, "entries": 2,
+                        "sha256": hashlib.sha256((tmp_path / "train.txt").read_bytes()).hexdigest()}
+    assert recorded == file_list_fingerprint(flist, 2)
+    PredictionRecorder(2, str(tmp_path / "other"), torch.device("cpu"), False, file_list=flist).resume_from(0)
+    assert not os.path.exists(history_dir(str(tmp_path / "other")))  # rank 0 only
+
+
+def test_resume_on_a_different_list_is_refused(tmp_path):
+    flist = write_list(tmp_path / "train.txt", ["/a/1.jpg 0", "/b/2.jpg 1"])
+    out = str(tmp_path / "out")
+    recorder = PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist)
+    recorder.resume_from(0)
+    write_epoch(history_dir(out), 0, np.full(2, 0.5, dtype=np.float32), np.ones(2, dtype=np.int8))
+    write_list(tmp_path / "train.txt", ["/b/2.jpg 1", "/a/1.jpg 0"])  # same N, other order
+    with pytest.raises(HistoryError, match="train.txt is not the file list the kept epochs"):
+        PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(1)
+    # starting over (epoch 0) drops the old epochs and records the new list
+    PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(0)
+    recorded = json.loads((tmp_path / "out" / "pred_prob_history" / "file_list.json").read_text())
+    assert recorded == file_list_fingerprint(flist, 2)

@@ -1,0 +1,259 @@
+"""The prediction history that produce mode records and get_coreset.py scores.
+
+Layout, under ``OUTPUT/pred_prob_history/``:
+
+- ``prob_{epoch}.npy``: float32, one value per line of the full training file list:
+  the softmax probability of the true label on the eval view, NaN where the sample
+  was not seen that epoch (drop-last remainder);
+- ``correct_{epoch}.npy``: int8, 1 if the top-1 prediction was the true label, 0 if
+  not, -1 where unseen;
+- ``margin_{epoch}.npy``: float32, the true label's logit minus the largest other
+  logit (AUM's margin), NaN where unseen;
+- ``el2n_{epoch}.npy``: float32, the L2 norm of softmax minus the one-hot label (EL2N),
+  NaN where unseen;
+- ``file_list.json``: the training file list the run recorded on (path, entries,
+  sha256 of its bytes), so that get_coreset.py can refuse a different list.
+
+The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
+reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
+whose prob file exists is complete.
+"""
+import hashlib
+import json
+import os
+import re
+import warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from utils.io import atomic_save_npy, atomic_write_text
+
+HISTORY_DIRNAME = "pred_prob_history"
+_EPOCH_FILE = re.compile(r"^prob_(\d+)\.(npy|txt)$")
+
+
+def history_dir(output: str) -> str:
+    return os.path.join(output, HISTORY_DIRNAME)
+
+
+# What each epoch records, beside prob_{epoch}, and how "unseen" is written in it.
+EXTRA_RECORDS = ("correct", "margin", "el2n")
+FILE_LIST_NAME = "file_list.json"
+
+
+def record_path(hdir: str, kind: str, epoch: int) -> str:
+    """``{kind}_{epoch}.npy`` in `hdir`, for kind "prob" or one of EXTRA_RECORDS."""
+    return os.path.join(hdir, f"{kind}_{epoch}.npy")
+
+
+def prob_path(hdir: str, epoch: int) -> str:
+    return record_path(hdir, "prob", epoch)
+
+
+def correct_path(hdir: str, epoch: int) -> str:
+    return record_path(hdir, "correct", epoch)
+
+
+def list_epoch_files(hdir: str) -> Dict[int, str]:
+    """{epoch: path} of the probability files in `hdir` (.npy preferred over .txt)."""
+    found: Dict[int, str] = {}
+    if not os.path.isdir(hdir):
+        return found
+    for name in os.listdir(hdir):
+        m = _EPOCH_FILE.match(name)
+        if not m:
+            continue
+        epoch = int(m.group(1))
+        if epoch not in found or m.group(2) == "npy":
+            found[epoch] = os.path.join(hdir, name)
+    return dict(sorted(found.items()))
+
+
+def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray,
+                margin: Optional[np.ndarray] = None, el2n: Optional[np.ndarray] = None) -> None:
+    """Write one epoch's records atomically, prob last: prob marks completion."""
+    atomic_save_npy(correct_path(hdir, epoch), np.asarray(correct, dtype=np.int8))
+    for kind, values in (("margin", margin), ("el2n", el2n)):
+        if values is not None:
+            atomic_save_npy(record_path(hdir, kind, epoch), np.asarray(values, dtype=np.float32))
+    atomic_save_npy(prob_path(hdir, epoch), np.asarray(prob, dtype=np.float32))
+
+
+def remove_epochs_from(hdir: str, first_epoch: int) -> List[int]:
+    """Delete the records of epochs >= first_epoch (a restart from an older checkpoint
+    rewrites them). Returns the epochs removed."""
+    removed = []
+    for epoch, path in list_epoch_files(hdir).items():
+        if epoch >= first_epoch:
+            # prob first: an epoch without its completion mark is no longer listed.
+            for p in (path, *(record_path(hdir, kind, epoch) for kind in EXTRA_RECORDS)):
+                if os.path.exists(p):
+                    os.remove(p)
+            removed.append(epoch)
+    return removed
+
+
+class HistoryError(ValueError):
+    """A problem with a prediction history, naming the folder or file."""
+
+
+# -----------------------------------------------------------------------------
+# Which file list a history belongs to
+# -----------------------------------------------------------------------------
+def file_list_fingerprint(path: str, entries: int) -> dict:
+    """{path, entries, sha256} of a file list: its absolute path, its number of entries
+    (non-blank lines) and the sha256 of its bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise HistoryError(f"file list not found: {path}") from None
+    return {"path": os.path.abspath(path), "entries": int(entries), "sha256": digest.hexdigest()}
+
+
+def fingerprint_path(hdir: str) -> str:
+    return os.path.join(hdir, FILE_LIST_NAME)
+
+
+def read_fingerprint(hdir: str) -> Optional[dict]:
+    """The recorded fingerprint of `hdir`, or None if it has none (runs from before it
+    was recorded, the paper's text history). HistoryError if it is unreadable."""
+    path = fingerprint_path(hdir)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise HistoryError(f"{path}: cannot be read: {e}") from None
+    if not isinstance(recorded, dict) or not all(k in recorded for k in ("path", "entries", "sha256")):
+        raise HistoryError(f"{path}: expected an object with keys path, entries, sha256")
+    return recorded
+
+
+def write_fingerprint(hdir: str, fingerprint: dict) -> None:
+    atomic_write_text(fingerprint_path(hdir), json.dumps(fingerprint, indent=1) + "\n")
+
+
+def check_fingerprint(hdir: str, list_path: str, fingerprint: dict) -> bool:
+    """Compare `list_path`'s fingerprint with the one recorded in `hdir`. HistoryError,
+    naming both files, if they differ; False if `hdir` records none (nothing to check),
+    True if they agree."""
+    recorded = read_fingerprint(hdir)
+    if recorded is None:
+        return False
+    if recorded["sha256"] != fingerprint["sha256"] or int(recorded["entries"]) != fingerprint["entries"]:
+        raise HistoryError(
+            f"{list_path} ({fingerprint['entries']} entries, sha256 {fingerprint['sha256'][:16]}...) is not the "
+            f"file list the history was recorded on: {fingerprint_path(hdir)} records {recorded['path']} "
+            f"({recorded['entries']} entries, sha256 {str(recorded['sha256'])[:16]}...)"
+        )
+    return True
+
+
+# -----------------------------------------------------------------------------
+# Reading (get_coreset.py)
+# -----------------------------------------------------------------------------
+
+
+def find_history_dir(path: str) -> str:
+    """The history folder for `path`: ``path/pred_prob_history`` if it exists (a produce
+    run's output folder), else `path` itself if it holds epoch files. HistoryError if
+    neither has any."""
+    for candidate in (history_dir(path), path):
+        if list_epoch_files(candidate):
+            return candidate
+    raise HistoryError(
+        f"no prediction history in {path!r}: expected prob_<epoch>.npy or prob_<epoch>.txt "
+        f"files in {history_dir(path)!r} or in {path!r} itself"
+    )
+
+
+def contiguous_epoch_files(hdir: str) -> List[str]:
+    """The epoch files of `hdir` in epoch order 0..K-1. HistoryError if there are none or
+    if an epoch number is missing (a missing epoch would silently shift every window)."""
+    files = list_epoch_files(hdir)
+    if not files:
+        raise HistoryError(f"no prediction history in {hdir!r}")
+    expected = range(max(files) + 1)
+    missing = [e for e in expected if e not in files]
+    if missing:
+        shown = ", ".join(str(e) for e in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise HistoryError(
+            f"{hdir}: epoch {missing[0]} is missing (epochs must run 0..{max(files)} without a gap; "
+            f"{len(missing)} missing: {shown})"
+        )
+    return [files[e] for e in expected]
+
+
+def load_epoch_prob(path: str, expected_len: Optional[int] = None) -> np.ndarray:
+    """One epoch's probabilities as a 1-D float array, NaN where the sample was unseen.
+
+    ``.npy`` (ours): returned as stored (float32), NaN already marks unseen, and a stored
+    0.0 is a real probability. ``.txt`` (the paper's np.savetxt, one value per line):
+    float64, and an exact 0 means unseen (the paper's encoding) and becomes NaN.
+    HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
+    +-inf, or (with `expected_len`) has the wrong length.
+    """
+    try:
+        if path.endswith(".npy"):
+            prob = np.load(path, allow_pickle=False)
+            if prob.dtype.kind != "f":
+                raise HistoryError(f"{path}: expected floating-point values, found dtype {prob.dtype}")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "empty input file"
+                prob = np.loadtxt(path, dtype=np.float64, ndmin=1, comments=None)
+            prob[prob == 0] = np.nan
+    except HistoryError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read as a probability history file: {e}") from None
+    if prob.ndim != 1:
+        raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {prob.shape}")
+    if expected_len is not None and len(prob) != expected_len:
+        raise HistoryError(
+            f"{path}: has {len(prob)} values but the file list has {expected_len} lines"
+        )
+    if np.isinf(prob).any():
+        raise HistoryError(f"{path}: holds infinite values (first at index {int(np.flatnonzero(np.isinf(prob))[0])})")
+    return prob
+
+
+def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None) -> np.ndarray:
+    """One epoch's `kind` record ("correct", "margin" or "el2n"; ``.npy`` only).
+
+    correct: int8 in {-1, 0, 1} (-1 unseen); margin and el2n: floats, NaN unseen.
+    HistoryError, naming the file, if it is missing, cannot be read, has the wrong
+    dtype, shape or length, or holds values outside those ranges or +-inf.
+    """
+    if kind == "prob":
+        return load_epoch_prob(path, expected_len)
+    if kind not in EXTRA_RECORDS:
+        raise ValueError(f"unknown record kind {kind!r}")
+    try:
+        values = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: is missing") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read as a {kind} history file: {e}") from None
+    if values.ndim != 1:
+        raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {values.shape}")
+    if expected_len is not None and len(values) != expected_len:
+        raise HistoryError(f"{path}: has {len(values)} values but the file list has {expected_len} lines")
+    if kind == "correct":
+        if values.dtype != np.int8:
+            raise HistoryError(f"{path}: expected int8 values, found dtype {values.dtype}")
+        bad = (values < -1) | (values > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not -1, 0 or 1")
+        return values
+    if values.dtype.kind != "f":
+        raise HistoryError(f"{path}: expected floating-point values, found dtype {values.dtype}")
+    if np.isinf(values).any():
+        raise HistoryError(f"{path}: holds infinite values (first at index {int(np.flatnonzero(np.isinf(values))[0])})")
+    return values

@@ -1,0 +1,263 @@
+"""Pruning scores computed from one produce run's history: one accumulator per method,
+registered by name in METHODS. Higher score = kept first.
+
+Every method streams the epochs once: the driver (`score_history`) reads each epoch's
+files once and hands them to every requested method, so several methods cost one pass
+over the history, and each method holds O(N) state, never O(N x K). Unseen entries
+(NaN, or -1 in correct_) are left out of every statistic; a sample with no seen epoch
+in a statistic's range scores NaN, which ranks below every number (select.py).
+
+A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
+and one row in METHODS.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
+
+# Rows per chunk for the element-wise updates: temporaries stay a few MB (smaller
+# chunks cost more in per-call overhead than they gain in cache).
+CHUNK_ROWS = 1 << 18
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """The parameters some methods take (get_coreset.py's flags)."""
+
+    window: Optional[int] = None  # dynunc: --window
+    include_last: bool = False  # dynunc: --include-last-window
+    el2n_epochs: Optional[Sequence[int]] = None  # el2n: --epochs, resolved (None: default_el2n_epochs)
+    seed: int = 0  # random: --seed
+
+
+def _chunks(n: int) -> Iterator[slice]:
+    for lo in range(0, n, CHUNK_ROWS):
+        yield slice(lo, min(lo + CHUNK_ROWS, n))
+
+
+class Accumulator:
+    """Fed one epoch at a time (in epoch order) with that epoch's records, as 1-D arrays
+    keyed by kind ("prob", "correct", "margin", "el2n"); `result()` gives float64 scores."""
+
+    def __init__(self, epochs: Optional[Sequence[int]] = None):
+        self._epochs = None if epochs is None else frozenset(epochs)
+
+    def wants(self, epoch: int) -> bool:
+        return self._epochs is None or epoch in self._epochs
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def result(self) -> np.ndarray:
+        raise NotImplementedError
+
+
+class SeenMean(Accumulator):
+    """Mean of one record over the epochs in which the sample was seen (NaN if none),
+    then `finish` (e.g. 1 - mean)."""
+
+    def __init__(self, n: int, kind: str, epochs: Optional[Sequence[int]] = None,
+                 finish: Callable[[np.ndarray], np.ndarray] = lambda mean: mean):
+        super().__init__(epochs)
+        self.kind, self.finish = kind, finish
+        self.sum = np.zeros(n, dtype=np.float64)
+        self.count = np.zeros(n, dtype=np.int32)
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        values = records[self.kind]
+        for rows in _chunks(len(self.sum)):
+            v = values[rows]
+            seen = v == v  # False at NaN
+            total, count = self.sum[rows], self.count[rows]
+            np.add(total, v, out=total, where=seen)
+            count += seen
+
+    def result(self) -> np.ndarray:
+        mean = np.full(len(self.sum), np.nan)
+        np.divide(self.sum, self.count, out=mean, where=self.count > 0)
+        return self.finish(mean)
+
+
+class SeenStd(Accumulator):
+    """Population standard deviation (ddof 0) of one record over the seen epochs, by
+    Welford's update (no cancellation for near-constant values); NaN if never seen."""
+
+    def __init__(self, n: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.count = np.zeros(n, dtype=np.int32)
+        self.mean = np.zeros(n, dtype=np.float64)
+        self.m2 = np.zeros(n, dtype=np.float64)
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        values = records[self.kind]
+        for rows in _chunks(len(self.mean)):
+            v = values[rows]
+            seen = v == v  # False at NaN
+            count, mean, m2 = self.count[rows], self.mean[rows], self.m2[rows]
+            count += seen
+            delta = np.where(seen, v - mean, 0.0)
+            mean += delta / np.maximum(count, 1)
+            np.add(m2, delta * (v - mean), out=m2, where=seen)
+
+    def result(self) -> np.ndarray:
+        var = np.full(len(self.m2), np.nan)
+        np.divide(self.m2, self.count, out=var, where=self.count > 0)
+        return np.sqrt(var)
+
+
+class ForgettingEvents(Accumulator):
+    """Toneva et al.: the number of epochs e >= 1 with correct[e-1] = 1 and correct[e] = 0
+    (a pair with an unseen side does not count); +inf for a sample never correct in a
+    seen epoch (never learned, so never forgotten: the hardest)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.previous = np.full(n, -1, dtype=np.int8)
+        self.events = np.zeros(n, dtype=np.int32)
+        self.learned = np.zeros(n, dtype=bool)
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        correct = records["correct"]
+        for rows in _chunks(len(self.events)):
+            c = correct[rows]
+            self.events[rows] += (self.previous[rows] == 1) & (c == 0)
+            self.learned[rows] |= c == 1
+            self.previous[rows] = c
+
+    def result(self) -> np.ndarray:
+        scores = self.events.astype(np.float64)
+        scores[~self.learned] = np.inf
+        return scores
+
+
+class UniformRandom(Accumulator):
+    """A uniform draw per sample from `seed`: the top k of i.i.d. draws are a uniform
+    random subset of size k (also within each class)."""
+
+    def __init__(self, n: int, seed: int):
+        super().__init__(epochs=())  # reads no epoch
+        self.n, self.seed = n, seed
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        pass
+
+    def result(self) -> np.ndarray:
+        return np.random.default_rng(self.seed).random(self.n)
+
+
+def default_el2n_epochs(num_epochs: int) -> range:
+    """The first 10% of the recorded epochs, at least one: Paul et al. scored EL2N early in
+    training (epoch 20 of 200 on CIFAR-10) and averaged over 10 runs; the mean over one
+    run's early epochs stands in for the runs."""
+    return range(max(1, math.ceil(num_epochs / 10)))
+
+
+def parse_epoch_slice(text: str, num_epochs: int) -> range:
+    """'START:STOP[:STEP]', a Python slice of the epochs 0..K-1 (negative values count
+    from the end, an omitted bound is the start or end). ValueError if malformed, if a
+    bound lies outside the recorded epochs, or if it selects no epoch."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"--epochs {text!r}: expected START:STOP or START:STOP:STEP")
+    try:
+        start, stop, step = (int(p) if p.strip() else None for p in parts + [""] * (3 - len(parts)))
+    except ValueError:
+        raise ValueError(f"--epochs {text!r}: START, STOP and STEP must be integers") from None
+    if step is not None and step < 1:
+        raise ValueError(f"--epochs {text!r}: STEP must be >= 1")
+    for name, bound, limit in (("START", start, num_epochs - 1), ("STOP", stop, num_epochs)):
+        if bound is not None and not -num_epochs <= bound <= limit:
+            raise ValueError(f"--epochs {text!r}: {name} {bound} is outside the {num_epochs} recorded epochs "
+                             f"(0..{num_epochs - 1})")
+    selected = range(num_epochs)[slice(start, stop, step)]
+    if len(selected) == 0:
+        raise ValueError(f"--epochs {text!r} selects no epoch of the {num_epochs} recorded")
+    return selected
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the method table."""
+
+    needs: Tuple[str, ...]  # record kinds it reads
+    score: str  # what it computes, for --help and the README
+    paper: str
+    make: Optional[Callable[[int, ScoreParams], Accumulator]] = None
+    # A method scored by a function that pulls the probability arrays itself (dynunc).
+    stream: Optional[Callable[[Iterable[np.ndarray], int, ScoreParams], np.ndarray]] = None
+    epoch_slice: bool = False  # reads only ScoreParams.el2n_epochs
+    flags: Tuple[str, ...] = field(default=())  # flags it takes
+
+
+def _dynunc(probs: Iterable[np.ndarray], n: int, params: ScoreParams) -> np.ndarray:
+    return dynamic_uncertainty_scores(probs, n, params.window, params.include_last)
+
+
+METHODS: Dict[str, Method] = {
+    "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
+                     "He et al. 2023, this paper", stream=_dynunc, flags=("--window", "--include-last-window")),
+    "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
+                         "Toneva et al. 2019", make=lambda n, p: ForgettingEvents(n)),
+    "el2n": Method(("el2n",), "mean ||softmax - one-hot||_2 over the --epochs slice",
+                   "Paul et al. 2021", make=lambda n, p: SeenMean(n, "el2n", p.el2n_epochs), epoch_slice=True,
+                   flags=("--epochs",)),
+    "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
+                  "Pleiss et al. 2020", make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
+    "variability": Method(("prob",), "std of p(true label) over epochs (ddof 0)",
+                          "Swayamdipta et al. 2020", make=lambda n, p: SeenStd(n, "prob")),
+    "confidence": Method(("prob",), "1 - mean p(true label) over epochs",
+                         "Swayamdipta et al. 2020", make=lambda n, p: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
+    "random": Method((), "a uniform random draw from --seed", "baseline",
+                     make=lambda n, p: UniformRandom(n, p.seed), flags=("--seed",)),
+}
+
+
+def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int]:
+    """The epochs whose files method `name` reads."""
+    method = METHODS[name]
+    if not method.needs:
+        return ()
+    if method.epoch_slice:
+        return params.el2n_epochs if params.el2n_epochs is not None else default_el2n_epochs(num_epochs)
+    return range(num_epochs)
+
+
+def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
+                  load: Callable[[int, str], np.ndarray], params: ScoreParams) -> Dict[str, np.ndarray]:
+    """Scores of every method in `names` ({name: float64 array of length N}) from one
+    pass over the epochs. `load(epoch, kind)` reads one record file; each is read at
+    most once. At most one method may be a stream method (dynunc): it pulls the epochs,
+    and the others are fed as each epoch goes by."""
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+    if params.el2n_epochs is None:
+        params = ScoreParams(params.window, params.include_last, default_el2n_epochs(num_epochs), params.seed)
+    accumulators = {name: METHODS[name].make(num_samples, params) for name in names if METHODS[name].make}
+    streams = [name for name in names if METHODS[name].stream]
+    if len(streams) > 1:
+        raise ValueError(f"at most one stream method per pass, got {streams}")
+
+    def epochs() -> Iterator[Optional[np.ndarray]]:
+        for epoch in range(num_epochs):
+            fed = [(name, acc) for name, acc in accumulators.items() if acc.wants(epoch)]
+            kinds = {kind for name, _ in fed for kind in METHODS[name].needs}
+            if streams:
+                kinds.add("prob")
+            records = {kind: load(epoch, kind) for kind in sorted(kinds)}
+            for _, acc in fed:
+                acc.update(epoch, records)
+            yield records.get("prob")
+
+    results = {}
+    passing = epochs()
+    if streams:
+        results[streams[0]] = METHODS[streams[0]].stream(passing, num_samples, params)
+    for _ in passing:  # the rest of the pass (all of it without a stream method)
+        pass
+    results.update({name: acc.result() for name, acc in accumulators.items()})
+    return {name: results[name] for name in names}
