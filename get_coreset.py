@@ -16,14 +16,15 @@ CORESET.scores.npy (float64, the score of every line of LIST). On any error noth
 written and the exit code is 2.
 """
 import argparse
+import itertools
 import os
 import sys
 import time
-from typing import Iterator, List, Optional, Sequence
+from typing import IO, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from data.file_list import FileListError, read_lines
+from data.file_list import FileListError
 from utils.dynamic_uncertainty import check_fraction, dynamic_uncertainty_scores, max_window, select_coreset
 from utils.history import HistoryError, contiguous_epoch_files, find_history_dir, load_epoch_prob
 from utils.io import atomic_open, atomic_save_npy
@@ -56,9 +57,39 @@ def count_lines(path: str) -> int:
     """The number of entries read_lines(path) returns (non-blank lines), without keeping them."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            return sum(1 for line in f if line.strip())
+            return sum(1 for _ in filter(str.strip, f))
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+
+
+def write_kept_lines(list_path: str, kept: np.ndarray, num_samples: int, out: IO[str],
+                     block: int = 1 << 16) -> None:
+    """Copy the entries of `list_path` (its non-blank lines, as read_lines counts them)
+    whose index is in `kept` to `out`, in the list's order, each ending with a newline.
+
+    The list is streamed in blocks: a list of 13M Python strings would take more
+    memory (~1.3 GB) than the scoring itself. ValueError if the list no longer has
+    `num_samples` entries (it changed while scoring).
+    """
+    mask = np.zeros(num_samples, dtype=bool)
+    mask[kept] = True
+    seen = 0
+    with open(list_path, "r", encoding="utf-8") as f:
+        entries = filter(str.strip, f)  # non-blank lines, newline included
+        while True:
+            lines = list(itertools.islice(entries, block))
+            if not lines:
+                break
+            if seen + len(lines) > num_samples:
+                seen += len(lines) + sum(1 for _ in entries)
+                break
+            chosen = list(itertools.compress(lines, mask[seen: seen + len(lines)].tolist()))
+            if chosen and not chosen[-1].endswith("\n"):  # the file's last line
+                chosen[-1] += "\n"
+            out.writelines(chosen)
+            seen += len(lines)
+    if seen != num_samples:
+        raise ValueError(f"{list_path}: changed while scoring ({num_samples} lines, now {seen})")
 
 
 def _iter_probs(paths: Sequence[str], num_samples: int) -> Iterator[np.ndarray]:
@@ -85,8 +116,7 @@ def run(args: argparse.Namespace) -> int:
     for written in (args.output, scores_path(args.output)):
         if os.path.realpath(written) == listed:
             raise ValueError(f"{written!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
-    # The list's lines (~100 bytes of Python string each) are read only after scoring,
-    # so that they and the (N, J) buffer are never held at the same time.
+    # The list's lines are streamed into the coreset after scoring (never all held).
     n = count_lines(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
@@ -104,13 +134,11 @@ def run(args: argparse.Namespace) -> int:
     scores = dynamic_uncertainty_scores(_iter_probs(paths, n), n, args.window, args.include_last_window)
     kept = select_coreset(scores, args.fraction, keep=keep)
     elapsed = time.perf_counter() - t0
-    lines = read_lines(args.dataset_file_list)
-    if len(lines) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(lines)})")
-
-    atomic_save_npy(scores_path(args.output), scores)
+    # The coreset is committed last: a refusal while copying the lines (the list
+    # changed) or while saving the scores leaves neither file written.
     with atomic_open(args.output, "w", encoding="utf-8") as f:
-        f.writelines(lines[i] + "\n" for i in kept)
+        write_kept_lines(args.dataset_file_list, kept, n, f)
+        atomic_save_npy(scores_path(args.output), scores)
     print(
         f"scored {n} lines over {len(paths)} epochs (window {args.window}) in {elapsed:.1f}s; "
         f"scores -> {scores_path(args.output)}",
