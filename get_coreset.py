@@ -16,15 +16,15 @@ CORESET.scores.npy (float64, the score of every line of LIST). On any error noth
 written and the exit code is 2.
 """
 import argparse
-import itertools
 import os
 import sys
 import time
-from typing import IO, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from data.file_list import FileListError
+from data.list_lines import count_entries, write_entries
 from utils.dynamic_uncertainty import check_fraction, dynamic_uncertainty_scores, max_window, select_coreset
 from utils.history import HistoryError, contiguous_epoch_files, find_history_dir, load_epoch_prob
 from utils.io import atomic_open, atomic_save_npy
@@ -53,45 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def count_lines(path: str) -> int:
-    """The number of entries read_lines(path) returns (non-blank lines), without keeping them."""
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return sum(1 for _ in filter(str.strip, f))
-    except FileNotFoundError:
-        raise FileListError(f"file list not found: {path}") from None
-
-
-def write_kept_lines(list_path: str, kept: np.ndarray, num_samples: int, out: IO[str],
-                     block: int = 1 << 16) -> None:
-    """Copy the entries of `list_path` (its non-blank lines, as read_lines counts them)
-    whose index is in `kept` to `out`, in the list's order, each ending with a newline.
-
-    The list is streamed in blocks: a list of 13M Python strings would take more
-    memory (~1.3 GB) than the scoring itself. ValueError if the list no longer has
-    `num_samples` entries (it changed while scoring).
-    """
-    mask = np.zeros(num_samples, dtype=bool)
-    mask[kept] = True
-    seen = 0
-    with open(list_path, "r", encoding="utf-8") as f:
-        entries = filter(str.strip, f)  # non-blank lines, newline included
-        while True:
-            lines = list(itertools.islice(entries, block))
-            if not lines:
-                break
-            if seen + len(lines) > num_samples:
-                seen += len(lines) + sum(1 for _ in entries)
-                break
-            chosen = list(itertools.compress(lines, mask[seen: seen + len(lines)].tolist()))
-            if chosen and not chosen[-1].endswith("\n"):  # the file's last line
-                chosen[-1] += "\n"
-            out.writelines(chosen)
-            seen += len(lines)
-    if seen != num_samples:
-        raise ValueError(f"{list_path}: changed while scoring ({num_samples} lines, now {seen})")
-
-
 def _iter_probs(paths: Sequence[str], num_samples: int) -> Iterator[np.ndarray]:
     for path in paths:
         yield load_epoch_prob(path, expected_len=num_samples)
@@ -117,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         if os.path.realpath(written) == listed:
             raise ValueError(f"{written!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
     # The list's lines are streamed into the coreset after scoring (never all held).
-    n = count_lines(args.dataset_file_list)
+    n = count_entries(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
     keep = check_fraction(n, args.fraction)
@@ -136,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     # The coreset is committed last: a refusal while copying the lines (the list
     # changed) or while saving the scores leaves neither file written.
-    with atomic_open(args.output, "w", encoding="utf-8") as f:
-        write_kept_lines(args.dataset_file_list, kept, n, f)
+    with atomic_open(args.output, "wb") as f:
+        write_entries(args.dataset_file_list, kept, n, f)
         atomic_save_npy(scores_path(args.output), scores)
     print(
         f"scored {n} lines over {len(paths)} epochs (window {args.window}) in {elapsed:.1f}s; "

@@ -6,7 +6,6 @@ A second reference, `shifted_buffer_scores`, is the previous vectorised implemen
 (a float64 buffer shifted by one column per epoch, np.std per chunk of rows): fast
 enough for larger random histories.
 """
-import io
 import os
 import subprocess
 import sys
@@ -484,17 +483,6 @@ def test_existing_output_is_kept_on_refusal(setup):
 def test_refuse_missing_list(setup):
     s = setup
     assert_refused(s, cli_args(s, dataset_file_list=s["tmp"] / "nope.txt"), "file list not found")
-
-
-def test_write_kept_lines_last_line_without_newline_and_changed_list(tmp_path):
-    path = tmp_path / "list.txt"
-    path.write_text("a 0\n\n  \nb 1\r\nc 2\nd 3")  # blank lines, CRLF, no final newline
-    out = io.StringIO()
-    get_coreset.write_kept_lines(str(path), np.array([1, 3]), 4, out, block=3)
-    assert out.getvalue() == "b 1\nd 3\n"
-    for wrong in (3, 5):
-        with pytest.raises(ValueError, match=f"changed while scoring \\({wrong} lines, now 4\\)"):
-            get_coreset.write_kept_lines(str(path), np.array([0]), wrong, io.StringIO(), block=2)
 
 
 def test_blank_lines_in_list_are_not_entries(setup):

@@ -60,39 +60,51 @@ def default_threads() -> int:
     return max(1, min(cores, 8))
 
 
-def _pairwise_sum(rows: Sequence[np.ndarray], out: np.ndarray) -> np.ndarray:
+def _pairwise_sum(rows: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """Sum the 1-D arrays `rows` elementwise into `out`, adding in the order that
     numpy's pairwise summation adds the terms of one reduction (``np.add.reduce`` over
-    a contiguous axis), so that the result is bit-for-bit that reduction's."""
+    a contiguous axis), so that the result is bit-for-bit that reduction's.
+
+    `scratch` holds 8 arrays shaped like `out`; `rows` are not modified.
+    """
     n = len(rows)
     if n < 8:
-        np.copyto(out, rows[0])
+        np.copyto(out, rows[0])  # numpy starts from 0.0, and 0.0 + x == x here (x >= 0)
         for row in rows[1:]:
             np.add(out, row, out=out)
         return out
     if n <= _PAIRWISE_BLOCK:
         # Eight partial sums over strides of 8, combined as ((0+1)+(2+3))+((4+5)+(6+7)),
         # then the remainder added one by one.
-        partial = [np.array(rows[i], dtype=out.dtype) for i in range(8)]
-        i = 8
-        while i < n - n % 8:
+        whole = n - n % 8
+        if whole > 8:
+            partial = scratch
             for j in range(8):
-                np.add(partial[j], rows[i + j], out=partial[j])
-            i += 8
-        np.add(partial[0], partial[1], out=partial[0])
-        np.add(partial[2], partial[3], out=partial[2])
-        np.add(partial[4], partial[5], out=partial[4])
-        np.add(partial[6], partial[7], out=partial[6])
-        np.add(partial[0], partial[2], out=partial[0])
-        np.add(partial[4], partial[6], out=partial[4])
-        np.add(partial[0], partial[4], out=out)
-        for row in rows[i:]:
+                np.add(rows[j], rows[8 + j], out=partial[j])
+            for i in range(16, whole, 8):
+                for j in range(8):
+                    np.add(partial[j], rows[i + j], out=partial[j])
+            for j in (0, 2, 4, 6):
+                np.add(partial[j], partial[j + 1], out=partial[j])
+            np.add(partial[0], partial[2], out=partial[0])
+            np.add(partial[4], partial[6], out=partial[4])
+            np.add(partial[0], partial[4], out=out)
+        else:
+            left, right, spare = scratch[0], scratch[1], scratch[2]
+            np.add(rows[0], rows[1], out=left)
+            np.add(rows[2], rows[3], out=right)
+            np.add(left, right, out=left)
+            np.add(rows[4], rows[5], out=right)
+            np.add(rows[6], rows[7], out=spare)
+            np.add(right, spare, out=right)
+            np.add(left, right, out=out)
+        for row in rows[whole:]:
             np.add(out, row, out=out)
         return out
     half = n // 2
     half -= half % 8
-    second = _pairwise_sum(rows[half:], np.empty_like(out))
-    _pairwise_sum(rows[:half], out)
+    second = _pairwise_sum(rows[half:], np.empty_like(out), scratch)
+    _pairwise_sum(rows[:half], out, scratch)
     return np.add(out, second, out=out)
 
 
@@ -106,6 +118,7 @@ class _Chunker:
         self.values = np.empty((window, width), dtype=np.float64)
         self.mean = np.empty(width, dtype=np.float64)
         self.spread = np.empty(width, dtype=np.float64)
+        self.scratch = np.empty((8, width), dtype=np.float64)
 
     def run(self, oldest: int, score: bool, prob: Optional[np.ndarray]) -> None:
         """Score the current windows (if `score`), then write `prob` into ring row
@@ -126,11 +139,12 @@ class _Chunker:
         np.copyto(values[window - oldest:], self.buffer[:oldest, lo:hi])
         rows = list(values)
         # np.std(ddof=1): mean = sum / J; sum((x - mean)^2) / (J - 1); sqrt.
-        mean = _pairwise_sum(rows, self.mean[:width])
+        scratch = self.scratch[:, :width]
+        mean = _pairwise_sum(rows, self.mean[:width], scratch)
         np.true_divide(mean, window, out=mean)
         np.subtract(values, mean, out=values)
         np.multiply(values, values, out=values)
-        spread = _pairwise_sum(rows, self.spread[:width])
+        spread = _pairwise_sum(rows, self.spread[:width], scratch)
         np.true_divide(spread, window - 1, out=spread)
         np.sqrt(spread, out=spread)
         np.multiply(spread, 10.0, out=spread)
