@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _iter_probs(paths: Sequence[str], num_samples: int) -> Iterator[np.ndarray]:
     for path in paths:
-        yield load_epoch_prob(path, expected_len=num_samples)
+        yield load_epoch_prob(path, expected_len=num_samples, mmap=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -252,9 +252,10 @@ def test_tie_break_lower_index_wins():
 def test_load_epoch_prob_npy_and_txt(tmp_path):
     col = np.array([0.25, np.nan, 0.0, 1.0], dtype=np.float32)
     np.save(tmp_path / "prob_0.npy", col)
-    got = load_epoch_prob(str(tmp_path / "prob_0.npy"), expected_len=4)
-    assert got.dtype == np.float32
-    assert np.array_equal(got, col, equal_nan=True)  # a stored 0.0 stays a seen 0.0
+    for mmap in (False, True):
+        got = load_epoch_prob(str(tmp_path / "prob_0.npy"), expected_len=4, mmap=mmap)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, col, equal_nan=True)  # a stored 0.0 stays a seen 0.0
     np.savetxt(tmp_path / "prob_0.txt", np.array([0.25, 0.0, -0.0, 1.0], dtype=np.float32))
     got = load_epoch_prob(str(tmp_path / "prob_0.txt"), expected_len=4)
     assert got.dtype == np.float64

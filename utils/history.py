@@ -108,18 +108,20 @@ def contiguous_epoch_files(hdir: str) -> List[str]:
     return [files[e] for e in expected]
 
 
-def load_epoch_prob(path: str, expected_len: Optional[int] = None) -> np.ndarray:
+def load_epoch_prob(path: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
     """One epoch's probabilities as a 1-D float array, NaN where the sample was unseen.
 
     ``.npy`` (ours): returned as stored (float32), NaN already marks unseen, and a stored
-    0.0 is a real probability. ``.txt`` (the paper's np.savetxt, one value per line):
+    0.0 is a real probability. With `mmap`, a read-only memory map of the file (no copy
+    out of the page cache; history files are replaced atomically, never rewritten in
+    place, so the map stays valid). ``.txt`` (the paper's np.savetxt, one value per line):
     float64, and an exact 0 means unseen (the paper's encoding) and becomes NaN.
     HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
     +-inf, or (with `expected_len`) has the wrong length.
     """
     try:
         if path.endswith(".npy"):
-            prob = np.load(path, allow_pickle=False)
+            prob = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
             if prob.dtype.kind != "f":
                 raise HistoryError(f"{path}: expected floating-point values, found dtype {prob.dtype}")
         else:
