@@ -20,9 +20,11 @@ Each window score is computed directly from the J values (no running sums, so no
 cancellation: a constant window scores exactly 0), with the same operations in the
 same order as ``np.std(buffer, axis=1, ddof=1)`` on the buffer in oldest-to-newest
 order, including numpy's pairwise summation; window scores are summed in epoch order
-then divided by their number, as ``np.mean`` over the stacked windows does. On the
-numpy this was written with the scores are bit-for-bit those of the plain
-``np.std`` formulation (tests/test_get_coreset.py keeps it as a reference).
+then divided by their number, as ``np.mean`` over the stacked windows does. With
+numpy 2.4 on x86-64 the scores are bit-for-bit those of the previous implementation
+(a float64 buffer shifted by one column per epoch, ``np.std`` per chunk of rows; kept in
+tests/test_get_coreset.py, which requires agreement to 1e-12 relative, and compared
+bit for bit by ``benchmarks/bench_get_coreset.py --baseline``).
 
 Selection keeps the ``int(N * fraction)`` highest scores; ties go to the lower index
 (the paper's ``np.argsort`` leaves ties in no defined order).
