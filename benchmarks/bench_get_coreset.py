@@ -94,7 +94,8 @@ def prepare(folder, args):
 
 
 def run_child(tree, folder, args, output):
-    """(wall s, scoring s, peak RSS MiB) of `tree`/get_coreset.py run in a child process."""
+    """(wall s, scoring s, peak RSS MiB) of `tree`/get_coreset.py run in a child process;
+    its CPU time (user + system, all threads) is printed too."""
     cmd = [sys.executable, os.path.join(tree, "get_coreset.py"), "--input", os.path.join(folder, "run"),
            "--dataset_file_list", os.path.join(folder, "train.txt"), "--fraction", str(args.fraction),
            "--window", str(args.window), "--output", output]
@@ -111,8 +112,9 @@ def run_child(tree, folder, args, output):
         sys.exit(f"{tree}/get_coreset.py failed:\n{stderr}")
     scored = re.search(r"in (\d+(?:\.\d+)?)s", stderr)
     peak = usage.ru_maxrss / 1024  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # all threads: on a shared machine, wall time says less
     print(f"{tree}/get_coreset.py: wall {wall:.1f}s (incl. interpreter start), "
-          f"scoring {scored.group(1) if scored else '?'}s, peak RSS {peak:.0f} MiB")
+          f"scoring {scored.group(1) if scored else '?'}s, CPU {cpu:.1f}s, peak RSS {peak:.0f} MiB")
     print("  " + stdout.strip())
     return wall, float(scored.group(1)) if scored else float("nan"), peak
 
