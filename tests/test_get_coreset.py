@@ -246,6 +246,17 @@ def test_tie_break_lower_index_wins():
         assert select_coreset(many, fraction).tolist() == reference_keep(many, fraction)
 
 
+def test_selection_equals_a_stable_sort():
+    """Including NaN scores (kept last, lower index first) and signed zeros."""
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        scores = rng.choice([0.0, -0.0, 1.0, 2.5, np.nan, 1e-300, 3.0], n) if trial % 2 else rng.random(n)
+        for keep in range(1, n + 1):
+            expected = np.sort(np.argsort(-scores, kind="stable")[:keep])
+            assert np.array_equal(select_coreset(scores, 1.0, keep=keep), expected), (scores, keep)
+
+
 # -----------------------------------------------------------------------------
 # Reading history files
 # -----------------------------------------------------------------------------

@@ -35,10 +35,11 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-# Columns (samples) per chunk: the float64 working copy of a chunk (J x 16384 x 8
-# bytes, 1.25 MiB for J = 10) stays in cache while each of the ~50 numpy calls per chunk
-# covers enough elements to hide its call overhead (measured: 4096 and 8192 were slower).
-DEFAULT_CHUNK_ROWS = 1 << 14
+# Columns (samples) per chunk: the float64 working copy of a chunk (J x 32768 x 8
+# bytes, 2.5 MiB for J = 10) stays in the L3 cache while each of the ~50 numpy calls per
+# chunk covers enough elements to hide its call overhead and its hold on the GIL
+# (measured on 2 cores: 18 ns per sample and window, 20 with 16384, 26 with 4096).
+DEFAULT_CHUNK_ROWS = 1 << 15
 # numpy's pairwise summation switches to recursive halving above this many terms.
 _PAIRWISE_BLOCK = 128
 
@@ -276,7 +277,15 @@ def select_coreset(scores: np.ndarray, fraction: float, keep: Optional[int] = No
         keep = check_fraction(len(scores), fraction)
     if not (1 <= keep <= len(scores)):
         raise ValueError(f"keep must be in [1, {len(scores)}], got {keep}")
-    # A stable sort of the negated scores puts higher scores first and keeps equal
-    # scores in index order. NaN (impossible from finite histories) sorts last.
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:keep])
+    # What a stable sort of the negated scores would keep (higher scores first, equal
+    # scores in index order, NaN, impossible from finite histories, last), without the
+    # sort (3.6 s for 13M scores): the keep-th smallest negated score by partition, all
+    # below it, then the lowest indices among those equal to it.
+    negated = -scores
+    threshold = np.partition(negated, keep - 1)[keep - 1]
+    if np.isnan(threshold):
+        chosen, ties = ~np.isnan(negated), np.flatnonzero(np.isnan(negated))
+    else:
+        chosen, ties = negated < threshold, np.flatnonzero(negated == threshold)
+    chosen[ties[: keep - int(np.count_nonzero(chosen))]] = True
+    return np.flatnonzero(chosen)
