@@ -159,31 +159,29 @@ def torch_batches(train: str, args, eval_view: bool, epoch: int):
 
 
 def measure(mode: str, train: str, args) -> dict:
-    """Images/s of `mode` over args.epochs epochs, timed from the end of the first batch
-    (start-up and the pipeline's first fill are left out)."""
+    """Steady images/s of `mode` over args.epochs epochs: each epoch is timed from the end
+    of its first batch, so that building the loader and filling its queues (start-up,
+    reported apart; negligible against an ImageNet epoch) is left out."""
     import torch
 
     torch.set_num_threads(1)  # the main process only collates/hands over batches
     make = dali_batches if mode.startswith("dali") else torch_batches
     eval_view = mode.endswith("produce")
-    images, start, per_epoch = 0, None, []
-    t_first = time.perf_counter()
+    images, seconds, startup = 0, 0.0, []
     for epoch in range(args.epochs):
-        t_epoch = time.perf_counter()
-        seen = 0
+        begin = time.perf_counter()
+        first = None
         for size in make(train, args, eval_view, epoch):
-            if start is None:
-                start = time.perf_counter()
-                t_first = start - t_first
+            if first is None:
+                first = time.perf_counter()
+                startup.append(first - begin)
                 continue
             images += size
-            seen += size
-        per_epoch.append(seen / (time.perf_counter() - t_epoch))
-    elapsed = time.perf_counter() - start
+        seconds += time.perf_counter() - first
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return dict(mode=mode, images=images, seconds=round(elapsed, 2), images_per_s=round(images / elapsed, 1),
-                first_batch_s=round(t_first, 2), per_epoch=[round(x, 1) for x in per_epoch],
+    return dict(mode=mode, images=images, images_per_s=round(images / seconds, 1),
+                startup_s=[round(x, 2) for x in startup],
                 cpu_s=round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 1),
                 peak_rss_mib=round(max(usage.ru_maxrss, children.ru_maxrss) / 1024))
 
@@ -200,6 +198,8 @@ def main():
     ap.add_argument("--auto-augment", action="store_true")
     ap.add_argument("--dir", help="make (or reuse) the image tree here and keep it (default: a temporary folder)")
     ap.add_argument("--only", default=",".join(MODES), help="comma-separated modes to run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the modes this many times, interleaved (on a shared machine: read the best)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one mode, print JSON
     args = ap.parse_args()
 
@@ -217,21 +217,28 @@ def main():
         print(f"{len(sizes)} JPEGs, mean {np.mean(sizes) / 1000:.0f} KB (ready in {time.perf_counter() - t:.0f}s); "
               f"batch {args.batch}, {args.workers} workers, prefetch {args.prefetch}, "
               f"AutoAugment {'on' if args.auto_augment else 'off'}, {args.epochs} epochs")
-        for mode in args.only.split(","):
+        modes = args.only.split(",")
+        for mode in modes:
             if mode not in MODES:
                 sys.exit(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--dir", train]
-            for key in ("images", "classes", "batch", "epochs", "workers", "reader_threads", "prefetch"):
-                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            if args.auto_augment:
-                cmd.append("--auto-augment")
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if proc.returncode != 0:
-                sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{mode:14s} {result['images_per_s']:7.1f} images/s  (epochs: {result['per_epoch']}, "
-                  f"first batch after {result['first_batch_s']}s, CPU {result['cpu_s']}s, "
-                  f"peak RSS {result['peak_rss_mib']} MiB)")
+        rates = {mode: [] for mode in modes}
+        for _ in range(args.repeat):
+            for mode in modes:
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", mode, "--dir", train]
+                for key in ("images", "classes", "batch", "epochs", "workers", "reader_threads", "prefetch"):
+                    cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+                if args.auto_augment:
+                    cmd.append("--auto-augment")
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode != 0:
+                    sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                rates[mode].append(result["images_per_s"])
+                print(f"{mode:14s} {result['images_per_s']:7.1f} images/s  (start-up per epoch {result['startup_s']}s, "
+                      f"CPU {result['cpu_s']}s, peak RSS {result['peak_rss_mib']} MiB)", flush=True)
+        if args.repeat > 1:
+            for mode in modes:
+                print(f"{mode:14s} best {max(rates[mode]):7.1f} images/s of {rates[mode]}")
     finally:
         if tmp is not None:
             tmp.cleanup()
