@@ -42,7 +42,7 @@ def _blocks(path: str, block_bytes: int) -> Iterator[bytes]:
                 if data and not data.endswith((b"\n", b"\r")):
                     data += b"\n"
                 if data:
-                    yield _checked(data.replace(b"\r\n", b"\n").replace(b"\r", b"\n"), path, offset)
+                    yield _newlines(_checked(data, path, offset))
                 return
             # A block ends after its last \n; a trailing \r waits (it may precede \n).
             cut = data.rfind(b"\n") + 1
@@ -50,13 +50,17 @@ def _blocks(path: str, block_bytes: int) -> Iterator[bytes]:
                 carry = data
                 continue
             block, carry = data[:cut], data[cut:]
-            if b"\r" in block:
-                block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            yield _checked(block, path, offset)
+            yield _newlines(_checked(block, path, offset))
             offset += cut
 
 
+def _newlines(block: bytes) -> bytes:
+    """Universal newlines, as text mode reads them: \r\n and a lone \r become \n."""
+    return block.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in block else block
+
+
 def _checked(block: bytes, path: str, offset: int) -> bytes:
+    """`block` (starting at byte `offset` of `path`), or FileListError if it is not UTF-8."""
     if not block.isascii():
         try:
             block.decode("utf-8")

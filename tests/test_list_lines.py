@@ -45,6 +45,7 @@ def test_refusals(tmp_path):
             write_entries(str(path), np.array([0]), wrong, io.BytesIO(), block_bytes=2)
     with pytest.raises(FileListError, match="file list not found"):
         count_entries(str(tmp_path / "missing.txt"))
-    path.write_bytes(b"a 0\nb\xff 1\n")
-    with pytest.raises(FileListError, match=r"list.txt: not UTF-8 text \(byte 5\)"):
-        count_entries(str(path))
+    path.write_bytes(b"a 0\r\nb\xff 1\n")
+    for block_bytes in (1, 4, 100):
+        with pytest.raises(FileListError, match=r"list.txt: not UTF-8 text \(byte 6\)"):
+            count_entries(str(path), block_bytes)
