@@ -24,16 +24,17 @@ any refusal nothing is written and the exit code is 2; an interrupted run leaves
 old outputs as they were.
 """
 import argparse
-import itertools
+import contextlib
 import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import IO, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from data.file_list import FileListError, read_file_list, read_lines
+from data.file_list import FileListError, read_file_list
+from data.list_lines import count_entries, write_entries
 from pruning.dynamic_uncertainty import check_fraction, max_window
 from pruning.history import (HistoryError, check_fingerprint, contiguous_epoch_files, file_list_fingerprint,
                              find_history_dir, fingerprint_path, load_epoch_prob, load_epoch_record, record_path)
@@ -91,15 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "[0, 1)), then spread the budget over equal-width score bins, smallest bin first")
     p.add_argument("--ccs-bins", type=int, default=50, help="--ccs: the number of score bins (default 50)")
     return p
-
-
-def count_lines(path: str) -> int:
-    """The number of entries read_lines(path) returns (non-blank lines), without keeping them."""
-    try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            return sum(1 for line in f if line.strip())
-    except FileNotFoundError:
-        raise FileListError(f"file list not found: {path}") from None
 
 
 @dataclass(frozen=True)
@@ -205,10 +197,9 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first; nothing is written until every check has passed and every
     # score is computed.
     check_arguments(args)
-    # The list's lines (~100 bytes of Python string each) are read only after scoring,
-    # so that they and the scoring state are never held at the same time; they are then
-    # kept as one UTF-8 buffer (EncodedLines).
-    n = count_lines(args.dataset_file_list)
+    # The list is never held as Python strings (13M lines would take ~1.3 GB): it is
+    # counted here, and after scoring copied to the coresets in byte blocks.
+    n = count_entries(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
     outputs = plan_outputs(args, n)
@@ -232,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
 
     def load(epoch: int, kind: str) -> np.ndarray:
         if kind == "prob":
-            return load_epoch_prob(paths[epoch], expected_len=n)
-        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=n)
+            return load_epoch_prob(paths[epoch], expected_len=n, mmap=True)
+        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=n, mmap=True)
 
     t0 = time.perf_counter()
     scores = score_history(args.method, num_epochs, n, load, params)
@@ -251,21 +242,15 @@ def run(args: argparse.Namespace) -> int:
                 kept[o] = np.zeros(n, dtype=bool)
                 kept[o][indices] = True
     elapsed = time.perf_counter() - t0
-    entries = read_lines(args.dataset_file_list)
-    if len(entries) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while scoring ({n} lines, now {len(entries)})")
-    encoded = EncodedLines(entries)
-    del entries
-
     written = [method_scores_path(args.output, m) for m in args.method] + [o.path for o in outputs]
     for path in written:
         remove_stale_temporaries(path)  # left by a run of this command killed while writing
     with atomic_group() as group:
         for method in args.method:
             group.save_npy(method_scores_path(args.output, method), scores[method])
-        for o in outputs:
-            with group.open(o.path, "wb") as f:
-                encoded.write_subset(f, kept[o])
+        with contextlib.ExitStack() as files:
+            targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
+            write_entries(args.dataset_file_list, targets, n)
     print(
         f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"
         + (f"; window {args.window}" if args.window is not None and "dynunc" in args.method else "")
@@ -279,27 +264,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
     return 0
 
-
-class EncodedLines:
-    """The list's entries as written to a coreset, ``line + "\\n"`` in UTF-8, held as one
-    byte buffer with each entry's offsets, so that a subset is cut with a few numpy
-    passes instead of a Python loop over millions of lines."""
-
-    CHUNK = 1 << 16  # entries per pass: temporaries of a few MB, reused, in cache
-
-    def __init__(self, lines: Sequence[str]):
-        text = "\n".join(itertools.chain(lines, [""]))  # every entry followed by a newline
-        self.data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-        self.ends = np.flatnonzero(self.data == ord("\n")) + 1  # entries hold no newline of their own
-        assert len(self.ends) == len(lines)
-        self.lengths = np.diff(self.ends, prepend=0)
-
-    def write_subset(self, f: IO[bytes], keep: np.ndarray) -> None:
-        """Write the entries where `keep` (one bool per entry) is True, in order."""
-        for lo in range(0, len(keep), self.CHUNK):
-            hi = min(lo + self.CHUNK, len(keep))
-            start = self.ends[lo - 1] if lo else 0
-            f.write(self.data[start:self.ends[hi - 1]][np.repeat(keep[lo:hi], self.lengths[lo:hi])])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,17 +1,31 @@
-"""Time get_coreset.py on a synthetic ImageNet-1K-sized history and report its peak RSS.
+"""Time get_coreset.py on a synthetic history and report its peak RSS; compare with another tree.
 
     python benchmarks/bench_get_coreset.py [--n 1281167] [--epochs 30] [--window 10]
+        [--dir DIR] [--baseline OLD_TREE] [--in-process] [--txt]
 
-Writes N x K float32 .npy epoch files (NaN for the drop-last remainder, as produce mode
-does) and an N-line file list to a temporary folder, then:
-  1. runs get_coreset.py in a child process: wall time and the child's peak RSS;
-  2. in this process: the time to read the K files alone, and to read + score;
-  3. with --txt: the time to read one epoch in the paper's text format.
+Writes N x K float32 .npy epoch files and an N-line file list (to a temporary folder,
+or to --dir, where a history made with the same parameters is reused and kept), then:
+  1. runs this tree's get_coreset.py in a child process: wall time, the scoring time it
+     prints, and the child's own peak RSS;
+  2. with --baseline OLD_TREE (e.g. `git worktree add /tmp/old HEAD~3`): the same with
+     OLD_TREE/get_coreset.py, then compares the two coresets line for line and the two
+     score files;
+  3. with --in-process: the time to read the K files alone, and to read + score, per
+     --threads and --chunk-rows;
+  4. with --txt: the time to read one epoch in the paper's text format.
 Nothing is asserted; the figures are printed.
+
+The history looks like a real one: per sample, the logit of the true class rises from
+N(-4, 1.5) to N(5, 6) along a learning curve, with per-sample noise (sd 0.05-1.5), so
+that early probabilities are tiny, many samples settle near 1 (some at exactly 1.0 in
+float32) and others stay low; each epoch leaves the drop-last remainder of a permutation
+seeded 42 + epoch unseen (NaN), as produce mode records it.
 """
 import argparse
+import json
 import os
-import resource
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,16 +42,23 @@ from pruning.history import load_epoch_prob  # noqa: E402
 
 
 def make_history(hdir, n, epochs, world_size, batch, seed):
-    """Random probabilities with a per-sample drift; each epoch leaves the drop-last
-    remainder of a seeded permutation unseen (NaN), as produce mode records it."""
+    """Learning-curve probabilities (see the module docstring), float32, NaN = unseen."""
     os.makedirs(hdir)
     rng = np.random.default_rng(seed)
-    base = rng.random(n, dtype=np.float32)
-    drift = (rng.random(n, dtype=np.float32) - 0.5) * 0.05
+    start = rng.normal(-4.0, 1.5, n).astype(np.float32)
+    rise = rng.normal(5.0, 6.0, n).astype(np.float32) - start
+    noise = rng.uniform(0.05, 1.5, n).astype(np.float32)
+    tau = epochs / 4.0
     per_rank = n // world_size
     used = (per_rank // batch) * batch
     for k in range(epochs):
-        prob = np.clip(base + k * drift + rng.normal(0, 0.1, n).astype(np.float32), 0, 1)
+        progress = np.float32((1 - np.exp(-k / tau)) / (1 - np.exp(-(epochs - 1) / tau)))
+        logit = start + rise * progress
+        logit += rng.standard_normal(n, dtype=np.float32) * noise
+        np.negative(logit, out=logit)
+        np.exp(logit, out=logit)
+        logit += np.float32(1)
+        prob = np.reciprocal(logit, out=logit)  # sigmoid, in float32: saturates at 1.0
         perm = np.random.default_rng(42 + k).permutation(n)
         seen = np.zeros(n, dtype=bool)
         for r in range(world_size):
@@ -46,9 +67,99 @@ def make_history(hdir, n, epochs, world_size, batch, seed):
         np.save(os.path.join(hdir, f"prob_{k}.npy"), prob)
 
 
-def make_list(path, n):
+def make_list(path, n, block=1 << 20):
     with open(path, "w") as f:
-        f.writelines(f"/n{i % 1000:08d}/n{i % 1000:08d}_{i}.JPEG {i % 1000}\n" for i in range(n))
+        for lo in range(0, n, block):
+            f.writelines(f"/n{i % 21841:08d}/n{i % 21841:08d}_{i}.JPEG {i % 21841}\n"
+                         for i in range(lo, min(n, lo + block)))
+
+
+def prepare(folder, args):
+    """Make (or reuse) the history under folder/run/pred_prob_history and folder/train.txt."""
+    params = dict(n=args.n, epochs=args.epochs, world_size=args.world_size, batch=args.batch, seed=0, version=2)
+    marker = os.path.join(folder, "params.json")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            if json.load(f) == params:
+                print(f"history: reusing {folder}")
+                return
+        sys.exit(f"{folder} holds a history made with other parameters; remove it or pick another --dir")
+    t = time.perf_counter()
+    make_history(os.path.join(folder, "run", "pred_prob_history"), args.n, args.epochs, args.world_size,
+                 args.batch, seed=0)
+    make_list(os.path.join(folder, "train.txt"), args.n)
+    with open(marker, "w") as f:
+        json.dump(params, f)
+    print(f"history: made in {time.perf_counter() - t:.1f}s")
+
+
+def run_child(tree, folder, args, output):
+    """(wall s, scoring s, peak RSS MiB) of `tree`/get_coreset.py run in a child process;
+    its CPU time (user + system, all threads) is printed too."""
+    cmd = [sys.executable, os.path.join(tree, "get_coreset.py"), "--input", os.path.join(folder, "run"),
+           "--dataset_file_list", os.path.join(folder, "train.txt"), "--fraction", str(args.fraction),
+           "--window", str(args.window), "--output", output]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tree)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
+        wall = time.perf_counter() - t
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        sys.exit(f"{tree}/get_coreset.py failed:\n{stderr}")
+    scored = re.search(r"in (\d+(?:\.\d+)?)s", stderr)
+    peak = usage.ru_maxrss / 1024  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # all threads: on a shared machine, wall time says less
+    print(f"{tree}/get_coreset.py: wall {wall:.1f}s (incl. interpreter start), "
+          f"scoring {scored.group(1) if scored else '?'}s, CPU {cpu:.1f}s, peak RSS {peak:.0f} MiB")
+    print("  " + stdout.strip())
+    return wall, float(scored.group(1)) if scored else float("nan"), peak
+
+
+def compare(new, old):
+    """Line-for-line comparison of two coresets and of their score files."""
+    with open(new) as a, open(old) as b:
+        lines_new, lines_old = a.read().splitlines(), b.read().splitlines()
+    differ = sum(x != y for x, y in zip(lines_new, lines_old)) + abs(len(lines_new) - len(lines_old))
+    s_new, s_old = np.load(new + ".scores.npy"), np.load(old + ".scores.npy")
+    rel = np.abs(s_new - s_old) / np.maximum(np.abs(s_old), np.finfo(np.float64).tiny)
+    print(f"coresets: {len(lines_new)} and {len(lines_old)} lines, {differ} differ; "
+          f"scores bit-identical: {np.array_equal(s_new, s_old)}, max relative difference {rel.max():.3g}")
+
+
+def in_process(folder, args):
+    hdir = os.path.join(folder, "run", "pred_prob_history")
+    paths = [os.path.join(hdir, f"prob_{k}.npy") for k in range(args.epochs)]
+    t = time.perf_counter()
+    for p in paths:
+        load_epoch_prob(p, expected_len=args.n)
+    read_s = time.perf_counter() - t
+    print(f"reading {args.epochs} epoch files alone: {read_s:.2f}s")
+    for threads in args.threads:
+        for chunk in args.chunk_rows:
+            t = time.perf_counter()
+            scores = dynamic_uncertainty_scores((load_epoch_prob(p, args.n) for p in paths), args.n,
+                                                args.window, chunk_rows=chunk, threads=threads)
+            score_s = time.perf_counter() - t
+            t = time.perf_counter()
+            select_coreset(scores, args.fraction)
+            select_s = time.perf_counter() - t
+            print(f"threads={threads} chunk_rows={chunk:>7}: read+score {score_s:.2f}s, select {select_s:.2f}s")
+    if args.txt:
+        col = np.load(paths[0])
+        col[np.isnan(col)] = 0
+        txt = os.path.join(folder, "prob_0.txt")
+        t = time.perf_counter()
+        np.savetxt(txt, col)
+        write_s = time.perf_counter() - t
+        t = time.perf_counter()
+        load_epoch_prob(txt, expected_len=args.n)
+        print(f"text format, one epoch ({os.path.getsize(txt) / 2**20:.0f} MiB): "
+              f"np.savetxt {write_s:.2f}s, read {time.perf_counter() - t:.2f}s")
+        os.remove(txt)
 
 
 def main():
@@ -59,69 +170,30 @@ def main():
     ap.add_argument("--fraction", type=float, default=0.75)
     ap.add_argument("--world-size", type=int, default=8)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--chunk-rows", type=int, nargs="*", default=[1 << 12, 1 << 14, 1 << 16, 1 << 18])
-    ap.add_argument("--txt", action="store_true", help="also time reading one epoch in the paper's text format")
+    ap.add_argument("--dir", help="make (or reuse) the history here and keep it (default: a temporary folder)")
+    ap.add_argument("--baseline", help="another source tree whose get_coreset.py to run and compare with")
+    ap.add_argument("--in-process", action="store_true", help="also time reading, and scoring per setting")
+    ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
+    ap.add_argument("--chunk-rows", type=int, nargs="*", default=[1 << 12, 1 << 13, 1 << 14, 1 << 16])
+    ap.add_argument("--txt", action="store_true", help="with --in-process: time one epoch in the text format")
     args = ap.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench_coreset_") as tmp:
-        hdir = os.path.join(tmp, "run", "pred_prob_history")
-        flist = os.path.join(tmp, "train.txt")
-        t = time.perf_counter()
-        make_history(hdir, args.n, args.epochs, args.world_size, args.batch, seed=0)
-        make_list(flist, args.n)
-        print(f"history: N={args.n:,} x K={args.epochs} float32 .npy "
-              f"({sum(os.path.getsize(os.path.join(hdir, f)) for f in os.listdir(hdir)) / 2**20:.0f} MiB), "
-              f"window {args.window}, made in {time.perf_counter() - t:.1f}s")
-
-        # 1. The command line, in a child process (its peak RSS is its own).
-        out = os.path.join(tmp, "core.txt")
-        cmd = [sys.executable, os.path.join(ROOT, "get_coreset.py"), "--input", os.path.join(tmp, "run"),
-               "--dataset_file_list", flist, "--fraction", str(args.fraction), "--window", str(args.window),
-               "--output", out]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            sys.exit(f"get_coreset.py failed:\n{proc.stderr}")
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
-        print(f"get_coreset.py (child): wall {wall:.2f}s (incl. interpreter start), peak RSS {peak_mib:.0f} MiB")
-        print("  " + proc.stderr.strip().replace("\n", "\n  "))
-        print("  " + proc.stdout.strip())
-        buffer_mib = args.n * args.window * 8 / 2**20
-        print(f"  for scale: the (N, J) float64 buffer is {buffer_mib:.0f} MiB; "
-              f"one epoch float32 {args.n * 4 / 2**20:.0f} MiB; all epochs float64 would be "
-              f"{args.n * args.epochs * 8 / 2**20:.0f} MiB")
-
-        # 2. In process: reading alone, then reading + scoring, per chunk size.
-        paths = [os.path.join(hdir, f"prob_{k}.npy") for k in range(args.epochs)]
-        t = time.perf_counter()
-        for p in paths:
-            load_epoch_prob(p, expected_len=args.n)
-        read_s = time.perf_counter() - t
-        print(f"reading {args.epochs} epoch files alone: {read_s:.2f}s")
-        for chunk in args.chunk_rows:
-            t = time.perf_counter()
-            scores = dynamic_uncertainty_scores((load_epoch_prob(p, args.n) for p in paths), args.n,
-                                                args.window, chunk_rows=chunk)
-            score_s = time.perf_counter() - t
-            t = time.perf_counter()
-            select_coreset(scores, args.fraction)
-            select_s = time.perf_counter() - t
-            print(f"chunk_rows={chunk:>7}: read+score {score_s:.2f}s "
-                  f"({(score_s - read_s) / args.epochs * 1000:.0f} ms/epoch scoring), select {select_s:.2f}s")
-
-        # 3. The paper's text format, one epoch.
-        if args.txt:
-            col = np.load(paths[0])
-            col[np.isnan(col)] = 0
-            txt = os.path.join(tmp, "prob_0.txt")
-            t = time.perf_counter()
-            np.savetxt(txt, col)
-            write_s = time.perf_counter() - t
-            t = time.perf_counter()
-            load_epoch_prob(txt, expected_len=args.n)
-            print(f"text format, one epoch ({os.path.getsize(txt) / 2**20:.0f} MiB): "
-                  f"np.savetxt {write_s:.2f}s, read {time.perf_counter() - t:.2f}s")
+    folder = args.dir or tempfile.mkdtemp(prefix="bench_coreset_")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        prepare(folder, args)
+        print(f"N={args.n:,} x K={args.epochs} float32 .npy, window {args.window}, fraction {args.fraction}")
+        new = os.path.join(folder, "core_new.txt")
+        run_child(ROOT, folder, args, new)
+        if args.baseline:
+            old = os.path.join(folder, "core_old.txt")
+            run_child(os.path.abspath(args.baseline), folder, args, old)
+            compare(new, old)
+        if args.in_process:
+            in_process(folder, args)
+    finally:
+        if not args.dir:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,22 +8,42 @@ scores. The window that ends at the last epoch is NOT used by default: that is w
 paper's code does, and coresets must match it. ``include_last=True`` adds it (K-J+1
 windows).
 
-The computation streams the epochs: memory is O(N x J) (the buffer, one float64 per
-sample for the running sum, and one epoch's probabilities), never O(N x K). Rows are
-processed in chunks so that numpy's temporaries stay small. Each window score is
-``np.std`` on the buffer rows, bit-for-bit what ``np.std`` gives on the whole (N, J)
-buffer, and window scores are summed in epoch order then divided by their number,
-which is what ``np.mean`` over the stacked windows does.
+The computation streams the epochs: memory is O(N x J), never O(N x K). The buffer is
+a ring of J rows of N values (row ``k % J`` is overwritten in epoch k), in float32 when
+the history is float32 (what produce mode writes: exact, and half the memory), so an
+epoch moves one row instead of shifting J columns. A sample unseen in epoch k has its
+J values rotated by one slot instead, which keeps its window and puts its oldest value
+where epoch k+1 writes. Samples are processed in chunks of columns small enough for
+the CPU cache, by a few threads (numpy releases the GIL), while the next epoch is read.
+
+Each window score is computed directly from the J values (no running sums, so no
+cancellation: a constant window scores exactly 0), with the same operations in the
+same order as ``np.std(buffer, axis=1, ddof=1)`` on the buffer in oldest-to-newest
+order, including numpy's pairwise summation; window scores are summed in epoch order
+then divided by their number, as ``np.mean`` over the stacked windows does. With
+numpy 2.4 on x86-64 the scores are bit-for-bit those of the previous implementation
+(a float64 buffer shifted by one column per epoch, ``np.std`` per chunk of rows; kept in
+tests/test_get_coreset.py, which requires agreement to 1e-12 relative, and compared
+bit for bit by ``benchmarks/bench_get_coreset.py --baseline``).
 
 Selection keeps the ``int(N * fraction)`` highest scores; ties go to the lower index
 (the paper's ``np.argsort`` leaves ties in no defined order).
 """
-from typing import Iterable, Optional
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-# Rows per chunk: 64K rows x J float64 keeps each temporary at a few MB.
-DEFAULT_CHUNK_ROWS = 1 << 16
+from pruning.select import top
+
+# Columns (samples) per chunk: the float64 working copy of a chunk (J x 32768 x 8
+# bytes, 2.5 MiB for J = 10) stays in the L3 cache while each of the ~50 numpy calls per
+# chunk covers enough elements to hide its call overhead and its hold on the GIL
+# (measured on 2 cores: 18 ns per sample and window, 20 with 16384, 26 with 4096).
+DEFAULT_CHUNK_ROWS = 1 << 15
+# numpy's pairwise summation switches to recursive halving above this many terms.
+_PAIRWISE_BLOCK = 128
 
 
 def num_windows(num_epochs: int, window: int, include_last: bool = False) -> int:
@@ -36,62 +56,195 @@ def max_window(num_epochs: int, include_last: bool = False) -> int:
     return num_epochs if include_last else num_epochs - 1
 
 
+def default_threads() -> int:
+    """The CPU cores this process may use (at most 8: the work is memory-bound)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _pairwise_sum(rows: Sequence[np.ndarray], out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Sum the 1-D arrays `rows` elementwise into `out`, adding in the order that
+    numpy's pairwise summation adds the terms of one reduction (``np.add.reduce`` over
+    a contiguous axis), so that the result is bit-for-bit that reduction's.
+
+    `scratch` holds 8 arrays shaped like `out`; `rows` are not modified.
+    """
+    n = len(rows)
+    if n < 8:
+        np.copyto(out, rows[0])  # numpy starts from 0.0, and 0.0 + x == x here (x >= 0)
+        for row in rows[1:]:
+            np.add(out, row, out=out)
+        return out
+    if n <= _PAIRWISE_BLOCK:
+        # Eight partial sums over strides of 8, combined as ((0+1)+(2+3))+((4+5)+(6+7)),
+        # then the remainder added one by one.
+        whole = n - n % 8
+        if whole > 8:
+            partial = scratch
+            for j in range(8):
+                np.add(rows[j], rows[8 + j], out=partial[j])
+            for i in range(16, whole, 8):
+                for j in range(8):
+                    np.add(partial[j], rows[i + j], out=partial[j])
+            for j in (0, 2, 4, 6):
+                np.add(partial[j], partial[j + 1], out=partial[j])
+            np.add(partial[0], partial[2], out=partial[0])
+            np.add(partial[4], partial[6], out=partial[4])
+            np.add(partial[0], partial[4], out=out)
+        else:
+            left, right, spare = scratch[0], scratch[1], scratch[2]
+            np.add(rows[0], rows[1], out=left)
+            np.add(rows[2], rows[3], out=right)
+            np.add(left, right, out=left)
+            np.add(rows[4], rows[5], out=right)
+            np.add(rows[6], rows[7], out=spare)
+            np.add(right, spare, out=right)
+            np.add(left, right, out=out)
+        for row in rows[whole:]:
+            np.add(out, row, out=out)
+        return out
+    half = n // 2
+    half -= half % 8
+    second = _pairwise_sum(rows[half:], np.empty_like(out), scratch)
+    _pairwise_sum(rows[:half], out, scratch)
+    return np.add(out, second, out=out)
+
+
+class _Chunker:
+    """The per-epoch work on columns [lo, hi) of the ring buffer, with its own scratch."""
+
+    def __init__(self, buffer: np.ndarray, total: np.ndarray, lo: int, hi: int, chunk_rows: int):
+        self.buffer, self.total, self.lo, self.hi, self.chunk_rows = buffer, total, lo, hi, chunk_rows
+        window = buffer.shape[0]
+        width = min(chunk_rows, max(hi - lo, 1))
+        self.values = np.empty((window, width), dtype=np.float64)
+        self.mean = np.empty(width, dtype=np.float64)
+        self.spread = np.empty(width, dtype=np.float64)
+        self.scratch = np.empty((8, width), dtype=np.float64)
+
+    def run(self, oldest: int, score: bool, prob: Optional[np.ndarray]) -> None:
+        """Score the current windows (if `score`), then write `prob` into ring row
+        `oldest` (if given); `oldest` is the row holding every sample's oldest value."""
+        for lo in range(self.lo, self.hi, self.chunk_rows):
+            hi = min(lo + self.chunk_rows, self.hi)
+            if score:
+                self._score(lo, hi, oldest)
+            if prob is not None:
+                self._write(lo, hi, oldest, prob[lo:hi])
+
+    def _score(self, lo: int, hi: int, oldest: int) -> None:
+        window = self.buffer.shape[0]
+        width = hi - lo
+        values = self.values[:, :width]
+        # Oldest to newest, as the shifted buffer of the paper's code holds them.
+        np.copyto(values[: window - oldest], self.buffer[oldest:, lo:hi])
+        np.copyto(values[window - oldest:], self.buffer[:oldest, lo:hi])
+        rows = list(values)
+        # np.std(ddof=1): mean = sum / J; sum((x - mean)^2) / (J - 1); sqrt.
+        scratch = self.scratch[:, :width]
+        mean = _pairwise_sum(rows, self.mean[:width], scratch)
+        np.true_divide(mean, window, out=mean)
+        np.subtract(values, mean, out=values)
+        np.multiply(values, values, out=values)
+        spread = _pairwise_sum(rows, self.spread[:width], scratch)
+        np.true_divide(spread, window - 1, out=spread)
+        np.sqrt(spread, out=spread)
+        np.multiply(spread, 10.0, out=spread)
+        total = self.total[lo:hi]
+        np.add(total, spread, out=total)
+
+    def _write(self, lo: int, hi: int, oldest: int, prob: np.ndarray) -> None:
+        unseen = np.isnan(prob)
+        cols = np.flatnonzero(unseen) + lo if unseen.any() else None
+        if cols is not None:
+            # Unseen: keep the window, rotated so that its oldest value moves to the
+            # row the next epoch overwrites (oldest + 1).
+            kept = np.roll(self.buffer[:, cols], 1, axis=0)
+        self.buffer[oldest, lo:hi] = prob
+        if cols is not None:
+            self.buffer[:, cols] = kept
+
+
+def _buffer_dtype(prob: np.ndarray) -> type:
+    """float32 if every value of `prob` is exactly a float32 (NaN included), else float64."""
+    if prob.dtype == np.float32 or prob.dtype == np.float16:
+        return np.float32
+    return np.float32 if np.array_equal(prob.astype(np.float32), prob, equal_nan=True) else np.float64
+
+
 def dynamic_uncertainty_scores(
     prob_arrays: Iterable[np.ndarray],
     num_samples: int,
     window: int,
     include_last: bool = False,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    threads: Optional[int] = None,
 ) -> np.ndarray:
     """Score `num_samples` samples from their per-epoch probabilities.
 
     `prob_arrays` yields one 1-D array per epoch, in epoch order, of length `num_samples`,
     with NaN where the sample was not seen that epoch (it may be a generator that reads
-    files one at a time; only one is held at once). Returns float64 scores, one per
-    sample. ValueError if `window` < 2, if an array has the wrong shape, or if the
-    history is too short to give a single window.
+    files one at a time; at most two are held at once: the one being scored and the
+    next, read meanwhile). Returns float64 scores, one per sample. `threads` (default:
+    the usable cores, see default_threads) split the samples. ValueError if `window`
+    < 2, if an array has the wrong shape, or if the history is too short to give a
+    single window.
     """
     if window < 2:
         raise ValueError(f"window must be >= 2 (std with ddof=1 of a single value is undefined), got {window}")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     n = int(num_samples)
-    buffer = np.zeros((n, window), dtype=np.float64)
     total = np.zeros(n, dtype=np.float64)  # running sum of the window scores
-    windows = 0
+    buffer: Optional[np.ndarray] = None  # (window, n) ring, allocated with the first epoch
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    workers: List[_Chunker] = []
     # The window ending at epoch k is scored when epoch k+1 arrives (then k is known
-    # not to be the last epoch), just before the buffer is shifted; the last one is
+    # not to be the last epoch), just before the buffer is updated; the last one is
     # scored after the loop only with include_last. This keeps the pass single and
     # the input a plain stream whose length need not be known in advance.
-    pending = False
+    windows = 0
     epochs = 0
-    for k, prob in enumerate(prob_arrays):
-        prob = np.asarray(prob)
-        if prob.shape != (n,):
-            raise ValueError(f"epoch {k}: expected {n} values, got shape {prob.shape}")
-        for lo in range(0, n, chunk_rows):
-            hi = min(lo + chunk_rows, n)
-            rows = buffer[lo:hi]
+    pending = False
+    stream = iter(prob_arrays)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def run_all(oldest: int, score: bool, prob: Optional[np.ndarray]) -> List:
+            return [pool.submit(w.run, oldest, score, prob) for w in workers]
+
+        prob = next(stream, None)
+        while prob is not None:
+            k = epochs
+            prob = np.asarray(prob)
+            if prob.shape != (n,):
+                raise ValueError(f"epoch {k}: expected {n} values, got shape {prob.shape}")
+            dtype = _buffer_dtype(prob)
+            if buffer is None or buffer.dtype.itemsize < np.dtype(dtype).itemsize:
+                buffer = (np.zeros((window, n), dtype=dtype) if buffer is None
+                          else buffer.astype(dtype))
+                workers = [_Chunker(buffer, total, int(lo), int(hi), chunk_rows)
+                           for lo, hi in zip(bounds[:-1], bounds[1:])]
+            jobs = run_all(k % window, pending, prob)
+            try:
+                following = next(stream, None)  # read while the workers compute
+            finally:
+                for job in jobs:
+                    job.result()
             if pending:
-                total[lo:hi] += 10.0 * np.std(rows, axis=1, ddof=1)
-            p = prob[lo:hi]
-            seen = ~np.isnan(p)
-            if seen.all():
-                rows[:, :-1] = rows[:, 1:]
-                rows[:, -1] = p
-            elif seen.any():
-                idx = np.flatnonzero(seen)
-                rows[idx, :-1] = rows[idx, 1:]
-                rows[idx, -1] = p[idx]
-        if pending:
+                windows += 1
+            pending = k >= window - 1
+            epochs = k + 1
+            prob = following
+        if include_last and pending:
+            for job in run_all(epochs % window, True, None):
+                job.result()
             windows += 1
-        pending = k >= window - 1
-        epochs = k + 1
-    if include_last and pending:
-        for lo in range(0, n, chunk_rows):
-            hi = min(lo + chunk_rows, n)
-            total[lo:hi] += 10.0 * np.std(buffer[lo:hi], axis=1, ddof=1)
-        windows += 1
     if windows == 0:
         raise ValueError(
             f"{epochs} epochs give no window of {window} "
@@ -126,7 +279,4 @@ def select_coreset(scores: np.ndarray, fraction: float, keep: Optional[int] = No
         keep = check_fraction(len(scores), fraction)
     if not (1 <= keep <= len(scores)):
         raise ValueError(f"keep must be in [1, {len(scores)}], got {keep}")
-    # A stable sort of the negated scores puts higher scores first and keeps equal
-    # scores in index order. NaN (impossible from finite histories) sorts last.
-    order = np.argsort(-scores, kind="stable")
-    return np.sort(order[:keep])
+    return top(scores, keep)

@@ -189,18 +189,19 @@ def contiguous_epoch_files(hdir: str) -> List[str]:
     return [files[e] for e in expected]
 
 
-def load_epoch_prob(path: str, expected_len: Optional[int] = None) -> np.ndarray:
+def load_epoch_prob(path: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
     """One epoch's probabilities as a 1-D float array, NaN where the sample was unseen.
 
     ``.npy`` (ours): returned as stored (float32), NaN already marks unseen, and a stored
-    0.0 is a real probability. ``.txt`` (the paper's np.savetxt, one value per line):
-    float64, and an exact 0 means unseen (the paper's encoding) and becomes NaN.
-    HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
+    0.0 is a real probability; with `mmap`, a read-only memory map (no copy out of the
+    page cache; history files are replaced atomically, never rewritten in place, so the
+    map stays valid). ``.txt`` (the paper's np.savetxt, one value per line): float64, and
+    an exact 0 means unseen (the paper's encoding) and becomes NaN. HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
     +-inf, or (with `expected_len`) has the wrong length.
     """
     try:
         if path.endswith(".npy"):
-            prob = np.load(path, allow_pickle=False)
+            prob = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
             if prob.dtype.kind != "f":
                 raise HistoryError(f"{path}: expected floating-point values, found dtype {prob.dtype}")
         else:
@@ -223,7 +224,7 @@ def load_epoch_prob(path: str, expected_len: Optional[int] = None) -> np.ndarray
     return prob
 
 
-def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None) -> np.ndarray:
+def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
     """One epoch's `kind` record ("correct", "margin" or "el2n"; ``.npy`` only).
 
     correct: int8 in {-1, 0, 1} (-1 unseen); margin and el2n: floats, NaN unseen.
@@ -231,11 +232,11 @@ def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None) 
     dtype, shape or length, or holds values outside those ranges or +-inf.
     """
     if kind == "prob":
-        return load_epoch_prob(path, expected_len)
+        return load_epoch_prob(path, expected_len, mmap)
     if kind not in EXTRA_RECORDS:
         raise ValueError(f"unknown record kind {kind!r}")
     try:
-        values = np.load(path, allow_pickle=False)
+        values = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise HistoryError(f"{path}: is missing") from None
     except (OSError, ValueError, EOFError) as e:

@@ -161,11 +161,11 @@ def test_read_lines_without_bom_and_terminators(tmp_path):
 
 
 def test_get_coreset_counts_like_the_reader(tmp_path):
-    import get_coreset
+    from data.list_lines import count_entries
 
     path = tmp_path / "list.txt"
     path.write_bytes(b"\xef\xbb\xbf\r\n/a.jpg 0\r\n \r\n/b c.jpg 1\r/d.jpg 2")
-    assert get_coreset.count_lines(str(path)) == len(read_file_list(str(path))) == 3
+    assert count_entries(str(path)) == len(read_file_list(str(path))) == 3
 
 
 def test_invalid_utf8_names_the_line(tmp_path):

@@ -2,6 +2,9 @@
 
 The reference below follows REFERENCE.md section 2 line by line, with plain loops:
 it is slow and obvious, the implementation under test is streamed and vectorised.
+A second reference, `shifted_buffer_scores`, is the previous vectorised implementation
+(a float64 buffer shifted by one column per epoch, np.std per chunk of rows): fast
+enough for larger random histories.
 """
 import os
 import subprocess
@@ -35,6 +38,28 @@ def reference_scores(p, unseen, window, include_last=False):
         if window - 1 <= k < last:
             windows.append(10 * np.std(buffer, axis=1, ddof=1))
     return np.mean(windows, axis=0)
+
+
+def shifted_buffer_scores(prob_arrays, n, window, include_last=False, chunk_rows=1 << 16):
+    """The previous implementation of dynamic_uncertainty_scores, kept as a reference."""
+    buffer = np.zeros((n, window), dtype=np.float64)
+    total = np.zeros(n, dtype=np.float64)
+    windows, pending = 0, False
+    for k, prob in enumerate(prob_arrays):
+        for lo in range(0, n, chunk_rows):
+            hi = min(lo + chunk_rows, n)
+            rows = buffer[lo:hi]
+            if pending:
+                total[lo:hi] += 10.0 * np.std(rows, axis=1, ddof=1)
+            idx = np.flatnonzero(~np.isnan(prob[lo:hi]))
+            rows[idx, :-1] = rows[idx, 1:]
+            rows[idx, -1] = prob[lo:hi][idx]
+        windows += pending
+        pending = k >= window - 1
+    if include_last and pending:
+        total += 10.0 * np.std(buffer, axis=1, ddof=1)
+        windows += 1
+    return total / windows
 
 
 def reference_keep(scores, fraction):
@@ -140,6 +165,64 @@ def test_chunking_is_bit_exact():
         assert np.array_equal(dynamic_uncertainty_scores(columns(p, unseen), 301, 4, chunk_rows=chunk_rows), whole)
 
 
+def hard_history(seed, n, k_epochs, unseen_rate=0.05):
+    """(K, N) float32 rows with NaN gaps and the cases that break a running-sum shortcut:
+    constant samples (0.3, 1.0, a tiny value, an unseen gap in the middle), samples that
+    settle from large to tiny spread, and near-ties (histories one float32 ulp apart, or
+    the same values in another order)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(-2, 2, (k_epochs, n)) + np.linspace(0, 12, k_epochs)[:, None] * rng.random(n)
+    p = (1 / (1 + np.exp(-logits))).astype(np.float32)
+    p[rng.random((k_epochs, n)) < unseen_rate] = np.nan
+    p[:, 0] = 0.3
+    p[:, 1] = 1.0
+    p[:, 2] = np.float32(1e-30)
+    p[:, 3] = 0.7
+    p[k_epochs // 2, 3] = np.nan  # constant around a gap
+    p[:, 4] = p[:, 5] = p[:, 6] = np.float32(0.999)
+    p[:: 3, 5] = np.nextafter(np.float32(0.999), np.float32(1))  # 1 ulp apart from sample 4
+    p[:, 6] = p[::-1, 4]
+    settle = np.linspace(0.2, 0.9999, k_epochs, dtype=np.float32)
+    settle[k_epochs // 2:] = 0.9999 + np.float32(1e-7) * (np.arange(k_epochs - k_epochs // 2) % 2)
+    p[:, 7] = settle
+    p[:, 8] = settle
+    p[-1, 8] = np.nextafter(settle[-1], np.float32(0))  # near-tie with sample 7
+    return p
+
+
+@pytest.mark.parametrize("seed,n,k_epochs,window,threads,chunk_rows", [
+    (0, 3000, 20, 10, 1, 1 << 13),
+    (1, 2500, 13, 5, 2, 64),
+    (2, 1200, 30, 2, 3, 100),
+    (3, 700, 40, 20, 2, 1),
+    (4, 900, 18, 9, 4, 300),
+])
+def test_fast_scores_equal_the_previous_implementation(seed, n, k_epochs, window, threads, chunk_rows):
+    p = hard_history(seed, n, k_epochs)
+    for include_last in (False, True):
+        ref = shifted_buffer_scores(iter(p), n, window, include_last)
+        got = dynamic_uncertainty_scores(iter(p), n, window, include_last, chunk_rows=chunk_rows, threads=threads)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+        assert got[0] == got[1] == got[2] == 0.0  # constant windows: exactly 0, no cancellation residue
+        assert got[3] == ref[3]
+        for fraction in (0.05, 0.25, 0.5, 0.75, 0.999):
+            assert np.array_equal(select_coreset(got, fraction), select_coreset(ref, fraction))
+
+
+def test_float64_history_keeps_float64_precision():
+    """Values that are not float32 (a float64 text history) must not be rounded to float32,
+    even when they appear after float32 epochs."""
+    rng = np.random.default_rng(8)
+    p32 = rng.random((6, 200)).astype(np.float32)
+    p64 = rng.random((6, 200)) * (1 - 1e-9)  # not representable in float32
+    epochs = [p32[0], p32[1], p64[2], p32[3], p64[4], p64[5]]
+    ref = shifted_buffer_scores(iter(epochs), 200, 3)
+    got = dynamic_uncertainty_scores(iter(epochs), 200, 3, threads=2)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    rounded = shifted_buffer_scores((e.astype(np.float32) for e in epochs), 200, 3)
+    assert not np.allclose(got, rounded, rtol=1e-9, atol=0)
+
+
 def test_too_short_history_and_bad_shape():
     p, unseen = random_history(7, 10, 4)
     with pytest.raises(ValueError, match="no window"):
@@ -148,6 +231,8 @@ def test_too_short_history_and_bad_shape():
         dynamic_uncertainty_scores(columns(p, unseen), 10, 1)
     with pytest.raises(ValueError, match="expected 11 values"):
         dynamic_uncertainty_scores(columns(p, unseen), 11, 2)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        dynamic_uncertainty_scores(columns(p, unseen), 10, 2, threads=0)
 
 
 def test_tie_break_lower_index_wins():
@@ -161,15 +246,27 @@ def test_tie_break_lower_index_wins():
         assert select_coreset(many, fraction).tolist() == reference_keep(many, fraction)
 
 
+def test_selection_equals_a_stable_sort():
+    """Including NaN scores (kept last, lower index first) and signed zeros."""
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 60))
+        scores = rng.choice([0.0, -0.0, 1.0, 2.5, np.nan, 1e-300, 3.0], n) if trial % 2 else rng.random(n)
+        for keep in range(1, n + 1):
+            expected = np.sort(np.argsort(-scores, kind="stable")[:keep])
+            assert np.array_equal(select_coreset(scores, 1.0, keep=keep), expected), (scores, keep)
+
+
 # -----------------------------------------------------------------------------
 # Reading history files
 # -----------------------------------------------------------------------------
 def test_load_epoch_prob_npy_and_txt(tmp_path):
     col = np.array([0.25, np.nan, 0.0, 1.0], dtype=np.float32)
     np.save(tmp_path / "prob_0.npy", col)
-    got = load_epoch_prob(str(tmp_path / "prob_0.npy"), expected_len=4)
-    assert got.dtype == np.float32
-    assert np.array_equal(got, col, equal_nan=True)  # a stored 0.0 stays a seen 0.0
+    for mmap in (False, True):
+        got = load_epoch_prob(str(tmp_path / "prob_0.npy"), expected_len=4, mmap=mmap)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, col, equal_nan=True)  # a stored 0.0 stays a seen 0.0
     np.savetxt(tmp_path / "prob_0.txt", np.array([0.25, 0.0, -0.0, 1.0], dtype=np.float32))
     got = load_epoch_prob(str(tmp_path / "prob_0.txt"), expected_len=4)
     assert got.dtype == np.float64

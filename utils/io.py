@@ -119,9 +119,11 @@ class AtomicGroup:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise named_write_error(e, path) from e
             raise
         self._staged.append((tmp, path))
 
