@@ -87,3 +87,12 @@ def read_lines(path: str) -> List[str]:
             return [line.rstrip("\n") for line in f if line.strip()]
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+
+
+def count_lines(path: str) -> int:
+    """The number of entries read_lines(path) returns (non-blank lines), without keeping them."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        raise FileListError(f"file list not found: {path}") from None
