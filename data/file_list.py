@@ -4,8 +4,9 @@ Paths are relative to the data root (a leading '/' is allowed and ignored when j
 A coreset file is a subset of the lines of a file list, in the same format.
 """
 import os
+from array import array
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
@@ -96,3 +97,58 @@ def count_lines(path: str) -> int:
             return sum(1 for line in f if line.strip())
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+
+
+def read_labels(path: str) -> Tuple[np.ndarray, Dict[int, str]]:
+    """The labels of a file list (int64, one per entry) and, per label, the class folder
+    of its first entry (the path's first component, '' if none), streaming the file: no
+    per-line Python object is kept (ImageNet-21K: 13M lines). FileListError naming the
+    line if one is malformed or has a negative label, or if the list is empty."""
+    labels = array("q")
+    class_dirs: Dict[int, str] = {}
+    try:
+        f = open(path, "r", encoding="utf-8")
+    except FileNotFoundError:
+        raise FileListError(f"file list not found: {path}") from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            name, label = parse_line(line, path, lineno)
+            if label < 0:
+                raise FileListError(f"{path}:{lineno}: label {label} is outside >= 0")
+            if label not in class_dirs:
+                class_dirs[label] = name.lstrip("/").split("/")[0] if "/" in name.lstrip("/") else ""
+            labels.append(label)
+    if not labels:
+        raise FileListError(f"{path}: the file list is empty")
+    return np.frombuffer(labels, dtype=np.int64).copy(), class_dirs
+
+
+def read_entries(path: str, indices: Iterable[int]) -> Dict[int, str]:
+    """{entry index: relative path} for the given entries (0-based, non-blank lines),
+    streaming the file. FileListError if an index is past the end or its line is malformed."""
+    wanted = set(int(i) for i in indices)
+    found: Dict[int, str] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    index = -1
+    try:
+        f = open(path, "r", encoding="utf-8")
+    except FileNotFoundError:
+        raise FileListError(f"file list not found: {path}") from None
+    with f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            index += 1
+            if index in wanted:
+                found[index] = parse_line(line, path, lineno)[0]
+            if index == last:
+                break
+    if last not in found:
+        raise FileListError(f"{path}: has {index + 1} entries, entry {last} was asked for")
+    return found
