@@ -150,31 +150,39 @@ def epoch_curves_figure(method: str, fraction: str, kept: np.ndarray, pruned: np
     return _png(fig)
 
 
+CELL_WIDTH, CELL_HEIGHT, CAPTION = 150, 150, 34  # pixels per thumbnail cell, caption band on top
+TOP, BLOCK_TITLE, MARGIN = 50, 30, 20
+
+
 def image_grid_size(per_side: int) -> Tuple[int, int]:
     rows = -(-per_side // GRID_COLUMNS)
-    return 40 + 150 * GRID_COLUMNS, 80 + 2 * rows * 170
+    return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + 2 * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
 
 
 def image_grid(method: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.ndarray], str]]]],
                per_side: int) -> bytes:
-    """Thumbnails in two blocks (e.g. highest- and lowest-scored), each image captioned;
-    an image that could not be read is a grey tile whose caption says so."""
-    fig = _figure(image_grid_size(per_side))
+    """Thumbnails in two blocks (e.g. highest- and lowest-scored), each captioned, drawn
+    pixel for pixel (no resampling) on one canvas; an image that could not be read is a
+    grey tile whose caption says so."""
+    width, height = image_grid_size(per_side)
     rows = -(-per_side // GRID_COLUMNS)
-    axes = fig.subplots(2 * rows, GRID_COLUMNS, squeeze=False)
-    for block, (title, tiles) in enumerate(sides):
-        for i in range(rows * GRID_COLUMNS):
-            ax = axes[block * rows + i // GRID_COLUMNS, i % GRID_COLUMNS]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i >= len(tiles):
-                ax.set_axis_off()
-                continue
-            pixels, caption = tiles[i]
-            ax.imshow(pixels if pixels is not None else np.full((THUMB, THUMB, 3), 200, dtype=np.uint8))
-            ax.set_title(caption, fontsize=7)
-            if i == 0:
-                ax.set_ylabel(title, fontsize=9)
-    fig.suptitle(f"{method}: {sides[0][0]} (top rows) and {sides[1][0]} (bottom rows)", fontsize=11)
-    fig.tight_layout()
+    fig = _figure((width, height))
+    fig.text(0.5, 1 - 18 / height, f"{method}: {sides[0][0]} and {sides[1][0]} images", ha="center", va="center",
+             fontsize=12)
+    top = TOP  # pixels from the top of the figure
+    for title, tiles in sides:
+        fig.text(MARGIN / width, 1 - (top + BLOCK_TITLE / 2) / height, title, ha="left", va="center", fontsize=11,
+                 weight="bold")
+        top += BLOCK_TITLE
+        for i, (pixels, caption) in enumerate(tiles[:rows * GRID_COLUMNS]):
+            if pixels is None:
+                pixels = np.full((THUMB, THUMB, 3), 200, dtype=np.uint8)
+            x0 = MARGIN + (i % GRID_COLUMNS) * CELL_WIDTH
+            y0 = top + (i // GRID_COLUMNS) * CELL_HEIGHT
+            fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, caption, ha="center",
+                     va="center", fontsize=8, linespacing=1.1)
+            left = x0 + (CELL_WIDTH - pixels.shape[1]) // 2
+            below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
+            fig.figimage(pixels, xo=left, yo=below, origin="upper")
+        top += rows * CELL_HEIGHT
     return _png(fig)
