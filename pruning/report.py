@@ -4,7 +4,7 @@ page with PNG figures beside it and the numbers in report.json.
 Two passes over the history, each reading an epoch's files once: the first scores every
 method (pruning/scores.py's `score_history`, as get_coreset.py does), the second reads
 only prob_{epoch} for the curves (mean p(true label) per score decile, and a few sampled
-images). Memory is O(N) per method (scores, ranking positions, tie-averaged ranks: 16
+images). Memory is O(N) per method (scores, ranking, positions, tie-averaged ranks: 20
 bytes per sample), never O(N x K); at most 32 images per method are opened (the 16
 highest- and 16 lowest-scored), through the file list. Per-class results are shown as a
 distribution over classes and a table of the hardest-hit ones, so they stay readable
@@ -345,7 +345,9 @@ def render_html(args: argparse.Namespace, numbers: dict, files: Dict[str, bytes]
         out.append(_table(["label", "class", "images"] + [f"kept at {f}" for f in fractions],
                           [[c["label"], c["class"], c["size"]] + [_pct(c["kept"][f]) for f in fractions]
                            for c in numbers["hardest_hit"][m]], left=2))
-    out += ["<h2>Agreement between methods</h2>", _img("spearman.png", "Spearman rank correlation"),
+    out += ["<h2>Agreement between methods</h2><p class=\"note\">Spearman: the rank correlation of two "
+            "methods' scores (average ranks for ties; images never seen, scored NaN, ranked last).</p>",
+            _img("spearman.png", "Spearman rank correlation"),
             _table(["Spearman"] + methods, [[a] + [f"{v:.3f}" if isinstance(v, float) else v for v in row]
                                             for a, row in zip(methods, numbers["spearman"])]),
             "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 DPI = 100
 THUMB = 96  # thumbnail side, pixels
@@ -35,16 +35,20 @@ def histogram_size() -> Tuple[int, int]:
 
 
 def score_histogram(method: str, scores: np.ndarray, cuts: Sequence[Tuple[str, float]]) -> bytes:
-    """Histogram of the finite scores (log count axis), a vertical line at each
+    """Histogram of the finite scores (log count axis above 100 per bin), a vertical line at each
     fraction's cut (kept: the scores at or right of it); NaN and +-inf counted in the title."""
     fig = _figure(histogram_size())
     ax = fig.add_subplot()
     finite = scores[np.isfinite(scores)]
+    counts = np.zeros(0)
     if len(finite):
-        ax.hist(finite, bins=HIST_BINS, color="#9aaec8", edgecolor="#51627a", linewidth=0.4)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+        counts = ax.hist(finite, bins=HIST_BINS, color="#9aaec8", edgecolor="#51627a", linewidth=0.4)[0]
+    log = counts.max(initial=0) > 100  # a log axis shows the tails of a large set; a small one reads better plain
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     for i, (fraction, cut) in enumerate(cuts):
         colour = FRACTION_COLOURS[i % len(FRACTION_COLOURS)]
         if np.isfinite(cut):
@@ -57,7 +61,7 @@ def score_histogram(method: str, scores: np.ndarray, cuts: Sequence[Tuple[str, f
     ax.set_title(f"{method}: scores of {len(scores)} images" + (f" ({', '.join(notes)} not shown)" if notes else ""),
                  fontsize=11)
     ax.set_xlabel("score (kept first: highest)")
-    ax.set_ylabel("images (log scale)")
+    ax.set_ylabel("images (log scale)" if log else "images")
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -200,7 +200,7 @@ def test_tie_ranks_match_brute_force():
     (["--method", "nope"], "--method: unknown method 'nope'"),
     (["--method", "dynunc"], "--window is required by method dynunc"),
     (["--window", "7"], "--window 7 is too large for 7 epochs"),
-    (["--fraction", "0"], "fraction"),
+    (["--fraction", "0"], "fraction must be in (0, 1], got 0.0"),
     (["--fraction", "0.5", "0.5"], "--fraction: '0.5' is given twice"),
     (["--method", "el2n", "--epochs", "5:99"], "--epochs '5:99'"),
 ])
