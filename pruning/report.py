@@ -17,11 +17,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileListError, read_entries, read_labels
+from data.file_list import FileListError, count_lines, read_entries, read_labels
 from pruning import report_figures as figures
 from pruning.dynamic_uncertainty import check_fraction, max_window
 from pruning.history import (HistoryError, check_fingerprint, check_records, contiguous_epoch_files,
@@ -174,15 +174,19 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 
 
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
-    """The report's files ({name: bytes}, index.html included) and its numbers."""
+    """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
-    labels, class_dirs = read_labels(args.dataset_file_list)
-    n = len(labels)
-    plan = plan_report(args, n)
+    n = count_lines(args.dataset_file_list)
+    if n == 0:
+        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
+    plan = plan_report(args, n)  # every check that needs no history file read
     flipped = load_flipped(args.flipped, n) if args.flipped else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     if not methods:
         raise ValueError(f"{plan.hdir}: holds the records of no method (give --method)")
+    labels, class_dirs = read_labels(args.dataset_file_list)
+    if len(labels) != n:
+        raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
     num_epochs = len(plan.prob_paths)
     load = record_loader(plan.hdir, plan.prob_paths, n)
 
@@ -191,102 +195,110 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     scored = time.perf_counter()
     orders = {m: MethodOrder.of(scores.pop(m)) for m in methods}
     reference = min(fractions, key=lambda f: (abs(float(f) - 0.5), -float(f)))  # the curves' and tables' fraction
-    sizes = np.bincount(labels)
     files: Dict[str, bytes] = {}
-    numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": int(np.count_nonzero(sizes)),
+    numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": len(class_dirs),
                "methods": methods, "fractions": fractions, "reference_fraction": reference,
                "keep": keeps, "params": {"window": args.window, "include_last_window": args.include_last_window,
                                          "el2n_epochs": list(plan.params.el2n_epochs), "seed": args.seed}}
-
-    # Scores and cuts.
     numbers["kept_counts"] = {m: {f: int(np.count_nonzero(orders[m].kept(keeps[f]))) for f in fractions}
                               for m in methods}
     numbers["cuts"] = {m: {f: _number(orders[m].cut(keeps[f])) for f in fractions} for m in methods}
     for m in methods:
         files[f"hist_{m}.png"] = figures.score_histogram(
             m, orders[m].scores, [(f, orders[m].cut(keeps[f])) for f in fractions])
-
-    # Per class.
-    per_class = {m: {f: class_kept_fractions(orders[m], keeps[f], labels, sizes) for f in fractions} for m in methods}
-    files["class_kept.png"] = figures.class_kept_boxes(methods, fractions, per_class)
-    numbers["class_kept_summary"] = {
-        m: {f: {"min": _number(np.nanmin(v)), "p05": _number(np.nanpercentile(v, 5)),
-                "median": _number(np.nanmedian(v)), "max": _number(np.nanmax(v)),
-                "classes_emptied": int(np.count_nonzero(v == 0))} for f, v in per_class[m].items()}
-        for m in methods}
-    numbers["hardest_hit"] = {
-        m: [{"label": int(c), "class": class_dirs.get(int(c), ""), "size": int(sizes[c]),
-             "kept": {f: float(per_class[m][f][c]) for f in fractions}}
-            for c in hardest_hit(per_class[m][reference], HARDEST_CLASSES)]
-        for m in methods}
-
-    # Agreement between methods.
-    ordered = [orders[m] for m in methods]
-    spearman = spearman_matrix(ordered)
-    numbers["spearman"] = _matrix(spearman)
-    files["spearman.png"] = figures.heatmap(spearman, methods,
-                                            "Spearman rank correlation of the scores", low=-1.0,
-                                            cmap="coolwarm")
-    numbers["overlap"] = {}
-    for f in fractions:
-        overlap = overlap_matrix(ordered, keeps[f])
-        numbers["overlap"][f] = _matrix(overlap)
-        files[f"overlap_{f}.png"] = figures.heatmap(overlap, methods, f"kept sets at {f}: shared / kept",
-                                                    low=0.0)
-
-    # Label noise.
+    add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)
+    add_agreement(files, numbers, orders, keeps)
     if flipped is not None:
         numbers["flipped"] = {"file": args.flipped, "count": len(flipped),
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
                                                  for f in fractions} for m in methods}}
-
-    # p(true label) over epochs: the second pass.
-    rng = np.random.default_rng(args.seed)
-    sides = {m: sample_sides(orders[m], keeps[reference], CURVES_PER_SIDE, rng) for m in methods}
-    sample = np.concatenate([s for m in methods for s in sides[m]]).astype(np.int64)
     curves_started = time.perf_counter()
-    curves = epoch_curves(orders, num_epochs, lambda epoch: load(epoch, "prob"), sample)
+    add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, args.seed)
     curves_done = time.perf_counter()
-    start = 0
+    root = args.data_root or os.path.dirname(os.path.abspath(args.dataset_file_list))
+    add_image_grids(files, numbers, orders, args.dataset_file_list, root, labels, class_dirs)
+    print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "
+          f"{curves_done - curves_started:.1f}s, everything {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    files[NUMBERS] = (json.dumps(numbers, indent=1, allow_nan=False) + "\n").encode("utf-8")
+    files[INDEX] = render_html(args, numbers).encode("utf-8")
+    return files, numbers
+
+
+def add_per_class(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keeps: Dict[str, int],
+                  reference: str, labels: np.ndarray, class_dirs: Dict[int, str]) -> None:
+    """The distribution of per-class kept fractions and the hardest-hit classes."""
+    sizes = np.bincount(labels)
+    per_class = {m: {f: class_kept_fractions(o, k, labels, sizes) for f, k in keeps.items()} for m, o in orders.items()}
+    files["class_kept.png"] = figures.class_kept_boxes(list(orders), list(keeps), per_class)
+    numbers["class_kept_summary"] = {
+        m: {f: {"min": _number(np.nanmin(v)), "p05": _number(np.nanpercentile(v, 5)),
+                "median": _number(np.nanmedian(v)), "max": _number(np.nanmax(v)),
+                "classes_emptied": int(np.count_nonzero(v == 0))} for f, v in per_class[m].items()}
+        for m in orders}
+    numbers["hardest_hit"] = {
+        m: [{"label": int(c), "class": class_dirs.get(int(c), ""), "size": int(sizes[c]),
+             "kept": {f: float(per_class[m][f][c]) for f in keeps}}
+            for c in hardest_hit(per_class[m][reference], HARDEST_CLASSES)]
+        for m in orders}
+
+
+def add_agreement(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder],
+                  keeps: Dict[str, int]) -> None:
+    """Spearman correlation and kept-set overlap between every pair of methods."""
+    methods, ordered = list(orders), list(orders.values())
+    spearman = spearman_matrix(ordered)
+    numbers["spearman"] = _matrix(spearman)
+    files["spearman.png"] = figures.heatmap(spearman, methods, "Spearman rank correlation of the scores",
+                                            low=-1.0, cmap="coolwarm")
+    numbers["overlap"] = {}
+    for f, keep in keeps.items():
+        overlap = overlap_matrix(ordered, keep)
+        numbers["overlap"][f] = _matrix(overlap)
+        files[f"overlap_{f}.png"] = figures.heatmap(overlap, methods, f"kept sets at {f}: shared / kept", low=0.0)
+
+
+def add_curves(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keep: int, fraction: str,
+               num_epochs: int, load: Callable[[int, str], np.ndarray], seed: int) -> None:
+    """p(true label) over epochs (the second pass over the history): sampled kept and
+    pruned images at `fraction`, and the mean per score decile."""
+    rng = np.random.default_rng(seed)
+    sides = {m: sample_sides(o, keep, CURVES_PER_SIDE, rng) for m, o in orders.items()}
+    sample = np.concatenate([side for m in orders for side in sides[m]]).astype(np.int64)
+    curves = epoch_curves(orders, num_epochs, lambda epoch: load(epoch, "prob"), sample)
     numbers["decile_curves"] = {}
-    for m in methods:
-        kept_rows = curves.sampled[start:start + len(sides[m][0])]
-        start += len(sides[m][0])
-        pruned_rows = curves.sampled[start:start + len(sides[m][1])]
-        start += len(sides[m][1])
-        files[f"curves_{m}.png"] = figures.epoch_curves_figure(m, reference, kept_rows, pruned_rows,
-                                                               curves.decile_mean[m])
+    start = 0
+    for m in orders:
+        rows = []
+        for side in sides[m]:
+            rows.append(curves.sampled[start:start + len(side)])
+            start += len(side)
+        files[f"curves_{m}.png"] = figures.epoch_curves_figure(m, fraction, rows[0], rows[1], curves.decile_mean[m])
         numbers["decile_curves"][m] = _matrix(curves.decile_mean[m])
 
-    # Images: the highest- and lowest-scored of each method.
-    chosen = {m: extremes(orders[m], IMAGES_PER_SIDE) for m in methods}
-    relative = read_entries(args.dataset_file_list, np.concatenate([c for m in methods for c in chosen[m]]))
-    root = args.data_root or os.path.dirname(os.path.abspath(args.dataset_file_list))
+
+def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], list_path: str,
+                    root: str, labels: np.ndarray, class_dirs: Dict[int, str]) -> None:
+    """The highest- and lowest-scored images of each method: only these are opened."""
+    chosen = {m: extremes(o, IMAGES_PER_SIDE) for m, o in orders.items()}
+    relative = read_entries(list_path, np.concatenate([c for m in orders for c in chosen[m]]))
     unreadable: List[str] = []
     numbers["images"] = {}
-    for m in methods:
+    for m, order in orders.items():
         blocks, listed = [], {}
         for side, indices in zip(("highest", "lowest"), chosen[m]):
             tiles, listed[side] = [], []
             for i in indices:
-                path = os.path.join(root, relative[int(i)].lstrip("/"))
-                pixels, why = thumbnail(path)
+                pixels, why = thumbnail(os.path.join(root, relative[int(i)].lstrip("/")))
                 if why:
                     unreadable.append(why)
-                label = int(labels[i])
-                caption = f"{class_dirs.get(label) or label}\n{orders[m].scores[i]:.4g}"
-                tiles.append((pixels, caption if not why else f"unreadable\n{orders[m].scores[i]:.4g}"))
+                label, score = int(labels[i]), order.scores[i]
+                tiles.append((pixels, f"{'unreadable' if why else class_dirs.get(label) or label}\n{score:.4g}"))
                 listed[side].append({"index": int(i), "path": relative[int(i)], "label": label,
-                                     "score": _number(orders[m].scores[i])})
+                                     "score": _number(score)})
             blocks.append((f"{len(indices)} {side}-scored", tiles))
         files[f"images_{m}.png"] = figures.image_grid(m, blocks, IMAGES_PER_SIDE)
         numbers["images"][m] = listed
     numbers["unreadable_images"] = sorted(set(unreadable))
-    print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "
-          f"{curves_done - curves_started:.1f}s, everything {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    files[NUMBERS] = (json.dumps(numbers, indent=1, allow_nan=False) + "\n").encode("utf-8")
-    files[INDEX] = render_html(args, numbers, files).encode("utf-8")
-    return files, numbers
 
 
 # -----------------------------------------------------------------------------
@@ -316,9 +328,9 @@ def _pct(value) -> str:
     return f"{100 * value:.1f}%" if isinstance(value, float) else str(value)
 
 
-def render_html(args: argparse.Namespace, numbers: dict, files: Dict[str, bytes]) -> str:
-    """index.html: every figure of `files` and the tables of `numbers`; links only to
-    files written beside it."""
+def render_html(args: argparse.Namespace, numbers: dict) -> str:
+    """index.html: the figures and the tables of `numbers`; links only to the files
+    written beside it."""
     methods, fractions, ref = numbers["methods"], numbers["fractions"], numbers["reference_fraction"]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Pruning report</title>"
            f"<style>{_STYLE}</style></head><body>",
