@@ -36,9 +36,9 @@ import numpy as np
 from data.file_list import FileListError, read_file_list
 from data.list_lines import count_entries, write_entries
 from pruning.dynamic_uncertainty import check_fraction, max_window
-from pruning.history import (HistoryError, check_fingerprint, contiguous_epoch_files, file_list_fingerprint,
-                             find_history_dir, fingerprint_path, load_epoch_prob, load_epoch_record, record_path)
-from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, epochs_read, parse_epoch_slice, score_history
+from pruning.history import (HistoryError, check_fingerprint, check_records, contiguous_epoch_files,
+                             file_list_fingerprint, find_history_dir, fingerprint_path, record_loader)
+from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
 from pruning.select import CCS, Ranking
 from utils.io import atomic_group, remove_stale_temporaries
 
@@ -182,15 +182,7 @@ def check_history(args: argparse.Namespace, hdir: str, num_epochs: int, params: 
             f"{max_window(num_epochs, args.include_last_window)}"
             + ("" if args.include_last_window else " (the window ending at the last epoch is not used)")
         )
-    for name in args.method:
-        for kind in METHODS[name].needs:
-            if kind == "prob":
-                continue  # contiguous_epoch_files found every epoch's prob file
-            for epoch in epochs_read(name, params, num_epochs):
-                path = record_path(hdir, kind, epoch)
-                if not os.path.exists(path):
-                    raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
-                                       f"(recorded by produce runs of this version, not by older ones or the paper's)")
+    check_records(hdir, args.method, params, num_epochs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -221,10 +213,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if args.ccs is not None else None
 
-    def load(epoch: int, kind: str) -> np.ndarray:
-        if kind == "prob":
-            return load_epoch_prob(paths[epoch], expected_len=n, mmap=True)
-        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=n, mmap=True)
+    load = record_loader(hdir, paths, n, mmap=True)
 
     t0 = time.perf_counter()
     scores = score_history(args.method, num_epochs, n, load, params)

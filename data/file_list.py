@@ -180,3 +180,4 @@ def read_lines(path: str) -> List[str]:
             return [line.rstrip("\n") for line in f if line.strip()]
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+

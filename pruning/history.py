@@ -23,10 +23,11 @@ import json
 import os
 import re
 import warnings
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from pruning.scores import METHODS, ScoreParams, epochs_read
 from utils.io import atomic_save_npy, atomic_write_text
 
 HISTORY_DIRNAME = "pred_prob_history"
@@ -258,3 +259,42 @@ def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, 
     if np.isinf(values).any():
         raise HistoryError(f"{path}: holds infinite values (first at index {int(np.flatnonzero(np.isinf(values))[0])})")
     return values
+
+
+def record_loader(hdir: str, prob_paths: Sequence[str], num_samples: int,
+                  mmap: bool = False) -> Callable[[int, str], np.ndarray]:
+    """`load(epoch, kind)` for score_history: one epoch's record, checked (length
+    `num_samples`, dtype, range), HistoryError naming the file otherwise. `prob_paths`:
+    contiguous_epoch_files(hdir), so that the paper's .txt history is read too. `mmap`:
+    map .npy files instead of reading them (see load_epoch_prob)."""
+
+    def load(epoch: int, kind: str) -> np.ndarray:
+        if kind == "prob":
+            return load_epoch_prob(prob_paths[epoch], expected_len=num_samples, mmap=mmap)
+        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=num_samples, mmap=mmap)
+
+    return load
+
+
+def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
+    """The first record file that `method` reads and `hdir` lacks, or None (prob files are
+    not checked: contiguous_epoch_files found every epoch's)."""
+    for kind in METHODS[method].needs:
+        if kind == "prob":
+            continue
+        for epoch in epochs_read(method, params, num_epochs):
+            path = record_path(hdir, kind, epoch)
+            if not os.path.exists(path):
+                return path
+    return None
+
+
+def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int) -> None:
+    """HistoryError, naming the first missing file and its method, unless `hdir` holds
+    every record file that `methods` read."""
+    for name in methods:
+        path = missing_record(hdir, name, params, num_epochs)
+        if path is not None:
+            kind = os.path.basename(path).split("_")[0]
+            raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
+                               f"(recorded by produce runs of this version, not by older ones or the paper's)")

@@ -3,7 +3,8 @@
 1. write the 5,000 digits as an image tree with file lists (4,000 train / 1,000 val);
 2. torchrun (2 processes, gloo, DALI CPU) main_and_produce.py: train and record the history;
 3. get_coreset.py, one call: the dynamic-uncertainty coreset and every baseline method's
-   (forgetting, EL2N, AUM, variability, confidence, random) at the same fraction;
+   (forgetting, EL2N, AUM, variability, confidence, random) at the same fraction, and
+   report.py: the HTML report that compares them (OUTPUT/report/index.html);
 4. main.py on the full set, on the dynamic-uncertainty coreset and on the random subset
    (with --train-baselines also on every other baseline's coreset);
 5. print how much each baseline's coreset shares with dynamic uncertainty's, and a table
@@ -83,6 +84,9 @@ def main() -> int:
     sh([sys.executable, "get_coreset.py", "--input", produce, "--dataset_file_list", train_list,
         "--fraction", str(args.fraction), "--window", str(args.window), "--method", *METHODS,
         "--output", os.path.join(out, "coreset_{method}.txt")])
+    report = os.path.join(out, "report")
+    sh([sys.executable, "report.py", "--input", produce, "--dataset_file_list", train_list, "--window",
+        str(args.window), "--fraction", *dict.fromkeys(["0.7", str(args.fraction), "0.3"]), "--output", report])
     dynunc = read_kept(coresets["dynunc"])
     size = len(dynunc)
     print("\n| coreset | lines shared with the dynamic-uncertainty coreset |\n|---|---:|")
@@ -107,6 +111,7 @@ def main() -> int:
         print(f"| {name} | {n} | {rec['acc1']:.2f} | {rec['acc5']:.2f} |")
     overhead = mean_epoch_time(produce) / mean_epoch_time(runs["full"])
     print(f"\nproduce-mode epoch time / plain epoch time (median, epochs 1+): {overhead:.2f}")
+    print(f"pruning report: {os.path.join(report, 'index.html')}")
     print(f"demo wall time: {time.time() - start:.0f} s (outputs in {out})")
     return 0
 

@@ -1,0 +1,192 @@
+"""The figures of the pruning report, drawn with matplotlib's object API on its Agg
+canvas (no pyplot, no global backend, no display) and returned as PNG bytes.
+
+Every figure has a fixed size in pixels (DPI and inch sizes chosen so that width and
+height are whole pixels), given by the `*_size` functions, so that a reader (or a test)
+knows what to expect whatever the data.
+"""
+import io
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+DPI = 100
+THUMB = 96  # thumbnail side, pixels
+GRID_COLUMNS = 8
+HIST_BINS = 60
+FRACTION_COLOURS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _figure(size: Tuple[int, int]) -> Figure:
+    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)  # no bbox_inches="tight": the size stays the one asked for
+    return buffer.getvalue()
+
+
+def histogram_size() -> Tuple[int, int]:
+    return 800, 420
+
+
+def score_histogram(method: str, scores: np.ndarray, cuts: Sequence[Tuple[str, float]]) -> bytes:
+    """Histogram of the finite scores (log count axis above 100 per bin), a vertical line at each
+    fraction's cut (kept: the scores at or right of it); NaN and +-inf counted in the title."""
+    fig = _figure(histogram_size())
+    ax = fig.add_subplot()
+    finite = scores[np.isfinite(scores)]
+    counts = np.zeros(0)
+    if len(finite):
+        counts = ax.hist(finite, bins=HIST_BINS, color="#9aaec8", edgecolor="#51627a", linewidth=0.4)[0]
+    log = counts.max(initial=0) > 100  # a log axis shows the tails of a large set; a small one reads better plain
+    if log:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    for i, (fraction, cut) in enumerate(cuts):
+        colour = FRACTION_COLOURS[i % len(FRACTION_COLOURS)]
+        if np.isfinite(cut):
+            ax.axvline(cut, color=colour, linewidth=1.6, label=f"keep {fraction}: score >= {cut:.4g}")
+        else:
+            ax.plot([], [], color=colour, label=f"keep {fraction}: cut at {cut} (not drawn)")
+    notes = [f"{count} {what}" for count, what in ((int(np.isnan(scores).sum()), "NaN (never seen)"),
+                                                     (int(np.isposinf(scores).sum()), "+inf"),
+                                                     (int(np.isneginf(scores).sum()), "-inf")) if count]
+    ax.set_title(f"{method}: scores of {len(scores)} images" + (f" ({', '.join(notes)} not shown)" if notes else ""),
+                 fontsize=11)
+    ax.set_xlabel("score (kept first: highest)")
+    ax.set_ylabel("images (log scale)" if log else "images")
+    ax.legend(fontsize=8, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def class_kept_size(num_methods: int, num_fractions: int) -> Tuple[int, int]:
+    return 150 + 300 * num_fractions, 140 + 40 * num_methods
+
+
+def class_kept_boxes(methods: Sequence[str], fractions: Sequence[str],
+                     kept: Dict[str, Dict[str, np.ndarray]]) -> bytes:
+    """For each fraction, one box per method: the distribution over classes of the
+    fraction of each class kept (whiskers 1st-99th percentile, the extreme classes as
+    points); a dashed line at the fraction itself (what a class-blind random subset keeps
+    on average)."""
+    fig = _figure(class_kept_size(len(methods), len(fractions)))
+    axes = fig.subplots(1, len(fractions), sharey=True, squeeze=False)[0]
+    for ax, fraction in zip(axes, fractions):
+        data = [kept[m][fraction][~np.isnan(kept[m][fraction])] for m in methods]
+        ax.boxplot(data, orientation="horizontal", whis=(1, 99), widths=0.6, flierprops=dict(markersize=2, alpha=0.4),
+                   medianprops=dict(color="black", linewidth=1.5))
+        ax.axvline(float(fraction), color="#1f77b4", linestyle="--", linewidth=1)
+        ax.set_title(f"keep {fraction}", fontsize=10)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_xlabel("fraction of the class kept", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(1, len(methods) + 1), methods)
+    axes[0].invert_yaxis()
+    fig.suptitle("per-class kept fraction (one value per class)", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def heatmap_size(num_methods: int) -> Tuple[int, int]:
+    return 260 + 70 * num_methods, 190 + 60 * num_methods
+
+
+def heatmap(matrix: np.ndarray, methods: Sequence[str], title: str, low: float, cmap: str = "viridis") -> bytes:
+    """A method x method matrix with each value written in its cell; colours from `low` to 1."""
+    fig = _figure(heatmap_size(len(methods)))
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, vmin=low, vmax=1.0, cmap=cmap)
+    ticks = range(len(methods))
+    ax.set_xticks(ticks, methods, rotation=40, ha="right", fontsize=9)
+    ax.set_yticks(ticks, methods, fontsize=9)
+    for a in ticks:
+        for b in ticks:
+            value = matrix[a, b]
+            red, green, blue, _ = image.cmap(image.norm(value)) if np.isfinite(value) else (1, 1, 1, 1)
+            light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
+            ax.text(b, a, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if light else "white")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def curves_size() -> Tuple[int, int]:
+    return 1200, 440
+
+
+def epoch_curves_figure(method: str, fraction: str, kept: np.ndarray, pruned: np.ndarray,
+                        decile_mean: np.ndarray) -> bytes:
+    """Left: p(true label) per epoch of sampled kept (solid) and pruned (dashed) images at
+    one fraction (gaps: epochs they were not seen). Right: the mean per score decile."""
+    fig = _figure(curves_size())
+    left, right = fig.subplots(1, 2)
+    epochs = np.arange(decile_mean.shape[1])
+    for values, style, colour, side in ((kept, "-", "#1f77b4", "kept"), (pruned, "--", "#d62728", "pruned")):
+        for i, row in enumerate(values):
+            left.plot(epochs, row, style, color=colour, alpha=0.75, marker=".", markersize=3,
+                      label=f"{side} ({len(values)} sampled)" if i == 0 else None)
+    left.set_title(f"{method}, keep {fraction}: sampled images", fontsize=10)
+    colours = [tuple(c) for c in colormaps["viridis"](np.linspace(0, 0.95, len(decile_mean)))]
+    for d, row in enumerate(decile_mean):
+        right.plot(epochs, row, color=colours[d], linewidth=1.5,
+                   label=f"decile {d + 1}" + (" (highest)" if d == 0 else " (lowest)" if d == len(decile_mean) - 1
+                                              else ""))
+    right.set_title(f"{method}: mean per score decile", fontsize=10)
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("p(true label)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return _png(fig)
+
+
+CELL_WIDTH, CELL_HEIGHT, CAPTION = 150, 150, 34  # pixels per thumbnail cell, caption band on top
+TOP, BLOCK_TITLE, MARGIN = 50, 30, 20
+
+
+def image_grid_size(per_side: int) -> Tuple[int, int]:
+    rows = -(-per_side // GRID_COLUMNS)
+    return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + 2 * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
+
+
+def image_grid(method: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.ndarray], str]]]],
+               per_side: int) -> bytes:
+    """Thumbnails in two blocks (e.g. highest- and lowest-scored), each captioned, drawn
+    pixel for pixel (no resampling) on one canvas; an image that could not be read is a
+    grey tile whose caption says so."""
+    width, height = image_grid_size(per_side)
+    rows = -(-per_side // GRID_COLUMNS)
+    fig = _figure((width, height))
+    fig.text(0.5, 1 - 18 / height, f"{method}: {sides[0][0]} and {sides[1][0]} images", ha="center", va="center",
+             fontsize=12)
+    top = TOP  # pixels from the top of the figure
+    for title, tiles in sides:
+        fig.text(MARGIN / width, 1 - (top + BLOCK_TITLE / 2) / height, title, ha="left", va="center", fontsize=11,
+                 weight="bold")
+        top += BLOCK_TITLE
+        for i, (pixels, caption) in enumerate(tiles[:rows * GRID_COLUMNS]):
+            if pixels is None:
+                pixels = np.full((THUMB, THUMB, 3), 200, dtype=np.uint8)
+            x0 = MARGIN + (i % GRID_COLUMNS) * CELL_WIDTH
+            y0 = top + (i // GRID_COLUMNS) * CELL_HEIGHT
+            fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, caption, ha="center",
+                     va="center", fontsize=8, linespacing=1.1)
+            left = x0 + (CELL_WIDTH - pixels.shape[1]) // 2
+            below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
+            fig.figimage(pixels, xo=left, yo=below, origin="upper")
+        top += rows * CELL_HEIGHT
+    return _png(fig)

@@ -1,0 +1,20 @@
+"""The pruning report: what each method keeps and throws away, for people to look at.
+
+    python report.py --input OUTPUT --dataset_file_list LIST --output DIR \
+        [--method NAME ...] [--fraction F ...] [--window J] [--epochs START:STOP] [--seed S] \
+        [--flipped LIST.flipped.npy] [--data_root ROOT]
+
+Writes DIR/index.html (opens from disk, no server, no network), the PNG figures beside
+it and DIR/report.json (the numbers shown): score histograms with each fraction's cut,
+per-class kept fractions (distribution and the hardest-hit classes), Spearman rank
+correlation and kept-set overlap between methods, p(true label) over epochs (sampled
+images, mean per score decile), the 16 highest- and lowest-scored images per method,
+and with --flipped the share of relabelled images each method keeps. Method flags as in
+get_coreset.py. Bad input: exit code 2 and nothing written. See pruning/report.py.
+"""
+import sys
+
+from pruning.report import main
+
+if __name__ == "__main__":
+    sys.exit(main())
