@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 kept[o][indices] = True
     elapsed = time.perf_counter() - t0
     written = [method_scores_path(args.output, m) for m in args.method] + [o.path for o in outputs]
+    t1 = time.perf_counter()
     for path in written:
         remove_stale_temporaries(path)  # left by a run of this command killed while writing
     with atomic_group() as group:
@@ -240,10 +241,12 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as files:
             targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
             write_entries(args.dataset_file_list, targets, n)
+    size = sum(os.path.getsize(path) for path in written)
     print(
         f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"
         + (f"; window {args.window}" if args.window is not None and "dynunc" in args.method else "")
-        + f") in {elapsed:.1f}s; scores -> {', '.join(method_scores_path(args.output, m) for m in args.method)}",
+        + f") in {elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
+        f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(method_scores_path(args.output, m) for m in args.method)}",
         file=sys.stderr,
     )
     rule = ", class-balanced" if args.class_balanced else ""

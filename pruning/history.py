@@ -249,9 +249,8 @@ def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, 
     if kind == "correct":
         if values.dtype != np.int8:
             raise HistoryError(f"{path}: expected int8 values, found dtype {values.dtype}")
-        bad = (values < -1) | (values > 1)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        if len(values) and (values.min() < -1 or values.max() > 1):  # two passes, no temporary
+            i = int(np.flatnonzero((values < -1) | (values > 1))[0])
             raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not -1, 0 or 1")
         return values
     if values.dtype.kind != "f":

@@ -12,14 +12,16 @@ and one row in METHODS.
 """
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
+from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_scores
 
-# Rows per chunk for the element-wise updates: temporaries stay a few MB (smaller
-# chunks cost more in per-call overhead than they gain in cache).
+# Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
+# (numpy releases the GIL), every accumulator on a chunk before the next, so that its
+# float64 temporaries (2 MiB) stay in the cache and each record chunk is read once.
 CHUNK_ROWS = 1 << 18
 
 
@@ -33,14 +35,15 @@ class ScoreParams:
     seed: int = 0  # random: --seed
 
 
-def _chunks(n: int) -> Iterator[slice]:
-    for lo in range(0, n, CHUNK_ROWS):
-        yield slice(lo, min(lo + CHUNK_ROWS, n))
+def _chunks(n: int) -> List[slice]:
+    return [slice(lo, min(lo + CHUNK_ROWS, n)) for lo in range(0, n, CHUNK_ROWS)]
 
 
 class Accumulator:
     """Fed one epoch at a time (in epoch order) with that epoch's records, as 1-D arrays
-    keyed by kind ("prob", "correct", "margin", "el2n"); `result()` gives float64 scores."""
+    keyed by kind ("prob", "correct", "margin", "el2n"), one slice of rows per call
+    (disjoint slices of one epoch may be fed from several threads at once); `result()`
+    gives float64 scores."""
 
     def __init__(self, epochs: Optional[Sequence[int]] = None):
         self._epochs = None if epochs is None else frozenset(epochs)
@@ -48,7 +51,7 @@ class Accumulator:
     def wants(self, epoch: int) -> bool:
         return self._epochs is None or epoch in self._epochs
 
-    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
         raise NotImplementedError
 
     def result(self) -> np.ndarray:
@@ -66,14 +69,16 @@ class SeenMean(Accumulator):
         self.sum = np.zeros(n, dtype=np.float64)
         self.count = np.zeros(n, dtype=np.int32)
 
-    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
-        values = records[self.kind]
-        for rows in _chunks(len(self.sum)):
-            v = values[rows]
-            seen = v == v  # False at NaN
-            total, count = self.sum[rows], self.count[rows]
-            np.add(total, v, out=total, where=seen)
-            count += seen
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
+        v = records[self.kind][rows]
+        total, count = self.sum[rows], self.count[rows]
+        unseen = np.isnan(v)
+        if unseen.any():
+            np.add(total, v, out=total, where=~unseen)
+            np.add(count, ~unseen, out=count)
+        else:  # the common case: every sample of the chunk seen
+            np.add(total, v, out=total)
+            count += 1
 
     def result(self) -> np.ndarray:
         mean = np.full(len(self.sum), np.nan)
@@ -92,16 +97,24 @@ class SeenStd(Accumulator):
         self.mean = np.zeros(n, dtype=np.float64)
         self.m2 = np.zeros(n, dtype=np.float64)
 
-    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
-        values = records[self.kind]
-        for rows in _chunks(len(self.mean)):
-            v = values[rows]
-            seen = v == v  # False at NaN
-            count, mean, m2 = self.count[rows], self.mean[rows], self.m2[rows]
-            count += seen
-            delta = np.where(seen, v - mean, 0.0)
-            mean += delta / np.maximum(count, 1)
-            np.add(m2, delta * (v - mean), out=m2, where=seen)
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
+        count, mean, m2 = self.count[rows], self.mean[rows], self.m2[rows]
+        v = records[self.kind][rows].astype(np.float64)
+        unseen = np.isnan(v)
+        if unseen.any():
+            # An unseen value is replaced by the running mean: its delta is 0, so its
+            # mean and m2 are left exactly as they were.
+            np.copyto(v, mean, where=unseen)
+            np.add(count, ~unseen, out=count)
+        else:
+            count += 1
+        delta = v - mean
+        step = np.maximum(count, 1).astype(np.float64)  # never 0 (an unseen sample's delta is 0)
+        np.divide(delta, step, out=step)
+        mean += step
+        np.subtract(v, mean, out=v)
+        np.multiply(delta, v, out=v)
+        m2 += v
 
     def result(self) -> np.ndarray:
         var = np.full(len(self.m2), np.nan)
@@ -120,13 +133,12 @@ class ForgettingEvents(Accumulator):
         self.events = np.zeros(n, dtype=np.int32)
         self.learned = np.zeros(n, dtype=bool)
 
-    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
-        correct = records["correct"]
-        for rows in _chunks(len(self.events)):
-            c = correct[rows]
-            self.events[rows] += (self.previous[rows] == 1) & (c == 0)
-            self.learned[rows] |= c == 1
-            self.previous[rows] = c
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
+        c = records["correct"][rows]
+        previous, learned = self.previous[rows], self.learned[rows]
+        self.events[rows] += (previous == 1) & (c == 0)
+        learned |= c == 1
+        previous[:] = c
 
     def result(self) -> np.ndarray:
         scores = self.events.astype(np.float64)
@@ -142,7 +154,7 @@ class UniformRandom(Accumulator):
         super().__init__(epochs=())  # reads no epoch
         self.n, self.seed = n, seed
 
-    def update(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
         pass
 
     def result(self) -> np.ndarray:
@@ -227,11 +239,13 @@ def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int
 
 
 def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
-                  load: Callable[[int, str], np.ndarray], params: ScoreParams) -> Dict[str, np.ndarray]:
+                  load: Callable[[int, str], np.ndarray], params: ScoreParams,
+                  threads: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Scores of every method in `names` ({name: float64 array of length N}) from one
     pass over the epochs. `load(epoch, kind)` reads one record file; each is read at
     most once. At most one method may be a stream method (dynunc): it pulls the epochs,
-    and the others are fed as each epoch goes by."""
+    and the others are fed as each epoch goes by (while the stream's threads score the
+    previous epoch). `threads` (default: the usable cores) update the accumulators."""
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
@@ -242,22 +256,30 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
     if len(streams) > 1:
         raise ValueError(f"at most one stream method per pass, got {streams}")
 
-    def epochs() -> Iterator[Optional[np.ndarray]]:
+    chunks = _chunks(num_samples)
+
+    def epochs(pool: ThreadPoolExecutor) -> Iterator[Optional[np.ndarray]]:
         for epoch in range(num_epochs):
             fed = [(name, acc) for name, acc in accumulators.items() if acc.wants(epoch)]
             kinds = {kind for name, _ in fed for kind in METHODS[name].needs}
             if streams:
                 kinds.add("prob")
-            records = {kind: load(epoch, kind) for kind in sorted(kinds)}
-            for _, acc in fed:
-                acc.update(epoch, records)
+            records = {kind: np.asarray(load(epoch, kind)) for kind in sorted(kinds)}  # a memmap as a plain array
+
+            def update(rows: slice) -> None:
+                for _, acc in fed:
+                    acc.update(epoch, records, rows)
+
+            if fed:
+                list(pool.map(update, chunks))
             yield records.get("prob")
 
     results = {}
-    passing = epochs()
-    if streams:
-        results[streams[0]] = METHODS[streams[0]].stream(passing, num_samples, params)
-    for _ in passing:  # the rest of the pass (all of it without a stream method)
-        pass
+    with ThreadPoolExecutor(max_workers=threads or default_threads()) as pool:
+        passing = epochs(pool)
+        if streams:
+            results[streams[0]] = METHODS[streams[0]].stream(passing, num_samples, params)
+        for _ in passing:  # the rest of the pass (all of it without a stream method)
+            pass
     results.update({name: acc.result() for name, acc in accumulators.items()})
     return {name: results[name] for name in names}

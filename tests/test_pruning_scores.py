@@ -280,3 +280,63 @@ def test_top_by_partition_is_the_stable_ranking(seed):
     scores[rng.random(400) < 0.05] = -0.0
     for keep in (1, 7, 100, 350, 399, 400):
         assert Ranking(scores).select(keep).tolist() == sorted(rank(scores)[:keep].tolist()), keep
+
+
+def _random_history(n, k, seed):
+    """Records of n samples x k epochs: NaN gaps in some rows only (so that some chunks
+    are fully seen and take the fast path), samples never seen, near-ties."""
+    rng = np.random.default_rng(seed)
+    prob = rng.random((n, k)).astype(np.float32)
+    prob[n // 3: n // 3 + 40] = 0.25  # constant rows: std exactly 0, ties
+    unseen = np.zeros((n, k), dtype=bool)
+    gappy = slice(n // 2, n // 2 + 300)
+    unseen[gappy] = rng.random((300, k)) < 0.3
+    unseen[n - 5:] = True  # never seen
+    prob[unseen] = nan
+    margin = rng.normal(size=(n, k)).astype(np.float32)
+    margin[unseen] = nan
+    el2n = rng.random((n, k)).astype(np.float32)
+    el2n[unseen] = nan
+    correct = (rng.random((n, k)) < 0.6).astype(np.int8)
+    correct[unseen] = -1
+    return {"prob": prob, "margin": margin, "el2n": el2n, "correct": correct}
+
+
+def _reference_scores(records, el2n_epochs):
+    """Each method, from its definition, over the whole (n x k) arrays at once."""
+    import warnings
+
+    prob, correct = records["prob"].astype(np.float64), records["correct"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN
+        ref = {"confidence": 1.0 - np.nanmean(prob, axis=1),
+               "variability": np.nanstd(prob, axis=1),
+               "aum": -np.nanmean(records["margin"].astype(np.float64), axis=1),
+               "el2n": np.nanmean(records["el2n"][:, list(el2n_epochs)].astype(np.float64), axis=1)}
+    events = ((correct[:, :-1] == 1) & (correct[:, 1:] == 0)).sum(axis=1).astype(np.float64)
+    events[~(correct == 1).any(axis=1)] = np.inf
+    ref["forgetting"] = events
+    return ref
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunked_threaded_pass_equals_the_definitions(monkeypatch, threads):
+    """Many small chunks over several threads (fast path for fully seen chunks, masked
+    path elsewhere) give each method's definition (1e-12), and the very same bits as one
+    chunk on one thread."""
+    import pruning.scores as scores_module
+
+    records = _random_history(3001, 9, seed=threads)
+    names = ["confidence", "variability", "aum", "el2n", "forgetting"]
+    whole, _ = score(names, records=records)  # one chunk (3001 < CHUNK_ROWS), default threads
+    monkeypatch.setattr(scores_module, "CHUNK_ROWS", 128)
+
+    def load(epoch, kind):
+        return np.ascontiguousarray(records[kind][:, epoch])
+
+    chunked = score_history(names, 9, 3001, load, ScoreParams(), threads=threads)
+    ref = _reference_scores(records, default_el2n_epochs(9))
+    for name in names:
+        np.testing.assert_array_equal(chunked[name], whole[name], err_msg=name)
+        np.testing.assert_allclose(chunked[name], ref[name], rtol=1e-12, atol=1e-15, err_msg=name)
+    assert np.isnan(chunked["variability"][-5:]).all() and np.isinf(chunked["forgetting"][-5:]).all()
