@@ -26,16 +26,20 @@ def atomic_open(path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
     `path`, which the bare error from write(2) does not.
     """
     path = Path(path)
-    fd, tmp = _temporary_beside(path)
+    tmp = None
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with _signals_held():  # a SIGINT right after the file is made would leak it
+            fd, tmp = _temporary_beside(path)
+            f = os.fdopen(fd, mode, **kwargs)
+        with f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         if isinstance(e, OSError):
             raise named_write_error(e, path) from e
         raise
@@ -109,13 +113,17 @@ class AtomicGroup:
 
     def __init__(self):
         self._staged: List[Tuple[str, Path]] = []
+        self._created: List[str] = []  # every temporary file made, until renamed or removed
 
     @contextlib.contextmanager
     def open(self, path: PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
         path = Path(path)
-        fd, tmp = _temporary_beside(path)
+        with _signals_held():  # a SIGINT between creating the file and noting it would leak it
+            fd, tmp = _temporary_beside(path)
+            self._created.append(tmp)
+            f = os.fdopen(fd, mode, **kwargs)
         try:
-            with os.fdopen(fd, mode, **kwargs) as f:
+            with f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
@@ -138,12 +146,14 @@ class AtomicGroup:
             while self._staged:
                 tmp, path = self._staged.pop(0)
                 os.replace(tmp, path)
+                self._created.remove(tmp)
 
     def discard(self) -> None:
-        while self._staged:
-            tmp, _ = self._staged.pop()
+        """Remove every temporary file this group made that was not renamed."""
+        self._staged.clear()
+        while self._created:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                os.unlink(self._created.pop())
 
 
 @contextlib.contextmanager
