@@ -11,10 +11,10 @@ the full training set.
 3. coresets with get_coreset.py, for every method and fraction, per seed (random and CCS
    sample with the seed; the other methods give the same coreset for every seed);
 4. main.py on each coreset and on the full list, once per seed, --jobs runs at a time;
-5. OUTPUT/curve.csv (one row per method, fraction and seed) and OUTPUT/curve.png (mean
+5. OUTPUT/curve.csv (one row per method, fraction and seed), OUTPUT/curve.png (mean
    and standard deviation over the seeds against the fraction; the full-data accuracy as
-   a line). With label noise, each row also gives the share of the relabelled images that
-   the coreset kept.
+   a line) and OUTPUT/curve.md (the same as tables). With label noise, each row also gives
+   the share of the relabelled images that the coreset kept.
 
 Finished runs are not repeated: rerunning the script after an interruption continues.
 """
@@ -160,6 +160,32 @@ def plot(rows: List[dict], path: str, title: str) -> None:
         f.write(buf.getvalue())
 
 
+def summary(rows: List[dict]) -> str:
+    """Markdown tables of the curve: top-1 mean +- standard deviation over the seeds per
+    method (rows) and fraction (columns); with label noise, the mean share of the flipped
+    images each coreset kept."""
+    fractions = sorted({r["fraction"] for r in rows if r["method"] != FULL}, reverse=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+
+    def cell(method: str, fraction: float, key: str, fmt: str) -> str:
+        values = [float(r[key]) for r in rows if r["method"] == method and (method == FULL or r["fraction"] == fraction)
+                  and r[key] != ""]
+        if not values:
+            return ""
+        return fmt.format(np.mean(values), np.std(values), len(values))
+
+    header = "| method | " + " | ".join(f"keep {f:g}" for f in fractions) + " |\n|---|" + "---:|" * len(fractions)
+    lines = ["top-1 (%), mean +- std over the seeds (population std)", "", header]
+    for m in methods:
+        lines.append(f"| {m} | " + " | ".join(cell(m, f, "top1", "{:.2f} +- {:.2f}") for f in fractions) + " |")
+    if any(r["flipped_kept"] != "" for r in rows):
+        lines += ["", "share of the flipped (mislabelled) training images kept, mean over the seeds", "", header]
+        for m in methods:
+            if m != FULL:
+                lines.append(f"| {m} | " + " | ".join(cell(m, f, "flipped_kept", "{:.1%}") for f in fractions) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder for the data, runs, curve.csv and curve.png")
@@ -222,7 +248,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     atomic_write_text(os.path.join(args.output, "curve.csv"), buf.getvalue())
     title = "MNIST demo, clean labels" if not len(flipped) else f"MNIST demo, {args.label_noise:.0%} labels flipped"
     plot(rows, os.path.join(args.output, "curve.png"), f"{title} ({len(args.seeds)} seeds, {args.epochs} epochs)")
-    log(f"wrote {os.path.join(args.output, 'curve.csv')} and curve.png; wall time {time.time() - start:.0f} s")
+    table = summary(rows)
+    atomic_write_text(os.path.join(args.output, "curve.md"), table)
+    print(table)
+    log(f"wrote {os.path.join(args.output, 'curve.csv')}, curve.png and curve.md; wall time {time.time() - start:.0f} s")
     return 0
 
 

@@ -41,3 +41,28 @@ def test_tiny_noisy_curve(tmp_path):
     assert float(row["flipped_kept"]) == pytest.approx(np.isin(flipped, kept).mean(), abs=1e-4)
     with Image.open(out / "curve.png") as im:
         assert im.size == (960, 600)
+    table = (out / "curve.md").read_text()
+    assert "| el2n |" in table and "share of the flipped" in table
+
+
+def _curve_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pruning_curve", os.path.join(ROOT, "scripts", "pruning_curve.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_table_means_and_spreads():
+    curve = _curve_module()
+    rows = [dict(labels="noise0.2", method="full", fraction=1.0, seed=s, images=10, top1=t, top5=99.0,
+                 flipped_kept=1.0) for s, t in ((0, 90.0), (1, 92.0))]
+    rows += [dict(labels="noise0.2", method="aum", fraction=f, seed=s, images=5, top1=t, top5=99.0, flipped_kept=k)
+             for f, s, t, k in ((0.5, 0, 80.0, 0.1), (0.5, 1, 84.0, 0.3), (0.3, 0, 70.0, 0.2), (0.3, 1, 70.0, 0.2))]
+    table = curve.summary(rows)
+    lines = table.splitlines()
+    assert "| method | keep 0.5 | keep 0.3 |" in lines
+    assert "| full | 91.00 +- 1.00 | 91.00 +- 1.00 |" in lines  # full data: the same row under every fraction
+    assert "| aum | 82.00 +- 2.00 | 70.00 +- 0.00 |" in lines
+    assert "| aum | 20.0% | 20.0% |" in lines  # flipped share: means of 0.1/0.3 and 0.2/0.2
