@@ -42,3 +42,27 @@ def image_tree(tmp_path):
     make_image_tree(str(train), per_class=10, seed=0)
     make_image_tree(str(val), per_class=5, seed=1)
     return train, val
+
+
+def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=("margin", "el2n")):
+    """A produce run's history for a list of len(level) lines: per epoch, p(true label)
+    drawn around `level` (clipped to [0, 1]), correct = p > 0.5, a margin and an EL2N that
+    follow p with noise, about 10% of the samples unseen (NaN, -1), and the list's
+    fingerprint. `kinds`: which of margin and el2n are written. Returns the history folder."""
+    from pruning.history import file_list_fingerprint, history_dir, write_epoch, write_fingerprint
+
+    n = len(level)
+    hdir = history_dir(str(run_dir))
+    for epoch in range(epochs):
+        prob = np.clip(level + rng.normal(0, noise, n), 0, 1).astype(np.float32)
+        unseen = rng.random(n) < 0.1
+        correct = (prob > 0.5).astype(np.int8)
+        margin = (rng.normal(0, 2, n) + 4 * (prob - 0.5)).astype(np.float32)
+        el2n = ((1 - prob) * 1.2).astype(np.float32)
+        for values in (prob, margin, el2n):
+            values[unseen] = np.nan
+        correct[unseen] = -1
+        write_epoch(hdir, epoch, prob, correct, margin=margin if "margin" in kinds else None,
+                    el2n=el2n if "el2n" in kinds else None)
+    write_fingerprint(hdir, file_list_fingerprint(str(list_path), n))
+    return hdir

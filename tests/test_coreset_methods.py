@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import get_coreset
+from conftest import write_full_history
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
-from pruning.history import file_list_fingerprint, history_dir, write_epoch, write_fingerprint
 from pruning.scores import METHODS
 
 N, K = 90, 8
@@ -29,20 +29,7 @@ def run_cli(args):
 def make_history(run_dir, list_path, n=N, k=K, seed=0):
     """A full history (prob, correct, margin, el2n), about 10% unseen per epoch."""
     rng = np.random.default_rng(seed)
-    hdir = history_dir(str(run_dir))
-    level = rng.random(n)
-    for epoch in range(k):
-        prob = np.clip(level + rng.normal(0, 0.2, n), 0, 1).astype(np.float32)
-        unseen = rng.random(n) < 0.1
-        correct = (prob > 0.5).astype(np.int8)
-        margin = (rng.normal(0, 2, n) + 4 * (prob - 0.5)).astype(np.float32)
-        el2n = ((1 - prob) * 1.2).astype(np.float32)
-        for values in (prob, margin, el2n):
-            values[unseen] = np.nan
-        correct[unseen] = -1
-        write_epoch(hdir, epoch, prob, correct, margin=margin, el2n=el2n)
-    write_fingerprint(hdir, file_list_fingerprint(str(list_path), n))
-    return hdir
+    return write_full_history(list_path, run_dir, rng.random(n), k, rng)
 
 
 def write_list(path, n=N):

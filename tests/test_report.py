@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_tree
+from conftest import make_image_tree, write_full_history
 from pruning import report, report_figures
-from pruning.history import file_list_fingerprint, history_dir, write_epoch, write_fingerprint
 from pruning.report_stats import MethodOrder, spearman_matrix, tie_twice_ranks
 from pruning.scores import METHODS, ScoreParams, score_history
 from pruning.select import top
@@ -36,21 +35,8 @@ def make_history(run_dir, list_path, kinds=("margin", "el2n"), seed=3):
     """prob with class-dependent levels (so classes are hit unequally), ties in correct
     (forgetting) and some unseen entries."""
     rng = np.random.default_rng(seed)
-    hdir = history_dir(str(run_dir))
     level = np.repeat(np.linspace(0.2, 0.8, CLASSES), PER_CLASS) + rng.normal(0, 0.1, N)
-    for epoch in range(K):
-        prob = np.clip(level + rng.normal(0, 0.25, N), 0, 1).astype(np.float32)
-        unseen = rng.random(N) < 0.1
-        correct = (prob > 0.5).astype(np.int8)
-        margin = (rng.normal(0, 2, N) + 4 * (prob - 0.5)).astype(np.float32)
-        el2n = ((1 - prob) * 1.3).astype(np.float32)
-        for values in (prob, margin, el2n):
-            values[unseen] = np.nan
-        correct[unseen] = -1
-        write_epoch(hdir, epoch, prob, correct, margin=margin if "margin" in kinds else None,
-                    el2n=el2n if "el2n" in kinds else None)
-    write_fingerprint(hdir, file_list_fingerprint(str(list_path), N))
-    return hdir
+    return write_full_history(list_path, run_dir, level, K, rng, noise=0.25, kinds=kinds)
 
 
 @pytest.fixture
