@@ -42,7 +42,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -225,54 +225,86 @@ class SequenceFinder:
 
     Lines that come in list order (a coreset written by get_coreset.py) are found in a
     window of rows after the previous line's row, a chunk of lines at a time; a window
-    is sized by the list rows seen per coreset line so far and grown while it keeps
-    finding most of the lines. The lines not found there (out of order, shuffled,
-    absent from the list) go through the global `find`. A list with duplicate paths
-    takes `find` for every line (it gives the first row of a duplicated path). Results
-    equal `find`'s in every case.
+    is sized by the list rows seen per coreset line so far and moved on while it keeps
+    finding most of the lines. Each chunk starts with a probe of a few lines: if they
+    are not near the previous line, they are found in the global table (`find`), and if
+    they are in order there the windows go on from them (a stretch of the list the
+    coreset left out), else the chunk's lines join those for `find`. Lines not found in
+    a window (out of order, shuffled, absent from the list) all go through `find`, once
+    a block. A list with duplicate paths takes `find` for every line (it gives the first
+    row of a duplicated path). Results equal `find`'s in every case.
     """
 
     CHUNK = 1 << 15  # lines matched against one window
+    PROBE = 512  # lines tried first in each chunk
     SLACK = 1.25  # window rows per expected row
+    MAX_WINDOW = 1 << 20  # rows
 
     def __init__(self, index: FileListIndex, expected_lines: int):
         self.index = index
-        self.cursor = 0  # the row after the last line's
+        self.cursor = 0  # the row after the last line found in order
         self.ratio = max(1.0, index.count / max(1, expected_lines))  # list rows per coreset line here
-        self._seen = (index.count, 0)  # rows [a, b) whose pages windows have mapped since `release`
+        self._windows: List[Tuple[int, int]] = []  # rows [a, b) whose pages windows mapped since `release`
 
     def find(self, hashes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         index = self.index
         if index.header.duplicates:
             return index.find(hashes, lengths)
         rows = np.full(len(hashes), -1, dtype=np.int64)
+        elsewhere = []  # lines for the global table
         for a in range(0, len(hashes), self.CHUNK):
-            b = min(a + self.CHUNK, len(hashes))
-            todo = np.arange(a, b)
-            start = self.cursor
-            while len(todo) and start < index.count:
-                stop = min(index.count, start + int(len(todo) * self.ratio * self.SLACK) + 64)
-                found = index.find_in_window(hashes[todo], lengths[todo], start, stop)
-                self._seen = (min(self._seen[0], start), max(self._seen[1], stop))
-                hit = found >= 0
-                rows[todo[hit]] = found[hit]
-                todo, hits = todo[~hit], int(hit.sum())
-                if hits:
-                    self.ratio = max(1.0, (int(found[hit].max()) + 1 - start) / hits)
-                if 4 * hits < len(hit):
-                    break  # most lines are elsewhere: out of order, or absent
-                start = stop
-            if len(todo):
-                rows[todo] = index.find(hashes[todo], lengths[todo])
-            found = rows[a:b][rows[a:b] >= 0]
+            chunk = np.arange(a, min(a + self.CHUNK, len(hashes)))
+            probe, rest = chunk[: self.PROBE], chunk[self.PROBE :]
+            left = self._match(probe, hashes, lengths, rows)
+            if 4 * (len(probe) - len(left)) < len(probe):  # not near the previous line
+                rows[left] = index.find(hashes[left], lengths[left])
+                found = rows[probe][rows[probe] >= 0]
+                if len(found) == 0 or (np.diff(found) <= 0).any():
+                    elsewhere.append(rest)
+                    continue
+                self.cursor = int(found[-1]) + 1
+            else:
+                elsewhere.append(left)
+            elsewhere.append(self._match(rest, hashes, lengths, rows))
+        left = np.concatenate(elsewhere) if elsewhere else np.empty(0, dtype=np.int64)
+        if len(left):
+            rows[left] = index.find(hashes[left], lengths[left])
+            found = rows[rows >= 0]
             if len(found):
                 self.cursor = int(found[-1]) + 1
         return rows
 
+    def _match(self, todo: np.ndarray, hashes: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Find lines `todo` in windows from the cursor on, into `rows`; the lines not found."""
+        start = self.cursor
+        while len(todo) and start < self.index.count:
+            span = min(self.MAX_WINDOW, int(len(todo) * self.ratio * self.SLACK) + 64)
+            stop = min(self.index.count, start + span)
+            found = self.index.find_in_window(hashes[todo], lengths[todo], start, stop)
+            self._note_window(start, stop)
+            hit = found >= 0
+            rows[todo[hit]] = found[hit]
+            todo, hits = todo[~hit], int(hit.sum())
+            if 4 * hits < len(hit):
+                break  # most lines are elsewhere: out of order, or absent
+            last = int(found[hit].max())
+            self.ratio = max(1.0, (last + 1 - start) / hits)
+            self.cursor = last + 1
+            start = stop
+        return todo
+
+    def _note_window(self, start: int, stop: int) -> None:
+        last = self._windows[-1] if self._windows else None
+        if last is not None and last[0] <= start <= last[1]:  # in list order: one growing range
+            self._windows[-1] = (last[0], max(last[1], stop))
+        else:
+            self._windows.append((start, stop))
+
     def release(self) -> None:
         """Drop the pages the windows mapped since the last call (`release_rows`)."""
-        self.index.release_rows(*self._seen)
-        self._seen = (self.index.count, 0)
+        for start, stop in self._windows:
+            self.index.release_rows(start, stop)
+        self._windows = []
 
 
 def index_location(list_path: str) -> Optional[str]:
