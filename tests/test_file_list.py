@@ -228,6 +228,30 @@ def random_list(rng, n, bad_line=None):
     return "".join(out)
 
 
+def test_labels_read_a_word_at_a_time():
+    """parse_labels against int(): 1-8 ASCII digits are read, anything else is left to parse_line."""
+    from data.file_list_parse import _PAD, byte_words, parse_labels
+
+    rng = np.random.default_rng(0)
+    texts = ["0", "9", "00000000", "99999999", "12345678", "123456789", "", "+1", "1_0", "٣"]
+    for length in range(1, 11):
+        for _ in range(30):
+            digits = list(rng.choice(list("0123456789"), length))
+            if rng.random() < 0.4:  # a byte next to the digits' range
+                digits[rng.integers(length)] = rng.choice(list("/:a ~\x00\x7f\xff\xe0"))
+            texts.append("".join(digits))
+    raw = [t.encode("latin-1") if all(ord(c) < 256 for c in t) else t.encode("utf-8") for t in texts]
+    data = b"".join(raw)
+    starts = np.cumsum([0] + [len(r) for r in raw[:-1]])
+    value, ok = parse_labels(byte_words(np.frombuffer(data + bytes(_PAD), dtype=np.uint8)), starts,
+                             np.array([len(r) for r in raw]))
+    for text, r, v, good in zip(texts, raw, value, ok):
+        expect = 1 <= len(r) <= 8 and all(48 <= b <= 57 for b in r)
+        assert bool(good) == expect, text
+        if expect:
+            assert int(v) == int(text), text
+
+
 @pytest.mark.parametrize("block_bytes", [3, 16, 97, 1 << 20])
 @pytest.mark.parametrize("seed", range(6))
 def test_same_entries_as_the_line_by_line_reader(tmp_path, monkeypatch, block_bytes, seed):
