@@ -430,10 +430,15 @@ def _count_duplicates(keys: np.ndarray, row_bits: int, fd: int, layout: Header) 
     at = np.concatenate(shared) if shared else np.empty(0, dtype=np.int64)
     if len(at) == 0:
         return 0
-    rows = (keys[np.union1d(at, at + 1)] & np.uint64((1 << row_bits) - 1)).astype(np.int64)
-    mapped = _map(fd)
-    hashes = np.frombuffer(mapped, dtype="<u8", count=len(keys), offset=layout.offset("row_hash"))[rows]
-    lengths = np.frombuffer(mapped, dtype="<i4", count=len(keys), offset=layout.offset("path_len"))[rows]
+    rows = np.sort((keys[np.union1d(at, at + 1)] & np.uint64((1 << row_bits) - 1)).astype(np.int64))
+    hashes, lengths = np.empty(len(rows), dtype=np.uint64), np.empty(len(rows), dtype=np.int64)
+    for a in range(0, len(keys), step):  # read in order: a mapping would touch far more pages than rows
+        i, j = np.searchsorted(rows, [a, a + step])
+        if i == j:
+            continue
+        b = min(a + step, len(keys))
+        hashes[i:j] = np.frombuffer(_pread_all(fd, (b - a) * 8, layout.offset("row_hash") + a * 8), "<u8")[rows[i:j] - a]
+        lengths[i:j] = np.frombuffer(_pread_all(fd, (b - a) * 4, layout.offset("path_len") + a * 4), "<i4")[rows[i:j] - a]
     order = np.lexsort((lengths, hashes))
     hashes, lengths = hashes[order], lengths[order]
     return int(np.count_nonzero((hashes[1:] == hashes[:-1]) & (lengths[1:] == lengths[:-1])))

@@ -519,6 +519,7 @@ def small_windows(monkeypatch):
     import data.file_list_parse
 
     monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(fli, "BLOCK_BYTES", 64)  # the index's reads: 8 rows of hashes at a time
     monkeypatch.setattr(fli.SequenceFinder, "CHUNK", 7)
     monkeypatch.setattr(fli.SequenceFinder, "PROBE", 3)
 
