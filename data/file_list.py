@@ -16,7 +16,7 @@ from typing import Iterator, List, Optional
 
 import numpy as np
 
-from data.file_list_index import FileListIndex, line_bound, open_index
+from data.file_list_index import FileListIndex, SequenceFinder, line_bound, open_index
 from data.file_list_parse import FileListError, iter_blocks, label_error, parse_line
 
 __all__ = ["FileList", "FileListError", "parse_line", "read_coreset", "read_file_list", "read_lines"]
@@ -30,7 +30,7 @@ class FileList:
     """
 
     def __init__(self, path: str, root: str, index: FileListIndex, rows: Optional[np.ndarray] = None,
-                 line_numbers: Optional[np.ndarray] = None):
+                 line_numbers: Optional[np.ndarray] = None, labels: Optional[np.ndarray] = None):
         self.path = path  # the list (or coreset) file itself, for messages
         self.root = root  # folder the relative paths are joined to
         self.index = index  # the full list's index
@@ -39,7 +39,8 @@ class FileList:
             self.labels = index.labels
             self.line_numbers = index.lines
         else:
-            self.labels = index.labels[rows]
+            # The caller's labels are the rows' labels (a coreset's, checked against them).
+            self.labels = index.labels[rows] if labels is None else labels
             self.line_numbers = line_numbers
 
     def __len__(self) -> int:
@@ -131,6 +132,7 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
     coreset's lines; `root` defaults to the full list's folder. A line is looked up by a
     64-bit hash of its path bytes and their length (the index's table), so a path absent
     from the full list passes only if it collides with one there (odds ~N / 2**64 a line).
+    Lines in the full list's order (as get_coreset writes them) are found fastest.
     """
     if root is None:
         root = os.path.dirname(os.path.abspath(full_list))
@@ -144,9 +146,11 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
         f.seek(0)
         rows = np.empty(bound, dtype=np.int32)  # an index holds fewer than 2**31 entries
         lines = np.empty(bound, dtype=np.int32)
+        labels = np.empty(bound, dtype=np.int32)
+        finder = SequenceFinder(index, bound)
         count = 0
         for block in iter_blocks(f, path, num_classes):
-            found = index.find(block.hashes, block.path_len)
+            found = finder.find(block.hashes, block.path_len)
             labels_there = index.labels[np.maximum(found, 0)]
             bad = np.flatnonzero((found < 0) | (labels_there != block.labels))
             if len(bad):
@@ -166,10 +170,13 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
                 raise FileListError(f"{path}: the coreset changed while it was read")
             rows[count : count + m] = found
             lines[count : count + m] = block.lines
+            labels[count : count + m] = block.labels
             count += m
+            finder.release()
     if count == 0:
         raise FileListError(f"{path}: the file list is empty")
-    return FileList(path, root, index, rows[:count], lines[:count])  # the untouched tail costs no memory
+    # The untouched tails cost no memory.
+    return FileList(path, root, index, rows[:count], lines[:count], labels[:count])
 
 
 def read_lines(path: str) -> List[str]:

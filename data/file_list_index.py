@@ -14,7 +14,13 @@ Layout (little-endian): a 4096-byte header, then six arrays of `capacity` entrie
 
 `sorted_key` is ``(row_hash >> row_bits << row_bits) | row``, sorted: the lookup table
 for coreset lines. The header records the list's size and mtime (ns), the entry count,
-the largest label and a CRC-32 of each array and of itself.
+the largest label, the number of duplicate rows (see `Header.duplicates`) and a CRC-32 of
+each array and of itself.
+
+Coreset lines usually come in list order (get_coreset.py keeps the list's order): a
+`SequenceFinder` then finds each line near the row after the previous line's, in a small
+window of `row_hash` (cache-resident, read in row order), and only the lines not found
+there go through the global table (`FileListIndex.find`), whose pages are touched at random.
 
 The index is never trusted blindly: a header that does not match the list (size, mtime),
 a wrong file size or a CRC mismatch makes it stale or corrupt, and it is rebuilt (written
@@ -36,7 +42,7 @@ import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -45,7 +51,7 @@ from data.file_list_parse import BLOCK_BYTES, FileListError, iter_blocks
 logger = logging.getLogger(__name__)
 
 MAGIC = b"DUFLIDX\0"
-VERSION = 1
+VERSION = 2  # 2: Header.duplicates
 HEADER_BYTES = 4096
 RACY_SECONDS = 2.0
 INDEX_SUFFIX = ".idx"
@@ -55,7 +61,7 @@ SECTIONS: Tuple[Tuple[str, str], ...] = (
     ("path_len", "<i4"), ("label", "<i4"), ("line", "<i4"),
 )
 LOOKUP_SECTIONS = ("row_hash", "sorted_key")
-_HEAD = struct.Struct("<8sIIQqqQQq" + "I" * len(SECTIONS))  # + the header's own CRC-32
+_HEAD = struct.Struct("<8sIIQqqQQqQ" + "I" * len(SECTIONS))  # + the header's own CRC-32
 BYTES_PER_ENTRY = sum(np.dtype(t).itemsize for _, t in SECTIONS)
 MAX_ENTRIES = 2**31 - 1  # rows and line numbers are int32
 
@@ -70,11 +76,14 @@ class Header:
     count: int
     capacity: int
     max_label: int  # so that a label bound is checked without reading the labels
+    # Rows whose (path hash, path length) equals an earlier row's: a path listed twice.
+    # Lookups give the first such row; the windowed lookup, which cannot tell, is off.
+    duplicates: int
     crcs: Tuple[int, ...]
 
     def pack(self) -> bytes:
         body = _HEAD.pack(MAGIC, self.version, self.row_bits, self.list_size, self.list_mtime_ns, self.built_ns,
-                          self.count, self.capacity, self.max_label, *self.crcs)
+                          self.count, self.capacity, self.max_label, self.duplicates, *self.crcs)
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
@@ -86,11 +95,11 @@ class Header:
         fields = _HEAD.unpack(body)
         if fields[0] != MAGIC:
             raise ValueError("not a file-list index")
+        if fields[1] != VERSION:  # first: another version's header may have another size
+            raise ValueError(f"index version {fields[1]}, this code writes {VERSION}")
         if zlib.crc32(body) != crc:
             raise ValueError("header checksum mismatch")
-        if fields[1] != VERSION:
-            raise ValueError(f"index version {fields[1]}, this code writes {VERSION}")
-        return cls(*fields[1:9], crcs=tuple(fields[9:]))
+        return cls(*fields[1:10], crcs=tuple(fields[10:]))
 
     def offset(self, name: str) -> int:
         at = HEADER_BYTES
@@ -120,6 +129,7 @@ class FileListIndex:
         self.count = header.count
         self.row_bits = header.row_bits
         self._list_map = list_map
+        self._index_map = index_map
         arrays = {
             name: np.frombuffer(index_map, dtype=dtype, count=header.count, offset=header.offset(name))
             for name, dtype in SECTIONS
@@ -157,6 +167,144 @@ class FileListIndex:
             todo = todo[~hit]
             pos[todo] += 1
         return rows
+
+    def find_in_window(self, hashes: np.ndarray, lengths: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """The row in [start, stop) of each (path hash, path length), -1 where none is found
+        there: the caller looks those up with `find`.
+
+        For a list without duplicates, where a row found is the only one (`find` gives the
+        same). The window's rows go into a table addressed by some bits of their hash, a
+        power of two at least twice their number; rows that lose their slot to another go
+        into the next round's table, addressed by other bits, until every row has had a
+        slot (or the bits run out: two rows of one hash, told apart by their lengths,
+        leave a line unfound). A line is checked against its slot's row in each round.
+        """
+        window = self.row_hash[start:stop]
+        bits = max(10, (2 * (stop - start) - 1).bit_length())
+        low = np.uint64(64 - bits)
+        rows = np.full(len(hashes), -1, dtype=np.int64)
+        todo, queries = np.arange(len(hashes)), hashes  # the lines not found yet
+        live, live_hash = np.arange(stop - start, dtype=np.int32), window  # the rows not in a table yet
+        for shift in [*range(0, 64 - bits, 7), 64 - bits]:  # the last round takes the lowest bits
+            up = np.uint64(shift)
+            slot = (live_hash << up) >> low
+            table = np.full(1 << bits, -1, dtype=np.int32)
+            table[slot] = live  # one of the rows sharing a slot keeps it
+            lost = table[slot] != live
+            live, live_hash = live[lost], live_hash[lost]
+            cand = table[(queries << up) >> low]
+            same = window[cand] == queries  # (cand -1, an empty slot, fails below)
+            same &= cand >= 0
+            rows[todo[same]] = cand[same]
+            todo, queries = todo[~same], queries[~same]
+            if not (len(todo) and len(live)):
+                break
+        found = np.flatnonzero(rows >= 0)
+        rows[found] += start
+        rows[found[self.path_len[rows[found]] != lengths[found]]] = -1
+        return rows
+
+    def release_rows(self, start: int, stop: int) -> None:
+        """Drop this process's mapping of the pages of rows [start, stop) in the arrays in
+        row order: they leave its RSS, stay in the page cache, and come back if read
+        again. Keeps the pages of a long sequential pass from piling up in every process."""
+        if stop <= start:
+            return
+        for name, dtype in SECTIONS:
+            if name == "sorted_key":
+                continue
+            size = np.dtype(dtype).itemsize
+            a = self.header.offset(name) + start * size
+            a -= a % mmap.PAGESIZE
+            b = self.header.offset(name) + stop * size
+            self._index_map.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+
+class SequenceFinder:
+    """The rows of coreset lines in the full list, read a block at a time.
+
+    Lines that come in list order (a coreset written by get_coreset.py) are found in a
+    window of rows after the previous line's row, a chunk of lines at a time; a window
+    is sized by the list rows seen per coreset line so far and moved on while it keeps
+    finding most of the lines. Each chunk starts with a probe of a few lines: if they
+    are not near the previous line, they are found in the global table (`find`), and if
+    they are in order there the windows go on from them (a stretch of the list the
+    coreset left out), else the chunk's lines join those for `find`. Lines not found in
+    a window (out of order, shuffled, absent from the list) all go through `find`, once
+    a block. A list with duplicate paths takes `find` for every line (it gives the first
+    row of a duplicated path). Results equal `find`'s in every case.
+    """
+
+    CHUNK = 1 << 15  # lines matched against one window
+    PROBE = 512  # lines tried first in each chunk
+    SLACK = 1.25  # window rows per expected row
+    MAX_WINDOW = 1 << 20  # rows
+
+    def __init__(self, index: FileListIndex, expected_lines: int):
+        self.index = index
+        self.cursor = 0  # the row after the last line found in order
+        self.ratio = max(1.0, index.count / max(1, expected_lines))  # list rows per coreset line here
+        self._windows: List[Tuple[int, int]] = []  # rows [a, b) whose pages windows mapped since `release`
+
+    def find(self, hashes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        index = self.index
+        if index.header.duplicates:
+            return index.find(hashes, lengths)
+        rows = np.full(len(hashes), -1, dtype=np.int64)
+        elsewhere = []  # lines for the global table
+        for a in range(0, len(hashes), self.CHUNK):
+            chunk = np.arange(a, min(a + self.CHUNK, len(hashes)))
+            probe, rest = chunk[: self.PROBE], chunk[self.PROBE :]
+            left = self._match(probe, hashes, lengths, rows)
+            if 4 * (len(probe) - len(left)) < len(probe):  # not near the previous line
+                rows[left] = index.find(hashes[left], lengths[left])
+                found = rows[probe][rows[probe] >= 0]
+                if len(found) == 0 or (np.diff(found) <= 0).any():
+                    elsewhere.append(rest)
+                    continue
+                self.cursor = int(found[-1]) + 1
+            else:
+                elsewhere.append(left)
+            elsewhere.append(self._match(rest, hashes, lengths, rows))
+        left = np.concatenate(elsewhere) if elsewhere else np.empty(0, dtype=np.int64)
+        if len(left):
+            rows[left] = index.find(hashes[left], lengths[left])
+            found = rows[rows >= 0]
+            if len(found):
+                self.cursor = int(found[-1]) + 1
+        return rows
+
+    def _match(self, todo: np.ndarray, hashes: np.ndarray, lengths: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Find lines `todo` in windows from the cursor on, into `rows`; the lines not found."""
+        start = self.cursor
+        while len(todo) and start < self.index.count:
+            span = min(self.MAX_WINDOW, int(len(todo) * self.ratio * self.SLACK) + 64)
+            stop = min(self.index.count, start + span)
+            found = self.index.find_in_window(hashes[todo], lengths[todo], start, stop)
+            self._note_window(start, stop)
+            hit = found >= 0
+            rows[todo[hit]] = found[hit]
+            todo, hits = todo[~hit], int(hit.sum())
+            if 4 * hits < len(hit):
+                break  # most lines are elsewhere: out of order, or absent
+            last = int(found[hit].max())
+            self.ratio = max(1.0, (last + 1 - start) / hits)
+            self.cursor = last + 1
+            start = stop
+        return todo
+
+    def _note_window(self, start: int, stop: int) -> None:
+        last = self._windows[-1] if self._windows else None
+        if last is not None and last[0] <= start <= last[1]:  # in list order: one growing range
+            self._windows[-1] = (last[0], max(last[1], stop))
+        else:
+            self._windows.append((start, stop))
+
+    def release(self) -> None:
+        """Drop the pages the windows mapped since the last call (`release_rows`)."""
+        for start, stop in self._windows:
+            self.index.release_rows(start, stop)
+        self._windows = []
 
 
 def index_location(list_path: str) -> Optional[str]:
@@ -269,11 +417,38 @@ def line_bound(f) -> int:
         tail = chunk[-1:]
 
 
+def _count_duplicates(keys: np.ndarray, row_bits: int, fd: int, layout: Header) -> int:
+    """Rows whose (path hash, path length) equals an earlier row's, from the sorted lookup
+    keys and the row arrays already written to `fd`: equal hashes have equal key prefixes,
+    and only the few rows sharing a prefix with a neighbour need their hash compared."""
+    step = BLOCK_BYTES // 8
+    bits = np.uint64(row_bits)
+    shared = []  # positions in `keys` of rows whose prefix equals the next row's
+    for a in range(0, len(keys) - 1, step):
+        piece = keys[a : a + step + 1] >> bits
+        shared.append(a + np.flatnonzero(piece[1:] == piece[:-1]))
+    at = np.concatenate(shared) if shared else np.empty(0, dtype=np.int64)
+    if len(at) == 0:
+        return 0
+    rows = np.sort((keys[np.union1d(at, at + 1)] & np.uint64((1 << row_bits) - 1)).astype(np.int64))
+    hashes, lengths = np.empty(len(rows), dtype=np.uint64), np.empty(len(rows), dtype=np.int64)
+    for a in range(0, len(keys), step):  # read in order: a mapping would touch far more pages than rows
+        i, j = np.searchsorted(rows, [a, a + step])
+        if i == j:
+            continue
+        b = min(a + step, len(keys))
+        hashes[i:j] = np.frombuffer(_pread_all(fd, (b - a) * 8, layout.offset("row_hash") + a * 8), "<u8")[rows[i:j] - a]
+        lengths[i:j] = np.frombuffer(_pread_all(fd, (b - a) * 4, layout.offset("path_len") + a * 4), "<i4")[rows[i:j] - a]
+    order = np.lexsort((lengths, hashes))
+    hashes, lengths = hashes[order], lengths[order]
+    return int(np.count_nonzero((hashes[1:] == hashes[:-1]) & (lengths[1:] == lengths[:-1])))
+
+
 def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Optional[int], built_ns: int) -> Header:
     """Parse the list open as `f` and write its index to the empty file `fd`."""
     capacity = line_bound(f)
     f.seek(0)
-    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, 0, (0,) * len(SECTIONS))
+    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, 0, 0, (0,) * len(SECTIONS))
     os.ftruncate(fd, probe.file_size)
     crcs = {name: 0 for name, _ in SECTIONS}
     count, max_label = 0, 0
@@ -309,9 +484,10 @@ def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Op
     keys.sort()
     _pwrite_all(fd, keys, probe.offset("sorted_key"))
     crcs["sorted_key"] = zlib.crc32(keys)
+    duplicates = _count_duplicates(keys, row_bits, fd, probe)
     del keys
     header = Header(VERSION, row_bits, st.st_size, st.st_mtime_ns, built_ns, count, capacity, max_label,
-                    tuple(crcs[name] for name, _ in SECTIONS))
+                    duplicates, tuple(crcs[name] for name, _ in SECTIONS))
     os.pwrite(fd, header.pack(), 0)
     return header
 

@@ -8,7 +8,7 @@ stripped line, so that the numpy reader and a plain Python reader agree line for
 - a line ends at '\\n', '\\r\\n' or a lone '\\r'; the last line may lack its terminator;
 - a UTF-8 byte-order mark at the start of the file is not part of the first line;
 - lines that are empty after stripping whitespace are skipped but keep their number;
-- lines made of ASCII only, whose whitespace is space/tab/CR and whose label has 1-9
+- lines made of ASCII only, whose whitespace is space/tab/CR and whose label has 1-8
   digits, are parsed with numpy; any other line (non-ASCII bytes, other whitespace, a
   malformed or unusual label) goes through ``parse_line`` itself, so its result and its
   error message are exactly those of the plain reader.
@@ -26,7 +26,7 @@ BLOCK_BYTES = 8 << 20  # bytes read at a time; memory per block is a small multi
 BOM = b"\xef\xbb\xbf"
 MAX_LABEL = 2**31 - 1  # labels are stored as int32
 _PAD = 8  # zero bytes after a block, so that 8-byte words can be read at any path offset
-_FAST_DIGITS = 9
+_FAST_DIGITS = 8  # a label read as one 8-byte word
 _NL, _CR = 10, 13
 
 
@@ -184,13 +184,7 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
     label_start = sep + 1
     label_len = np.where(blank | one_token, 0, content_end - label_start)
 
-    value = np.zeros(num_lines, dtype=np.int64)
-    digits_ok = (label_len >= 1) & (label_len <= _FAST_DIGITS)
-    for d in range(int(label_len[digits_ok].max()) if digits_ok.any() else 0):
-        inside = d < label_len
-        b = buf[np.where(inside, np.minimum(label_start + d, n - 1), 0)].astype(np.int64) - 48
-        digits_ok &= ~inside | ((b >= 0) & (b <= 9))
-        value = np.where(inside, value * 10 + b, value)
+    value, digits_ok = parse_labels(byte_words(padded), label_start, label_len)
 
     python = slow | (~blank & (one_token | ~digits_ok))
     valid = ~blank & ~python
@@ -241,6 +235,35 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
     )
 
 
+def byte_words(padded: np.ndarray) -> np.ndarray:
+    """words[i] = the 8 bytes at padded[i:i+8] as a little-endian uint64 (a view; padded:
+    uint8 with _PAD bytes after the data, so that i may be any offset in the data or its end)."""
+    words = as_strided(padded, shape=(len(padded) - _PAD + 1, 8), strides=(padded.strides[0], padded.strides[0]))
+    return words.view("<u8")[:, 0]
+
+
+_LOW_BYTES = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1], dtype=np.uint64)  # [k]: k low bytes
+_ZERO_DIGITS = np.uint64(0x3030303030303030)
+_SIXES = np.uint64(0x0606060606060606)
+_HIGH_NIBBLES = np.uint64(0xF0F0F0F0F0F0F0F0)
+
+
+def parse_labels(words: np.ndarray, start: np.ndarray, length: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(value, ok): the labels of `length` bytes at `start`, ok where they are 1 to
+    _FAST_DIGITS ASCII digits. All digits of a label at once, in one 64-bit word."""
+    ok = (length >= 1) & (length <= _FAST_DIGITS)
+    length = np.clip(length, 0, 8)
+    d = (words[start] ^ _ZERO_DIGITS) & _LOW_BYTES[length]  # a digit's byte becomes its value 0-9
+    ok &= ((d | (d + _SIXES)) & _HIGH_NIBBLES) == 0
+    # The first digit is the lowest byte: shift the digits up so that zeros lead, then
+    # combine pairs of bytes, pairs of pairs and pairs of those (each lane below 2**32).
+    d <<= (8 * (8 - length)).astype(np.uint64)
+    d = (d * np.uint64(10) + (d >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+    d = (d * np.uint64(100) + (d >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+    d = (d * np.uint64(10000) + (d >> np.uint64(32))) & np.uint64(0xFFFFFFFF)
+    return np.where(ok, d, 0).astype(np.int64), ok
+
+
 _MUL = np.uint64(0x9E3779B97F4A7C15)
 _FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -250,8 +273,7 @@ _SEED = np.uint64(0x243F6A8885A308D3)
 def path_hash(padded: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.ndarray:
     """64-bit hash of the byte strings padded[start:start+length] (padded: uint8 with at
     least 8 bytes after the last string). Depends only on the bytes, not on where they are."""
-    words = as_strided(padded, shape=(len(padded) - _PAD + 1, 8), strides=(padded.strides[0], padded.strides[0]))
-    words = words.view("<u8")[:, 0]  # words[i] = the 8 bytes at padded[i:i+8], little-endian
+    words = byte_words(padded)
     h = np.full(len(start), _SEED, dtype=np.uint64)
     with np.errstate(over="ignore"):
         whole = int(length.min()) // 8 if len(length) else 0  # words that every string has in full
@@ -261,12 +283,7 @@ def path_hash(padded: np.ndarray, start: np.ndarray, length: np.ndarray) -> np.n
         offset = 8 * whole
         todo = np.flatnonzero(length > offset)
         while len(todo):
-            rem = length[todo] - offset
-            w = words[start[todo] + offset]
-            short = rem < 8
-            if short.any():
-                keep = np.left_shift(np.uint64(1), (8 * np.minimum(rem, 7)).astype(np.uint64)) - np.uint64(1)
-                w = np.where(short, w & keep, w)
+            w = words[start[todo] + offset] & _LOW_BYTES[np.minimum(length[todo] - offset, 8)]  # the string's bytes
             x = (h[todo] ^ w) * _MUL
             h[todo] = x ^ (x >> np.uint64(29))
             offset += 8

@@ -228,6 +228,30 @@ def random_list(rng, n, bad_line=None):
     return "".join(out)
 
 
+def test_labels_read_a_word_at_a_time():
+    """parse_labels against int(): 1-8 ASCII digits are read, anything else is left to parse_line."""
+    from data.file_list_parse import _PAD, byte_words, parse_labels
+
+    rng = np.random.default_rng(0)
+    texts = ["0", "9", "00000000", "99999999", "12345678", "123456789", "", "+1", "1_0", "٣"]
+    for length in range(1, 11):
+        for _ in range(30):
+            digits = list(rng.choice(list("0123456789"), length))
+            if rng.random() < 0.4:  # a byte next to the digits' range
+                digits[rng.integers(length)] = rng.choice(list("/:a ~\x00\x7f\xff\xe0"))
+            texts.append("".join(digits))
+    raw = [t.encode("latin-1") if all(ord(c) < 256 for c in t) else t.encode("utf-8") for t in texts]
+    data = b"".join(raw)
+    starts = np.cumsum([0] + [len(r) for r in raw[:-1]])
+    value, ok = parse_labels(byte_words(np.frombuffer(data + bytes(_PAD), dtype=np.uint8)), starts,
+                             np.array([len(r) for r in raw]))
+    for text, r, v, good in zip(texts, raw, value, ok):
+        expect = 1 <= len(r) <= 8 and all(48 <= b <= 57 for b in r)
+        assert bool(good) == expect, text
+        if expect:
+            assert int(v) == int(text), text
+
+
 @pytest.mark.parametrize("block_bytes", [3, 16, 97, 1 << 20])
 @pytest.mark.parametrize("seed", range(6))
 def test_same_entries_as_the_line_by_line_reader(tmp_path, monkeypatch, block_bytes, seed):
@@ -406,7 +430,7 @@ def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypa
 def test_index_header_round_trip():
     import data.file_list_index as fli
 
-    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, tuple(range(len(fli.SECTIONS))))
+    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, 2, tuple(range(len(fli.SECTIONS))))
     assert fli.Header.unpack(header.pack()) == header
     with pytest.raises(ValueError, match="checksum"):
         fli.Header.unpack(header.pack()[:-1] + b"\0")
@@ -475,6 +499,145 @@ def test_coreset_of_a_large_list_with_similar_names(tmp_path, monkeypatch):
         f.write("/n00000001/n00000001_200.JPEG 1\n")  # one past the class's last image
     with pytest.raises(FileListError, match=f"{core}:3001: '/n00000001/n00000001_200.JPEG' is not in the full list"):
         read_coreset(core, full, num_classes=50)
+
+
+
+# Coresets in list order are found in windows of rows (SequenceFinder), others through
+# the global table: both must give what a plain dictionary of the full list gives.
+def many_names(classes=40, per_class=50):
+    return [f"/n{c:08d}/n{c:08d}_{i}.JPEG" for c in range(classes) for i in range(per_class)]
+
+
+def coreset_text(names, picks, label_of):
+    return "".join(f"{names[k]} {label_of(k)}\n" for k in picks)
+
+
+@pytest.fixture
+def small_windows(monkeypatch):
+    """Small parse blocks and finder chunks, so that a coreset spans many of each."""
+    import data.file_list_index as fli
+    import data.file_list_parse
+
+    monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(fli, "BLOCK_BYTES", 64)  # the index's reads: 8 rows of hashes at a time
+    monkeypatch.setattr(fli.SequenceFinder, "CHUNK", 7)
+    monkeypatch.setattr(fli.SequenceFinder, "PROBE", 3)
+
+
+@pytest.mark.parametrize("order", ["in_order", "shuffled", "mostly_in_order", "reversed", "gaps", "dense"])
+def test_coreset_rows_whatever_the_order(tmp_path, monkeypatch, small_windows, order):
+    import data.file_list_index as fli
+
+    looked_up = []  # lines that went through the global table
+    global_find = fli.FileListIndex.find
+    monkeypatch.setattr(fli.FileListIndex, "find", lambda self, h, n: looked_up.append(len(h)) or global_find(self, h, n))
+    names = many_names()
+    full = aged_list(tmp_path, "".join(f"{n} {k // 50}\n" for k, n in enumerate(names)), name="train.txt")
+    rng = np.random.default_rng(1)
+    picks = np.flatnonzero(rng.random(len(names)) < 0.3)
+    if order == "shuffled":
+        picks = rng.permutation(picks)
+    elif order == "mostly_in_order":  # a few lines moved far away
+        for a, b in rng.integers(0, len(picks), (5, 2)):
+            picks[[a, b]] = picks[[b, a]]
+    elif order == "reversed":
+        picks = picks[::-1]
+    elif order == "gaps":  # whole classes left out, then a dense stretch
+        picks = np.concatenate([np.arange(0, 50), np.arange(900, 1000, 7), np.arange(1500, 2000)])
+    elif order == "dense":
+        picks = np.arange(len(names))
+    core = write(tmp_path / "core.txt", coreset_text(names, picks, lambda k: k // 50))
+    fl = read_coreset(core, full, root="/data", num_classes=40)
+    assert fl.rows.tolist() == picks.tolist()
+    assert fl.labels.tolist() == (picks // 50).tolist() and fl.labels.dtype == np.int32
+    assert fl.line_numbers.tolist() == list(range(1, len(picks) + 1))
+    assert fl.files[:3] == [names[k] for k in picks[:3]]
+    # Ordered lines are found in windows; a gap longer than a window, or a line moved,
+    # sends a few lines (a probe: 3 here; a chunk: 7) to the global table.
+    most = {"in_order": 0, "dense": 0, "gaps": 5 * 7, "mostly_in_order": 10 * 7}.get(order, len(picks))
+    assert sum(looked_up) <= most
+
+
+@pytest.mark.parametrize("where", [0, 1, 150, -1])
+def test_coreset_line_absent_in_an_ordered_coreset(tmp_path, small_windows, where):
+    names = many_names()
+    full = aged_list(tmp_path, "".join(f"{n} {k // 50}\n" for k, n in enumerate(names)), name="train.txt")
+    lines = [f"{n} {k // 50}\n" for k, n in enumerate(names) if k % 3]
+    at = where % len(lines)
+    lines.insert(at, "/n00000002/n00000002_50.JPEG 2\n")  # one past the class's last image
+    core = write(tmp_path / "core.txt", "".join(lines))
+    with pytest.raises(FileListError) as info:
+        read_coreset(core, full)
+    assert str(info.value) == f"{core}:{at + 1}: '/n00000002/n00000002_50.JPEG' is not in the full list {full}"
+    lines[at] = f"{names[5]} 1\n"  # in the list, with another label
+    core = write(tmp_path / "core.txt", "".join(lines))
+    with pytest.raises(FileListError) as info:
+        read_coreset(core, full)
+    assert str(info.value) == (f"{core}:{at + 1}: '{names[5]}' has label 1, but the full list {full}:6 "
+                               f"gives it label 0")
+
+
+def test_coreset_of_a_list_with_duplicate_paths(tmp_path, small_windows):
+    """A path listed twice maps to its first row, as the global table has always given."""
+    names = many_names(classes=4)
+    listed = names[:120] + [names[10]] + names[120:] + [names[150]]  # rows 120 and 201 repeat 10 and 150
+    labels = [k // 50 for k in range(120)] + [3] + [k // 50 for k in range(120, 200)] + [3]
+    full = aged_list(tmp_path, "".join(f"{n} {c}\n" for n, c in zip(listed, labels)), name="train.txt")
+    picks = [3, 10, 11, 150, 151, 199]
+    core = write(tmp_path / "core.txt", coreset_text(names, picks, lambda k: k // 50))
+    fl = read_coreset(core, full)
+    assert fl.index.header.duplicates == 2
+    assert fl.rows.tolist() == [3, 10, 11, 151, 152, 200]  # names[150] is row 151 (after the repeat at 120)
+    core = write(tmp_path / "core.txt", f"{names[3]} 0\n{names[10]} 3\n")  # the repeat's label
+    with pytest.raises(FileListError) as info:
+        read_coreset(core, full)
+    assert str(info.value) == f"{core}:2: '{names[10]}' has label 3, but the full list {full}:11 gives it label 0"
+    assert read_file_list(write(tmp_path / "plain.txt", "/a.jpg 0\n/b.jpg 0\n")).index.header.duplicates == 0
+
+
+def test_find_in_window_never_gives_a_wrong_row(tmp_path):
+    """Rows whose hashes share many bits, or are equal (with other lengths), go through
+    several rounds of tables; a line is found at its row, or not at all."""
+    names = many_names(classes=4)
+    full = aged_list(tmp_path, "".join(f"{n} 0\n" for n in names), name="train.txt")
+    index = read_file_list(full).index
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, len(names), dtype=np.uint64)
+    hashes[100:140] = hashes[100] ^ np.arange(40, dtype=np.uint64)  # alike but in the lowest bits
+    hashes[150:152] = hashes[150]  # equal: told apart by length only
+    lengths = np.array(index.path_len)
+    lengths[151] += 1
+    index.row_hash, index.path_len = hashes, lengths
+    queries = np.arange(90, 160)
+    rows = index.find_in_window(hashes[queries], lengths[queries], 80, 180)
+    found = rows >= 0
+    assert (rows[found] == queries[found]).all()
+    assert found[:60].all() and found[:60].sum() + found[60:].sum() >= 68
+    assert (index.find_in_window(hashes[:5], lengths[:5], 80, 180) == -1).all()  # outside the window
+    assert (index.find_in_window(hashes[90:95], lengths[90:95] + 1, 80, 180) == -1).all()  # other lengths
+
+
+def test_released_rows_read_the_same(tmp_path):
+    full = aged_list(tmp_path, "".join(f"{n} {k % 7}\n" for k, n in enumerate(many_names())), name="train.txt")
+    index = read_file_list(full).index
+    before = [np.array(getattr(index, a)) for a in ("row_hash", "path_len", "labels", "lines", "path_start")]
+    index.release_rows(3, index.count)
+    after = [np.array(getattr(index, a)) for a in ("row_hash", "path_len", "labels", "lines", "path_start")]
+    assert all((a == b).all() for a, b in zip(before, after))
+    index.release_rows(5, 5)  # nothing
+
+
+def test_index_of_another_version_is_rebuilt(tmp_path, monkeypatch, caplog):
+    import data.file_list_index as fli
+
+    builds = count_builds(monkeypatch)
+    path = aged_list(tmp_path, "/a.jpg 0\n/b.jpg 1\n")
+    read_file_list(path)
+    with open(path + ".idx", "r+b") as f:
+        f.seek(8)
+        f.write(np.uint32(fli.VERSION - 1).tobytes())
+    assert read_file_list(path).files == ["/a.jpg", "/b.jpg"] and len(builds) == 2
+    assert f"index version {fli.VERSION - 1}, this code writes {fli.VERSION}" in caplog.text
 
 
 BUILDER = """
