@@ -15,10 +15,7 @@ from typing import BinaryIO, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileListError
-
-BLOCK_BYTES = 1 << 23
-_BOM = b"\xef\xbb\xbf"
+from data.file_list_parse import BLOCK_BYTES, BOM, FileListError
 # A line break followed by a line of only whitespace, ASCII (what str.isspace() calls
 # whitespace: \t \n \v \f \r, \x1c-\x1f, space), or also non-ASCII bytes (candidates:
 # decoded, then asked str.strip()).
@@ -37,9 +34,9 @@ def _blocks(path: str, block_bytes: int) -> Iterator[bytes]:
     with f:
         carry = b""
         offset = 0  # bytes of the file before `carry`, for messages
-        head = f.read(len(_BOM))
-        if head == _BOM:
-            offset = len(_BOM)
+        head = f.read(len(BOM))
+        if head == BOM:
+            offset = len(BOM)
         else:
             carry = head
         while True:
