@@ -66,3 +66,18 @@ def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=
                     el2n=el2n if "el2n" in kinds else None)
     write_fingerprint(hdir, file_list_fingerprint(str(list_path), n))
     return hdir
+
+
+def run_main(main, args):
+    """(exit code, stdout, stderr) of a command's `main(argv)` run in this process, as the
+    shell would see them (an argparse exit included)."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()

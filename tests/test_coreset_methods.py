@@ -1,6 +1,5 @@
 """get_coreset.py with several methods, fractions and selection rules, the file-list
 fingerprint, and the refusals."""
-import contextlib
 import io
 import os
 
@@ -8,7 +7,7 @@ import numpy as np
 import pytest
 
 import get_coreset
-from conftest import write_full_history
+from conftest import run_main, write_full_history
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
 from pruning.scores import METHODS
 
@@ -17,13 +16,7 @@ ALL = list(METHODS)
 
 
 def run_cli(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = get_coreset.main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    return run_main(get_coreset.main, args)
 
 
 def make_history(run_dir, list_path, n=N, k=K, seed=0):

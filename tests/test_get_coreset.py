@@ -18,6 +18,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import get_coreset  # noqa: E402
+from conftest import run_main  # noqa: E402
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
 from pruning.history import HistoryError, load_epoch_prob  # noqa: E402
 
@@ -279,17 +280,7 @@ def test_load_epoch_prob_npy_and_txt(tmp_path):
 # The command line
 # -----------------------------------------------------------------------------
 def run_cli(args):
-    """(exit code, stdout, stderr) of get_coreset.main in this process."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = get_coreset.main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    return run_main(get_coreset.main, args)
 
 
 @pytest.fixture

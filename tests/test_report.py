@@ -1,7 +1,5 @@
 """report.py on a small hand-made history and image tree: the files it writes, the
 numbers it shows (checked against an independent computation), and its refusals."""
-import contextlib
-import io
 import json
 import os
 import re
@@ -10,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_image_tree, write_full_history
+from conftest import make_image_tree, run_main, write_full_history
 from pruning import report, report_figures
 from pruning.report_stats import MethodOrder, spearman_matrix, tie_twice_ranks
 from pruning.scores import METHODS, ScoreParams, score_history
@@ -22,13 +20,7 @@ FRACTIONS = ["0.5", "0.25"]
 
 
 def run_cli(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = report.main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue()
+    return run_main(report.main, args)
 
 
 def make_history(run_dir, list_path, kinds=("margin", "el2n"), seed=3):
