@@ -35,9 +35,9 @@ import numpy as np
 
 from data.file_list import FileListError, read_file_list
 from data.list_lines import count_entries, write_entries
-from pruning.dynamic_uncertainty import check_fraction, max_window
-from pruning.history import (HistoryError, check_fingerprint, check_records, contiguous_epoch_files,
-                             file_list_fingerprint, find_history_dir, fingerprint_path, record_loader)
+from pruning.flags import (check_methods, check_not_repeated, check_window, check_window_fits, fraction_keeps,
+                           open_history)
+from pruning.history import HistoryError, check_records, record_loader
 from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
 from pruning.select import CCS, Ranking
 from utils.io import atomic_group, remove_stale_temporaries
@@ -121,18 +121,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """The checks that need neither the list nor the history."""
-    unknown = [m for m in args.method if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-    for flag, values in (("--method", args.method), ("--fraction", args.fraction)):
-        repeated = sorted({v for v in values if values.count(v) > 1})
-        if repeated:
-            raise ValueError(f"{flag}: {repeated[0]!r} is given twice")
-    if "dynunc" in args.method:
-        if args.window is None:
-            raise ValueError("--window is required by method dynunc")
-        if args.window < 2:
-            raise ValueError(f"--window must be >= 2, got {args.window}")
+    check_methods(args.method)
+    check_not_repeated("--fraction", args.fraction)
+    if "dynunc" in args.method:  # --window is ignored by the other methods
+        check_window(args.window, required=True)
     for flag, value, method in (("--epochs", args.epochs, "el2n"),):
         if value is not None and method not in args.method:
             print(f"warning: {flag} is used by method {method} only; ignored", file=sys.stderr)
@@ -145,15 +137,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def plan_outputs(args: argparse.Namespace, n: int) -> List[Output]:
-    outputs = []
-    for fraction in args.fraction:
-        try:
-            value = float(fraction)
-        except ValueError:
-            raise ValueError(f"--fraction: {fraction!r} is not a number") from None
-        keep = check_fraction(n, value)
-        outputs += [Output(m, fraction, keep, render(args.output, m, fraction)) for m in args.method]
-    return outputs
+    return [Output(m, fraction, keep, render(args.output, m, fraction))
+            for fraction, keep in fraction_keeps(args.fraction, n).items() for m in args.method]
 
 
 def method_scores_path(template: str, method: str) -> str:
@@ -176,12 +161,8 @@ def check_output_paths(args: argparse.Namespace, outputs: Sequence[Output]) -> N
 def check_history(args: argparse.Namespace, hdir: str, num_epochs: int, params: ScoreParams) -> None:
     """--window against K, and every record file the methods read exists (naming the
     first missing one and the method), before anything is read."""
-    if "dynunc" in args.method and args.window > max_window(num_epochs, args.include_last_window):
-        raise ValueError(
-            f"--window {args.window} is too large for {num_epochs} epochs in {hdir}: at most "
-            f"{max_window(num_epochs, args.include_last_window)}"
-            + ("" if args.include_last_window else " (the window ending at the last epoch is not used)")
-        )
+    if "dynunc" in args.method:
+        check_window_fits(args.window, args.include_last_window, num_epochs, hdir)
     check_records(hdir, args.method, params, num_epochs)
 
 
@@ -196,11 +177,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
     outputs = plan_outputs(args, n)
     check_output_paths(args, outputs)
-    hdir = find_history_dir(args.input)
-    if not check_fingerprint(hdir, args.dataset_file_list, file_list_fingerprint(args.dataset_file_list, n)):
-        print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
-              f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
-    paths = contiguous_epoch_files(hdir)
+    hdir, paths = open_history(args.input, args.dataset_file_list, n)
     num_epochs = len(paths)
     el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None and "el2n" in args.method
                    else default_el2n_epochs(num_epochs))

@@ -24,10 +24,8 @@ import numpy as np
 from data.file_list import FileList, FileListError, read_file_list
 from data.list_lines import count_entries
 from pruning import report_figures as figures
-from pruning.dynamic_uncertainty import check_fraction, max_window
-from pruning.history import (HistoryError, check_fingerprint, check_records, contiguous_epoch_files,
-                             file_list_fingerprint, find_history_dir, fingerprint_path, missing_record,
-                             record_loader)
+from pruning.flags import check_methods, check_window, check_window_fits, fraction_keeps, open_history
+from pruning.history import HistoryError, check_records, missing_record, record_loader
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
 from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
@@ -82,39 +80,16 @@ class Plan:
 
 def plan_report(args: argparse.Namespace, num_samples: int) -> Plan:
     """Check the flags against the history; ValueError / HistoryError naming the flag or file."""
-    repeated = sorted({f for f in args.fraction if args.fraction.count(f) > 1})
-    if repeated:
-        raise ValueError(f"--fraction: {repeated[0]!r} is given twice")
-    keeps = {}
-    for fraction in args.fraction:
-        try:
-            value = float(fraction)
-        except ValueError:
-            raise ValueError(f"--fraction: {fraction!r} is not a number") from None
-        keeps[fraction] = check_fraction(num_samples, value)
+    keeps = fraction_keeps(args.fraction, num_samples)
     if args.method is not None:
-        unknown = [m for m in args.method if m not in METHODS]
-        if unknown:
-            raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-        repeated = sorted({m for m in args.method if args.method.count(m) > 1})
-        if repeated:
-            raise ValueError(f"--method: {repeated[0]!r} is given twice")
-        if "dynunc" in args.method and args.window is None:
-            raise ValueError("--window is required by method dynunc")
-    if args.window is not None and args.window < 2:
-        raise ValueError(f"--window must be >= 2, got {args.window}")
-    hdir = find_history_dir(args.input)
-    if not check_fingerprint(hdir, args.dataset_file_list, file_list_fingerprint(args.dataset_file_list,
-                                                                                   num_samples)):
-        print(f"warning: {fingerprint_path(hdir)} does not exist: cannot check that {args.dataset_file_list} is "
-              f"the list the history was recorded on", file=sys.stderr)
-    paths = contiguous_epoch_files(hdir)
+        check_methods(args.method)
+    check_window(args.window, required=args.method is not None and "dynunc" in args.method)
+    hdir, paths = open_history(args.input, args.dataset_file_list, num_samples)
     num_epochs = len(paths)
     el2n_epochs = parse_epoch_slice(args.epochs, num_epochs) if args.epochs else default_el2n_epochs(num_epochs)
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
-    if args.window is not None and args.window > max_window(num_epochs, args.include_last_window):
-        raise ValueError(f"--window {args.window} is too large for {num_epochs} epochs in {hdir}: at most "
-                         f"{max_window(num_epochs, args.include_last_window)}")
+    if args.window is not None:
+        check_window_fits(args.window, args.include_last_window, num_epochs, hdir)
     if args.method is not None:
         methods = list(args.method)
         check_records(hdir, methods, params, num_epochs)
