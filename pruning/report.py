@@ -16,19 +16,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileList, FileListError, read_file_list
-from data.list_lines import count_entries
+from data.file_list import FileList, FileListError
 from pruning import report_figures as figures
-from pruning.flags import check_methods, check_window, check_window_fits, fraction_keeps, open_history
-from pruning.history import HistoryError, check_records, missing_record, record_loader
+from pruning.history import HistoryError
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
-from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
+from pruning.scores import METHODS, score_history
+from pruning.scoring_plan import add_flag, add_plan_flags, check_flags, make_plan
 from utils.io import atomic_group, remove_stale_temporaries
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
@@ -45,60 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         "method keeps: score histograms, per-class kept fractions, rank correlations and overlaps between "
         "methods, p(true label) curves, and the highest- and lowest-scored images.",
     )
-    p.add_argument("--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
-    p.add_argument("--dataset_file_list", required=True, help="the training file list the history was recorded on")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder to write index.html, report.json and PNGs")
-    p.add_argument("--method", nargs="+", metavar="NAME",
-                   help="methods to compare (default: every method whose records the history holds; dynunc "
-                   "only with --window). Known: " + ", ".join(METHODS))
-    p.add_argument("--fraction", nargs="+", default=list(DEFAULT_FRACTIONS), metavar="F",
-                   help=f"fractions kept, each in (0, 1] (default {' '.join(DEFAULT_FRACTIONS)})")
-    p.add_argument("--window", type=int, help="dynunc: window length J, as in get_coreset.py")
-    p.add_argument("--include-last-window", action="store_true",
-                   help="dynunc: also score the window ending at the last epoch, as in get_coreset.py")
-    p.add_argument("--epochs", metavar="START:STOP", help="el2n: the epochs averaged, as in get_coreset.py")
-    p.add_argument("--seed", type=int, default=0, help="random: the subset drawn; also the curves' sampled images")
-    p.add_argument("--flipped", metavar="FILE",
-                   help="int64 .npy of the relabelled lines' indices (data/label_noise.py writes LIST.flipped.npy): "
-                   "adds the share of them each method keeps")
-    p.add_argument("--data_root", help="folder the list's paths are relative to (default: the list's folder)")
+    add_plan_flags(p, None, "methods to compare (default: every method whose records the history holds). Known: "
+                   + ", ".join(METHODS), fraction_default=DEFAULT_FRACTIONS,
+                   seed_help="random: the subset drawn; also the curves' sampled images")
+    add_flag(p, "--output", required=True, metavar="DIR", help="folder to write index.html, report.json and PNGs")
+    add_flag(p, "--flipped", metavar="FILE",
+             help="int64 .npy of the relabelled lines' indices (data/label_noise.py writes LIST.flipped.npy): "
+             "adds the share of them each method keeps")
+    add_flag(p, "--data_root", help="folder the list's paths are relative to (default: the list's folder)")
     return p
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What the report covers, checked before any history file is read."""
-
-    hdir: str
-    prob_paths: List[str]
-    num_samples: int
-    methods: List[str]
-    fractions: List[str]  # as written on the command line
-    keeps: Dict[str, int]  # fraction -> int(N * fraction)
-    params: ScoreParams
-
-
-def plan_report(args: argparse.Namespace, num_samples: int) -> Plan:
-    """Check the flags against the history; ValueError / HistoryError naming the flag or file."""
-    keeps = fraction_keeps(args.fraction, num_samples)
-    if args.method is not None:
-        check_methods(args.method)
-    check_window(args.window, required=args.method is not None and "dynunc" in args.method)
-    hdir, paths = open_history(args.input, args.dataset_file_list, num_samples)
-    num_epochs = len(paths)
-    el2n_epochs = parse_epoch_slice(args.epochs, num_epochs) if args.epochs else default_el2n_epochs(num_epochs)
-    params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
-    if args.window is not None:
-        check_window_fits(args.window, args.include_last_window, num_epochs, hdir)
-    if args.method is not None:
-        methods = list(args.method)
-        check_records(hdir, methods, params, num_epochs)
-    else:
-        methods = [m for m in METHODS if missing_record(hdir, m, params, num_epochs) is None
-                   and (m != "dynunc" or args.window is not None)]
-        if args.window is None:
-            print("warning: dynunc is left out of the report: it needs --window", file=sys.stderr)
-    return Plan(hdir, paths, num_samples, methods, list(args.fraction), keeps, params)
 
 
 def load_flipped(path: str, num_samples: int) -> np.ndarray:
@@ -152,20 +105,12 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
-    n = count_entries(args.dataset_file_list)
-    if n == 0:
-        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
-    plan = plan_report(args, n)  # every check that needs no history file read
+    plan = make_plan(args, check_flags(args))  # every check that needs no history file read
+    n, num_epochs, load = plan.num_samples, plan.num_epochs, plan.loader()
     flipped = load_flipped(args.flipped, n) if args.flipped else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
-    if not methods:
-        raise ValueError(f"{plan.hdir}: holds the records of no method (give --method)")
-    file_list = read_file_list(args.dataset_file_list, root=args.data_root)
+    file_list = plan.read_list(root=args.data_root)
     labels, class_dirs = class_labels(file_list)
-    if len(labels) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
-    num_epochs = len(plan.prob_paths)
-    load = record_loader(plan.hdir, plan.prob_paths, n)
 
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params)
@@ -175,8 +120,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     files: Dict[str, bytes] = {}
     numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": len(class_dirs),
                "methods": methods, "fractions": fractions, "reference_fraction": reference,
-               "keep": keeps, "params": {"window": args.window, "include_last_window": args.include_last_window,
-                                         "el2n_epochs": list(plan.params.el2n_epochs), "seed": args.seed}}
+               "keep": keeps, "params": plan.params_json()}
     numbers["kept_counts"] = {m: {f: int(np.count_nonzero(orders[m].kept(keeps[f]))) for f in fractions}
                               for m in methods}
     numbers["cuts"] = {m: {f: _number(orders[m].cut(keeps[f])) for f in fractions} for m in methods}
@@ -190,7 +134,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
                                                  for f in fractions} for m in methods}}
     curves_started = time.perf_counter()
-    add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, args.seed)
+    add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
     curves_done = time.perf_counter()
     add_image_grids(files, numbers, orders, file_list, labels, class_dirs)
     print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "

@@ -8,7 +8,8 @@ over the history, and each method holds O(N) state, never O(N x K). Unseen entri
 in a statistic's range scores NaN, which ranks below every number (select.py).
 
 A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
-and one row in METHODS.
+and one row in METHODS; a flag of its own is a MethodFlag in that row (get_coreset.py
+and report.py take it through pruning/scoring_plan.py, which names no method).
 """
 import math
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 
 import numpy as np
 
-from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_scores
+from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_scores, max_window
 
 # Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
 # (numpy releases the GIL), every accumulator on a chunk before the next, so that its
@@ -25,14 +26,22 @@ from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_sco
 CHUNK_ROWS = 1 << 18
 
 
-@dataclass(frozen=True)
 class ScoreParams:
-    """The parameters some methods take (get_coreset.py's flags)."""
+    """The parameters of the methods: `seed` (the run's --seed) and, by name, the
+    values of the methods' flags (MethodFlag.param), resolved against the history
+    (scoring_plan.py). A parameter not given reads as None; score_history resolves the
+    missing ones of the methods it scores with their flags' defaults."""
 
-    window: Optional[int] = None  # dynunc: --window
-    include_last: bool = False  # dynunc: --include-last-window
-    el2n_epochs: Optional[Sequence[int]] = None  # el2n: --epochs, resolved (None: default_el2n_epochs)
-    seed: int = 0  # random: --seed
+    def __init__(self, seed: int = 0, **values):
+        self.__dict__.update(values, seed=seed)
+
+    def __getattr__(self, name: str):  # only reached for a parameter not given
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+    def values(self) -> Dict[str, object]:
+        return dict(self.__dict__)
 
 
 def _chunks(n: int) -> List[slice]:
@@ -192,6 +201,22 @@ def parse_epoch_slice(text: str, num_epochs: int) -> range:
 
 
 @dataclass(frozen=True)
+class MethodFlag:
+    """A flag that a method owns: get_coreset.py and report.py both take it (the scoring
+    plan adds it to their parsers) and `resolve` turns what was given into the method's
+    parameter once the history is known."""
+
+    name: str  # "--window"
+    param: str  # the ScoreParams name it sets
+    help: str
+    # (value as parsed, None or False if not given; every flag's value as parsed by
+    # param; the number of recorded epochs; the history folder, for messages) -> the
+    # parameter. ValueError naming the flag if the value (or its absence) is refused.
+    resolve: Callable[[object, Mapping[str, object], int, str], object]
+    options: Mapping[str, object] = field(default_factory=dict)  # argparse's: type, action, metavar
+
+
+@dataclass(frozen=True)
 class Method:
     """One row of the method table."""
 
@@ -201,31 +226,85 @@ class Method:
     make: Optional[Callable[[int, ScoreParams], Accumulator]] = None
     # A method scored by a function that pulls the probability arrays itself (dynunc).
     stream: Optional[Callable[[Iterable[np.ndarray], int, ScoreParams], np.ndarray]] = None
-    epoch_slice: bool = False  # reads only ScoreParams.el2n_epochs
-    flags: Tuple[str, ...] = field(default=())  # flags it takes
+    flags: Tuple[MethodFlag, ...] = ()
+    # The epochs whose records it reads, given its resolved parameters (None: all).
+    epochs: Optional[Callable[[ScoreParams], Sequence[int]]] = None
+
+
+PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
+
+
+def _window(value: Optional[int], given: Mapping[str, object], num_epochs: int, where: str) -> int:
+    """--window: the paper's 10 when not given and the history is long enough for it."""
+    include_last = bool(given.get("include_last_window"))
+    largest = max_window(num_epochs, include_last)
+    unused = "" if include_last else " (the window ending at the last epoch is not used)"
+    if value is None:
+        if PAPER_WINDOW <= largest:
+            return PAPER_WINDOW
+        raise ValueError(f"--window is required by method dynunc: {where} holds {num_epochs} epochs, too few for "
+                         f"the paper's window of {PAPER_WINDOW}{unused}; give --window J with 2 <= J <= {largest}")
+    if value < 2:
+        raise ValueError(f"--window must be >= 2, got {value}")
+    if value > largest:
+        raise ValueError(f"--window {value} is too large for {num_epochs} epochs in {where}: at most {largest}{unused}")
+    return value
+
+
+def _el2n_epochs(value: Optional[str], given: Mapping[str, object], num_epochs: int, where: str) -> range:
+    return default_el2n_epochs(num_epochs) if value is None else parse_epoch_slice(value, num_epochs)
+
+
+DYNUNC_FLAGS = (
+    MethodFlag("--window", "window", f"dynunc: window length J, >= 2 (the paper's: {PAPER_WINDOW}, the default "
+               f"where the history has at least {PAPER_WINDOW + 1} epochs; at most the number of epochs - 1)",
+               _window, {"type": int, "metavar": "J"}),
+    MethodFlag("--include-last-window", "include_last_window", "dynunc: also score the window ending at the last "
+               "epoch (the paper's code does not; then window may be up to the number of epochs)",
+               lambda value, given, num_epochs, where: bool(value), {"action": "store_true"}),
+)
+EL2N_FLAGS = (
+    MethodFlag("--epochs", "el2n_epochs", "el2n: the epochs averaged, a Python slice of the recorded epochs "
+               "0..K-1. Default: the first 10%% of them, at least one (0:ceil(K/10)); Paul et al. scored early in "
+               "training and averaged over 10 runs, one run's early epochs stand in for the runs",
+               _el2n_epochs, {"metavar": "START:STOP"}),
+)
 
 
 def _dynunc(probs: Iterable[np.ndarray], n: int, params: ScoreParams) -> np.ndarray:
-    return dynamic_uncertainty_scores(probs, n, params.window, params.include_last)
+    return dynamic_uncertainty_scores(probs, n, params.window, params.include_last_window)
 
 
+DEFAULT_METHOD = "dynunc"  # the paper's
 METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
-                     "He et al. 2023, this paper", stream=_dynunc, flags=("--window", "--include-last-window")),
+                     "He et al. 2023, this paper", stream=_dynunc, flags=DYNUNC_FLAGS),
     "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
                          "Toneva et al. 2019", make=lambda n, p: ForgettingEvents(n)),
     "el2n": Method(("el2n",), "mean ||softmax - one-hot||_2 over the --epochs slice",
-                   "Paul et al. 2021", make=lambda n, p: SeenMean(n, "el2n", p.el2n_epochs), epoch_slice=True,
-                   flags=("--epochs",)),
+                   "Paul et al. 2021", make=lambda n, p: SeenMean(n, "el2n", p.el2n_epochs), flags=EL2N_FLAGS,
+                   epochs=lambda p: p.el2n_epochs),
     "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
                   "Pleiss et al. 2020", make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
     "variability": Method(("prob",), "std of p(true label) over epochs (ddof 0)",
                           "Swayamdipta et al. 2020", make=lambda n, p: SeenStd(n, "prob")),
     "confidence": Method(("prob",), "1 - mean p(true label) over epochs",
                          "Swayamdipta et al. 2020", make=lambda n, p: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
-    "random": Method((), "a uniform random draw from --seed", "baseline",
-                     make=lambda n, p: UniformRandom(n, p.seed), flags=("--seed",)),
+    "random": Method((), "a uniform random draw from --seed", "baseline", make=lambda n, p: UniformRandom(n, p.seed)),
 }
+
+
+def resolve_defaults(names: Sequence[str], params: ScoreParams, num_epochs: int, where: str = "the history",
+                     given: Optional[Mapping[str, object]] = None) -> ScoreParams:
+    """`params` with each parameter that the methods `names` take and that is missing
+    resolved by its flag (given: the flags' values as parsed; by default `params`')."""
+    values = params.values()
+    given = values if given is None else given
+    for name in names:
+        for flag in METHODS[name].flags:
+            if values.get(flag.param) is None:
+                values[flag.param] = flag.resolve(given.get(flag.param), given, num_epochs, where)
+    return ScoreParams(**values)
 
 
 def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int]:
@@ -233,8 +312,8 @@ def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int
     method = METHODS[name]
     if not method.needs:
         return ()
-    if method.epoch_slice:
-        return params.el2n_epochs if params.el2n_epochs is not None else default_el2n_epochs(num_epochs)
+    if method.epochs is not None:
+        return method.epochs(resolve_defaults([name], params, num_epochs))
     return range(num_epochs)
 
 
@@ -249,8 +328,7 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-    if params.el2n_epochs is None:
-        params = ScoreParams(params.window, params.include_last, default_el2n_epochs(num_epochs), params.seed)
+    params = resolve_defaults(names, params, num_epochs)
     accumulators = {name: METHODS[name].make(num_samples, params) for name in names if METHODS[name].make}
     streams = [name for name in names if METHODS[name].stream]
     if len(streams) > 1:

@@ -153,12 +153,28 @@ def test_unreadable_image_is_named_not_fatal(s):
 def test_default_methods_are_those_recorded(s, tmp_path):
     run = tmp_path / "old"
     make_history(run, s["list"], kinds=())
-    code, _, err = run_cli(["--input", run, "--dataset_file_list", s["list"], "--output", s["out"]])
+    args = ["--input", run, "--dataset-file-list", s["list"], "--output", s["out"]]
+    # K = 7 epochs: too few for the paper's window of 10, and dynunc is never dropped silently
+    code, _, err = run_cli(args)
+    assert code == 2 and "--window is required by method dynunc" in err and "2 <= J <= 6" in err, err
+    assert not s["out"].exists()
+    code, _, err = run_cli(args + ["--window", 3])
     assert code == 0, err
-    assert "dynunc is left out" in err
+    assert "lacks the records of el2n, aum: left out" in err
     numbers = json.loads((s["out"] / "report.json").read_text())
-    assert numbers["methods"] == ["forgetting", "variability", "confidence", "random"]
+    assert numbers["methods"] == ["dynunc", "forgetting", "variability", "confidence", "random"]
     assert numbers["fractions"] == list(report.DEFAULT_FRACTIONS)
+    assert numbers["params"]["window"] == 3
+
+
+def test_window_defaults_to_the_papers_10_from_11_epochs(s, tmp_path):
+    run = tmp_path / "long"
+    write_full_history(s["list"], run, np.linspace(0.1, 0.9, N), 11, np.random.default_rng(5))
+    code, _, err = run_cli(["--input", run, "--dataset_file_list", s["list"], "--output", s["out"],
+                            "--method", "dynunc", "--fraction", "0.5"])
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
+    assert numbers["methods"] == ["dynunc"] and numbers["params"]["window"] == 10
 
 
 def test_tie_ranks_match_brute_force():

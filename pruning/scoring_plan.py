@@ -1,0 +1,196 @@
+"""The scoring plan: the flags that get_coreset.py and report.py share, checked into one
+Plan (the list, the history, the methods with their parameters, the fractions, the
+selection rule). Neither command names a method: each method's own flags are the
+MethodFlag entries of its row in pruning/scores.py's METHODS, added to both parsers
+here and resolved here against the history. The paper's underscore spellings
+(--dataset_file_list) are accepted with hyphens too (--dataset-file-list)."""
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from data.file_list import FileList, read_file_list
+from data.list_lines import count_entries
+from pruning.dynamic_uncertainty import check_fraction
+from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, file_list_fingerprint,
+                             find_history_dir, fingerprint_path, missing_record, record_loader)
+from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults
+from pruning.select import CCS, Ranking
+
+
+def add_flag(parser: argparse.ArgumentParser, name: str, **options) -> None:
+    """`name` and, where it has underscores (the paper's spelling), its hyphen spelling."""
+    parser.add_argument(*dict.fromkeys((name, name.replace("_", "-"))), **options)
+
+
+def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
+    """Every method flag by name, with the methods that take it."""
+    flags: Dict[str, Tuple[MethodFlag, List[str]]] = {}
+    for name, method in METHODS.items():
+        for flag in method.flags:
+            flags.setdefault(flag.name, (flag, []))[1].append(name)
+    return flags
+
+
+def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
+                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
+    """The shared flags; `method_default` / `fraction_default` None: required (fraction)
+    or decided from the history (method); `selection`: the rule flags of get_coreset.py."""
+    add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
+    add_flag(parser, "--dataset_file_list", required=True, help="the training file list the history was recorded on")
+    add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
+    fractions = (f"default {' '.join(fraction_default)}" if fraction_default else "several give one coreset each")
+    add_flag(parser, "--fraction", nargs="+", metavar="F", required=fraction_default is None,
+             default=None if fraction_default is None else list(fraction_default),
+             help=f"fraction(s) of lines to keep, each in (0, 1] ({fractions})")
+    for flag, _ in method_flags().values():
+        add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
+    add_flag(parser, "--seed", type=int, default=0, help=seed_help)
+    if selection:
+        add_flag(parser, "--class-balanced", action="store_true",
+                 help="each class keeps its share of the budget, in proportion to its size (largest remainders); "
+                 "top scores (or CCS) within the class. Classes: the file list's labels")
+        add_flag(parser, "--ccs", type=float, metavar="BETA",
+                 help="coverage-centric selection (Zheng et al. 2023): drop the hardest BETA fraction (BETA in "
+                 "[0, 1)), then spread the budget over equal-width score bins, smallest bin first")
+        add_flag(parser, "--ccs-bins", type=int, default=50, help="--ccs: the number of score bins (default 50)")
+
+
+def method_summary() -> str:
+    return "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items())
+
+
+def check_not_repeated(flag: str, values: Sequence[str]) -> None:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{flag}: {repeated[0]!r} is given twice")
+
+
+def fraction_keeps(fractions: Sequence[str], num_samples: int) -> Dict[str, int]:
+    """{fraction as written: lines kept}; ValueError naming --fraction if one is not a
+    number, out of range, keeps nothing, or is given twice."""
+    check_not_repeated("--fraction", fractions)
+    keeps = {}
+    for fraction in fractions:
+        try:
+            value = float(fraction)
+        except ValueError:
+            raise ValueError(f"--fraction: {fraction!r} is not a number") from None
+        keeps[fraction] = check_fraction(num_samples, value)
+    return keeps
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The selection rule applied to each method's ranking."""
+
+    class_balanced: bool = False
+    ccs: Optional[CCS] = None
+    seed: int = 0
+
+    def select(self, ranking: Ranking, keep: int) -> np.ndarray:
+        return ranking.select(keep, class_balanced=self.class_balanced, ccs=self.ccs)
+
+    def describe(self) -> str:
+        """'' for the paper's rule (the top scores), else ', class-balanced, ccs BETA'."""
+        return (", class-balanced" if self.class_balanced else "") + (f", ccs {self.ccs.beta}" if self.ccs else "")
+
+
+def check_flags(args: argparse.Namespace) -> Selection:
+    """The checks that need neither the list nor the history; the selection rule."""
+    if args.method is not None:
+        unknown = [m for m in args.method if m not in METHODS]
+        if unknown:
+            raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
+        check_not_repeated("--method", args.method)
+    check_not_repeated("--fraction", args.fraction)
+    ccs = CCS(args.ccs, args.ccs_bins, args.seed) if getattr(args, "ccs", None) is not None else None
+    return Selection(getattr(args, "class_balanced", False), ccs, args.seed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to score and keep, checked against the list and the history before any
+    record file is read."""
+
+    list_path: str
+    num_samples: int
+    hdir: str
+    prob_paths: List[str]
+    methods: List[str]
+    params: ScoreParams
+    fractions: List[str]  # as written on the command line
+    keeps: Dict[str, int]  # fraction -> int(N * fraction)
+    selection: Selection
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.prob_paths)
+
+    def loader(self, mmap: bool = False) -> Callable[[int, str], np.ndarray]:
+        return record_loader(self.hdir, self.prob_paths, self.num_samples, mmap=mmap)
+
+    def read_list(self, root: Optional[str] = None) -> FileList:
+        """The list's entries (labels, paths); ValueError if it changed since it was counted."""
+        file_list = read_file_list(self.list_path, root=root)
+        if len(file_list.labels) != self.num_samples:
+            raise ValueError(f"{self.list_path}: changed while being read ({self.num_samples} lines, now "
+                             f"{len(file_list.labels)})")
+        return file_list
+
+    def describe_params(self) -> str:
+        """The parameters the methods took, as flags: '; window 10'."""
+        shown = []
+        for flag, owners in method_flags().values():
+            value = getattr(self.params, flag.param)
+            if any(m in self.methods for m in owners) and value not in (None, False):
+                if isinstance(value, range):
+                    value = f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
+                shown.append(flag.name[2:] + ("" if value is True else f" {value}"))
+        return "".join(f"; {s}" for s in shown)
+
+    def params_json(self) -> dict:
+        return {k: list(v) if isinstance(v, range) else v for k, v in self.params.values().items()}
+
+
+def open_history(input_dir: str, list_path: str, num_samples: int) -> Tuple[str, List[str]]:
+    """(history folder, its prob file per epoch) of the run in `input_dir`, after checking
+    that `list_path` is the list it was recorded on (a warning if the run kept no
+    fingerprint; HistoryError naming both files if the list differs)."""
+    hdir = find_history_dir(input_dir)
+    if not check_fingerprint(hdir, list_path, file_list_fingerprint(list_path, num_samples)):
+        print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
+              f"code): cannot check that {list_path} is the list it was recorded on", file=sys.stderr)
+    return hdir, contiguous_epoch_files(hdir)
+
+
+def make_plan(args: argparse.Namespace, selection: Selection) -> Plan:
+    """Count the list, open its history and resolve every method flag. --method None:
+    every method whose records the history holds. ValueError / HistoryError naming the
+    flag or file."""
+    n = count_entries(args.dataset_file_list)
+    if n == 0:
+        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
+    keeps = fraction_keeps(args.fraction, n)
+    hdir, paths = open_history(args.input, args.dataset_file_list, n)
+    chosen = list(args.method) if args.method is not None else list(METHODS)
+    flags = method_flags()
+    given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
+    params = resolve_defaults(chosen, ScoreParams(seed=args.seed), len(paths), hdir, given)
+    if args.method is not None:
+        check_records(hdir, chosen, params, len(paths))
+    else:
+        chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths)) is None]
+        left_out = [m for m in METHODS if m not in chosen]
+        if left_out:
+            print(f"warning: {hdir} lacks the records of {', '.join(left_out)}: left out (produce runs of this "
+                  "version record them)", file=sys.stderr)
+    for flag, owners in flags.values():
+        if given[flag.param] not in (None, False) and not any(m in chosen for m in owners):
+            print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
+                  "only; ignored", file=sys.stderr)
+    if not chosen:
+        raise ValueError(f"{hdir}: holds the records of no method (give --method)")
+    return Plan(args.dataset_file_list, n, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
