@@ -23,7 +23,8 @@ import json
 import os
 import re
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,13 +39,30 @@ def history_dir(output: str) -> str:
     return os.path.join(output, HISTORY_DIRNAME)
 
 
-# What each epoch records, beside prob_{epoch}, and how "unseen" is written in it.
-EXTRA_RECORDS = ("correct", "margin", "el2n")
+@dataclass(frozen=True)
+class RecordKind:
+    """One quantity recorded per sample and epoch, as ``{name}_{epoch}.npy``."""
+
+    name: str
+    dtype: type  # as stored
+    unseen: float  # what is stored for a sample not seen that epoch
+    seen_range: Optional[Tuple[int, int]] = None  # integer kinds: the values a seen sample may hold
+
+
+# Every kind recorded, in the recorder's row order; prob is written last (it marks an
+# epoch complete). A new kind is one row here (and its computation in recorder.py).
+RECORD_KINDS: Dict[str, RecordKind] = {kind.name: kind for kind in (
+    RecordKind("prob", np.float32, np.nan),
+    RecordKind("correct", np.int8, -1, seen_range=(0, 1)),
+    RecordKind("margin", np.float32, np.nan),
+    RecordKind("el2n", np.float32, np.nan),
+)}
+EXTRA_RECORDS = tuple(kind for kind in RECORD_KINDS if kind != "prob")
 FILE_LIST_NAME = "file_list.json"
 
 
 def record_path(hdir: str, kind: str, epoch: int) -> str:
-    """``{kind}_{epoch}.npy`` in `hdir`, for kind "prob" or one of EXTRA_RECORDS."""
+    """``{kind}_{epoch}.npy`` in `hdir`, for a kind of RECORD_KINDS."""
     return os.path.join(hdir, f"{kind}_{epoch}.npy")
 
 
@@ -71,14 +89,16 @@ def list_epoch_files(hdir: str) -> Dict[int, str]:
     return dict(sorted(found.items()))
 
 
-def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray,
-                margin: Optional[np.ndarray] = None, el2n: Optional[np.ndarray] = None) -> None:
-    """Write one epoch's records atomically, prob last: prob marks completion."""
-    atomic_save_npy(correct_path(hdir, epoch), np.asarray(correct, dtype=np.int8))
-    for kind, values in (("margin", margin), ("el2n", el2n)):
+def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray, **others: Optional[np.ndarray]) -> None:
+    """Write one epoch's records (the other kinds of RECORD_KINDS by name; None: not
+    recorded) atomically, each in its kind's dtype, prob last: prob marks completion."""
+    unknown = [kind for kind in others if kind not in EXTRA_RECORDS]
+    if unknown:
+        raise ValueError(f"unknown record kind {unknown[0]!r}; known: {', '.join(RECORD_KINDS)}")
+    records = {"correct": correct, **others, "prob": prob}
+    for kind, values in records.items():
         if values is not None:
-            atomic_save_npy(record_path(hdir, kind, epoch), np.asarray(values, dtype=np.float32))
-    atomic_save_npy(prob_path(hdir, epoch), np.asarray(prob, dtype=np.float32))
+            atomic_save_npy(record_path(hdir, kind, epoch), np.asarray(values, dtype=RECORD_KINDS[kind].dtype))
 
 
 def remove_epochs_from(hdir: str, first_epoch: int) -> List[int]:
@@ -226,16 +246,16 @@ def load_epoch_prob(path: str, expected_len: Optional[int] = None, mmap: bool = 
 
 
 def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
-    """One epoch's `kind` record ("correct", "margin" or "el2n"; ``.npy`` only).
-
-    correct: int8 in {-1, 0, 1} (-1 unseen); margin and el2n: floats, NaN unseen.
+    """One epoch's record of a kind of RECORD_KINDS other than prob (``.npy`` only), as
+    stored: its kind's dtype, the kind's unseen marker where unseen.
     HistoryError, naming the file, if it is missing, cannot be read, has the wrong
-    dtype, shape or length, or holds values outside those ranges or +-inf.
+    dtype, shape or length, or holds values outside the kind's range or +-inf.
     """
     if kind == "prob":
         return load_epoch_prob(path, expected_len, mmap)
     if kind not in EXTRA_RECORDS:
         raise ValueError(f"unknown record kind {kind!r}")
+    record = RECORD_KINDS[kind]
     try:
         values = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
@@ -246,12 +266,15 @@ def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, 
         raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {values.shape}")
     if expected_len is not None and len(values) != expected_len:
         raise HistoryError(f"{path}: has {len(values)} values but the file list has {expected_len} lines")
-    if kind == "correct":
-        if values.dtype != np.int8:
-            raise HistoryError(f"{path}: expected int8 values, found dtype {values.dtype}")
-        if len(values) and (values.min() < -1 or values.max() > 1):  # two passes, no temporary
-            i = int(np.flatnonzero((values < -1) | (values > 1))[0])
-            raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not -1, 0 or 1")
+    if record.seen_range is not None:
+        lowest, highest = min(record.unseen, record.seen_range[0]), max(record.unseen, record.seen_range[1])
+        if values.dtype != record.dtype:
+            raise HistoryError(f"{path}: expected {np.dtype(record.dtype)} values, found dtype {values.dtype}")
+        if len(values) and (values.min() < lowest or values.max() > highest):  # two passes, no temporary
+            i = int(np.flatnonzero((values < lowest) | (values > highest))[0])
+            allowed = [str(v) for v in range(lowest, highest + 1)]
+            raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not "
+                               f"{', '.join(allowed[:-1])} or {allowed[-1]}")
         return values
     if values.dtype.kind != "f":
         raise HistoryError(f"{path}: expected floating-point values, found dtype {values.dtype}")

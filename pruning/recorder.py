@@ -1,7 +1,8 @@
 """Produce mode: the hook that records, for every training sample, on the un-augmented
-view and with the weights as they are before the step's update (REFERENCE.md section 1):
-the softmax probability of its true label, whether the top-1 prediction is right, the
-margin (true logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
+view and with the weights as they are before the step's update (docs/semantics.md,
+"Producing the records"): each kind of history.py's RECORD_KINDS, i.e. the softmax
+probability of its true label, whether the top-1 prediction is right, the margin (true
+logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
 import logging
 import os
 from contextlib import nullcontext
@@ -10,8 +11,8 @@ from typing import ContextManager, Optional
 import torch
 from torch import nn
 
-from pruning.history import (HistoryError, file_list_fingerprint, fingerprint_path, history_dir, list_epoch_files,
-                             read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
+from pruning.history import (RECORD_KINDS, HistoryError, file_list_fingerprint, fingerprint_path, history_dir,
+                             list_epoch_files, read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -19,12 +20,12 @@ logger = logging.getLogger(__name__)
 # Every recorded quantity is > -inf for a seen sample (margin may be negative), so -inf
 # marks "unseen" and MAX over the ranks gathers.
 _UNSEEN = float("-inf")
-# Rows of the records tensor.
-ROWS = ("prob", "correct", "margin", "el2n")
+# Rows of the records tensor: one per kind, prob first (it tells which samples were seen).
+ROWS = tuple(RECORD_KINDS)
 
 
 def batch_records(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(len(ROWS), B) float32: p(true label), top-1 correct (0/1), margin, EL2N per sample."""
+    """(len(ROWS), B) float32: each kind of ROWS per sample."""
     logits = logits.float()
     labels = labels.view(-1, 1)
     softmax = torch.softmax(logits, dim=-1)
@@ -36,7 +37,8 @@ def batch_records(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # sum of the other probabilities: no cancellation for confident samples.
     others = softmax.scatter(1, labels, 0.0)
     el2n = torch.stack([others.sum(dim=-1), torch.linalg.vector_norm(others, dim=-1)]).norm(dim=0)
-    return torch.stack([prob, correct, margin, el2n])
+    values = {"prob": prob, "correct": correct, "margin": margin, "el2n": el2n}
+    return torch.stack([values[kind] for kind in ROWS])
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -110,9 +112,8 @@ class PredictionRecorder:
         if not self.is_primary:
             return
         records = self.records.cpu()
-        seen = records[0] > _UNSEEN
-        nan = torch.tensor(float("nan"))
-        prob, margin, el2n = (torch.where(seen, records[ROWS.index(k)], nan).numpy() for k in ("prob", "margin", "el2n"))
-        correct = torch.where(seen, records[1], torch.tensor(-1.0)).to(torch.int8).numpy()
-        write_epoch(self.dir, epoch, prob, correct, margin=margin, el2n=el2n)
+        seen = records[ROWS.index("prob")] > _UNSEEN
+        written = {kind: torch.where(seen, row, float(RECORD_KINDS[kind].unseen)).numpy().astype(
+            RECORD_KINDS[kind].dtype, copy=False) for kind, row in zip(ROWS, records)}
+        write_epoch(self.dir, epoch, **written)
         logger.info(f"recorded epoch {epoch}: {int(seen.sum())} of {self.num_samples} samples seen -> {self.dir}")

@@ -298,3 +298,26 @@ def test_resume_on_a_different_list_is_refused(tmp_path):
     PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(0)
     recorded = json.loads((tmp_path / "out" / "pred_prob_history" / "file_list.json").read_text())
     assert recorded == file_list_fingerprint(flist, 2)
+
+
+def test_every_record_kind_is_written_and_read_as_its_table_row(tmp_path):
+    """RECORD_KINDS drives the recorder, write_epoch and load_epoch_record: each kind's
+    file has the row's dtype and unseen marker, and a bad kind is refused by name."""
+    from pruning.history import RECORD_KINDS, load_epoch_record
+
+    recorder = make_recorder(tmp_path, 3)
+    recorder.start_epoch()
+    recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([1]), torch.tensor([2]))
+    recorder.end_epoch(0)
+    hdir = history_dir(str(tmp_path))
+    assert sorted(os.listdir(hdir)) == sorted(f"{kind}_0.npy" for kind in RECORD_KINDS)
+    for kind, row in RECORD_KINDS.items():
+        values = load_epoch_record(record_path(hdir, kind, 0), kind, expected_len=3)
+        assert values.dtype == row.dtype, kind
+        np.testing.assert_array_equal(values[:2], [row.unseen, row.unseen], err_msg=kind)  # NaN equals NaN here
+        assert not np.isnan(values[2]) and values[2] != row.unseen, kind
+    with pytest.raises(ValueError, match="unknown record kind 'logits'"):
+        write_epoch(hdir, 1, np.zeros(3), np.zeros(3), logits=np.zeros(3))
+    np.save(record_path(hdir, "correct", 0), np.array([0, 2, 1], dtype=np.int8))
+    with pytest.raises(HistoryError, match="value 2 at index 1 is not -1, 0 or 1"):
+        load_epoch_record(record_path(hdir, "correct", 0), "correct")
