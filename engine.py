@@ -185,7 +185,9 @@ def evaluate(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], device
     return metrics
 
 
-def _time_it(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+def seconds_per_call(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+    """Mean seconds per call of `fn` after `warmup` calls (the device synchronised around
+    the timed calls); also used by the benchmarks."""
     for _ in range(warmup):
         fn()
     if device.type == "cuda":
@@ -223,9 +225,9 @@ def throughput(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, ctx
         ctx.optimizer.zero_grad(set_to_none=True)
 
     model.eval()
-    fwd = _time_it(forward, device, warmup, iters)
+    fwd = seconds_per_call(forward, device, warmup, iters)
     model.train()
-    step = _time_it(train_step, device, warmup, iters)
+    step = seconds_per_call(train_step, device, warmup, iters)
     result = {"batch_size": n, "forward_img_per_s": n / fwd, "train_step_img_per_s": n / step}
     logger.info(f"throughput (per process, batch {n}): forward {result['forward_img_per_s']:.1f} img/s, "
                 f"train step {result['train_step_img_per_s']:.1f} img/s")

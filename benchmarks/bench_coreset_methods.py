@@ -9,8 +9,6 @@ all-methods / dynunc-only. Nothing is asserted; the figures are printed.
 """
 import argparse
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.measure import run_child  # noqa: E402
 from pruning.history import file_list_fingerprint, write_epoch, write_fingerprint  # noqa: E402
 from pruning.scores import METHODS  # noqa: E402
 
@@ -46,15 +45,6 @@ def make_history(hdir, list_path, n, epochs, world_size, batch, seed):
             values[~seen] = np.nan
         write_epoch(hdir, k, prob, correct, margin=margin, el2n=el2n)
     write_fingerprint(hdir, file_list_fingerprint(list_path, n))
-
-
-def timed(cmd):
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-    return wall, proc.stderr.strip().splitlines()[-1]
 
 
 def main():
@@ -94,15 +84,12 @@ def main():
         }
         best = {}
         for name, cmd in runs.items():
-            walls = []
-            for _ in range(args.repeat):
-                wall, line = timed(cmd)
-                walls.append(wall)
-            best[name] = min(walls)
-            print(f"{name}: best wall {best[name]:.2f}s of {', '.join(f'{w:.2f}' for w in walls)}\n  {line}")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        a, b = best.values()
-        print(f"ratio all-methods / dynunc-only: {b / a:.2f} (largest child peak RSS {peak:.0f} MiB)")
+            done = [run_child(cmd) for _ in range(args.repeat)]
+            best[name] = min(done, key=lambda r: r.wall_s)
+            print(f"{name}: best {best[name].summary()}; walls {', '.join(f'{r.wall_s:.2f}' for r in done)}\n  "
+                  f"{best[name].stderr.strip().splitlines()[-1]}")
+        a, b = (r.wall_s for r in best.values())
+        print(f"ratio all-methods / dynunc-only: {b / a:.2f}")
 
 
 if __name__ == "__main__":

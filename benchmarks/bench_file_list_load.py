@@ -22,7 +22,6 @@ The synthetic files are deleted unless --keep (a kept list is reused by the next
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from benchmarks.measure import Child  # noqa: E402
 
 
 def write_list(path: str, lines: int, classes: int) -> None:
@@ -137,21 +138,16 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
     return report
 
 
-def spawn(step: str, args, rank: int = 0, world: int = 1) -> subprocess.Popen:
-    argv = [sys.executable, os.path.abspath(__file__), "--child", step, "--dir", args.dir, "--classes",
-            str(args.classes), "--rank", str(rank), "--world", str(world)]
-    return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def spawn(step: str, args, rank: int = 0, world: int = 1) -> Child:
+    return Child([sys.executable, os.path.abspath(__file__), "--child", step, "--dir", args.dir, "--classes",
+                  args.classes, "--rank", rank, "--world", world], cwd=REPO)
 
 
-def finish(proc: subprocess.Popen, t0: float) -> dict:
-    _, status, _ = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    if proc.returncode != 0:
-        sys.exit(f"child failed ({proc.returncode}):\n{out}\n{err}")
-    report = json.loads(out.strip().splitlines()[-1])
-    report.update(wall_s=wall, peak_rss_mib=report.pop("VmHWM"))
+def finish(child: Child) -> dict:
+    """The child's report, with its wall time (measure.py) and its VmHWM as the peak."""
+    run = child.wait()
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report.update(wall_s=run.wall_s, peak_rss_mib=report.pop("VmHWM"))
     return report
 
 
@@ -195,12 +191,10 @@ def main(argv=None) -> int:
             os.unlink(full + ".idx")
         steps = (["legacy"] if args.legacy else []) + ["build", "load", "load", "coreset"]
         for step in steps:
-            t0 = time.perf_counter()
-            show(step, finish(spawn(step, args), t0))
-        t0 = time.perf_counter()
-        procs = [spawn("startup", args, r, args.processes) for r in range(args.processes)]
-        for r, proc in enumerate(procs):
-            show(f"startup{r}", finish(proc, t0))
+            show(step, finish(spawn(step, args)))
+        children = [spawn("startup", args, r, args.processes) for r in range(args.processes)]
+        for r, started in enumerate(children):
+            show(f"startup{r}", finish(started))
     finally:
         if not args.keep:
             for name in ("file_list.txt", "file_list.txt.idx", "file_list.txt.lines", "coreset.txt"):

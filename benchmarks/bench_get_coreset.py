@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from benchmarks.measure import run_child  # noqa: E402
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
 from pruning.history import load_epoch_prob  # noqa: E402
 
@@ -93,30 +93,19 @@ def prepare(folder, args):
     print(f"history: made in {time.perf_counter() - t:.1f}s")
 
 
-def run_child(tree, folder, args, output):
+def time_get_coreset(tree, folder, args, output):
     """(wall s, scoring s, peak RSS MiB) of `tree`/get_coreset.py run in a child process;
     its CPU time (user + system, all threads) is printed too."""
     cmd = [sys.executable, os.path.join(tree, "get_coreset.py"), "--input", os.path.join(folder, "run"),
            "--dataset_file_list", os.path.join(folder, "train.txt"), "--fraction", str(args.fraction),
            "--window", str(args.window), "--output", output]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=tree)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS
-        wall = time.perf_counter() - t
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if proc.returncode != 0:
-        sys.exit(f"{tree}/get_coreset.py failed:\n{stderr}")
-    scored = re.search(r"in (\d+(?:\.\d+)?)s", stderr)
-    peak = usage.ru_maxrss / 1024  # KiB on Linux
-    cpu = usage.ru_utime + usage.ru_stime  # all threads: on a shared machine, wall time says less
-    print(f"{tree}/get_coreset.py: wall {wall:.1f}s (incl. interpreter start), "
-          f"scoring {scored.group(1) if scored else '?'}s, CPU {cpu:.1f}s, peak RSS {peak:.0f} MiB")
-    print("  " + stdout.strip())
-    return wall, float(scored.group(1)) if scored else float("nan"), peak
+    run = run_child(cmd, cwd=tree)
+    scored = re.search(r"in (\d+(?:\.\d+)?)s", run.stderr)
+    # CPU time counts all threads: on a shared machine, wall time says less
+    print(f"{tree}/get_coreset.py: {run.summary()} (wall incl. interpreter start), "
+          f"scoring {scored.group(1) if scored else '?'}s")
+    print("  " + run.stdout.strip())
+    return run.wall_s, float(scored.group(1)) if scored else float("nan"), run.peak_rss_mib
 
 
 def compare(new, old):
@@ -184,10 +173,10 @@ def main():
         prepare(folder, args)
         print(f"N={args.n:,} x K={args.epochs} float32 .npy, window {args.window}, fraction {args.fraction}")
         new = os.path.join(folder, "core_new.txt")
-        run_child(ROOT, folder, args, new)
+        time_get_coreset(ROOT, folder, args, new)
         if args.baseline:
             old = os.path.join(folder, "core_old.txt")
-            run_child(os.path.abspath(args.baseline), folder, args, old)
+            time_get_coreset(os.path.abspath(args.baseline), folder, args, old)
             compare(new, old)
         if args.in_process:
             in_process(folder, args)

@@ -24,8 +24,6 @@ file-reading threads, which only read bytes), the DataLoader with num_workers =
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from benchmarks.measure import run_child, this_process  # noqa: E402
 
 MODES = ("dali-train", "dali-produce", "torch-train", "torch-produce")
 
@@ -168,6 +168,7 @@ def measure(mode: str, train: str, args) -> dict:
     torch.set_num_threads(1)  # the main process only collates/hands over batches
     make = dali_batches if mode.startswith("dali") else torch_batches
     eval_view = mode.endswith("produce")
+    started = time.perf_counter()
     images, seconds, startup = 0, 0.0, []
     whole_images, whole_seconds = 0, 0.0  # epochs after the first, everything included
     for epoch in range(args.epochs):
@@ -184,13 +185,11 @@ def measure(mode: str, train: str, args) -> dict:
         seconds += time.perf_counter() - first
         if epoch > 0:
             whole_seconds += time.perf_counter() - begin
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = this_process(started)  # the DataLoader workers included
     return dict(mode=mode, images=images, images_per_s=round(images / seconds, 1),
                 epoch_images_per_s=round(whole_images / whole_seconds, 1) if whole_seconds else None,
-                startup_s=[round(x, 2) for x in startup],
-                cpu_s=round(usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime, 1),
-                peak_rss_mib=round(max(usage.ru_maxrss, children.ru_maxrss) / 1024))
+                startup_s=[round(x, 2) for x in startup], cpu_s=round(usage.cpu_s, 1),
+                peak_rss_mib=round(usage.peak_rss_mib))
 
 
 def main():
@@ -236,10 +235,7 @@ def main():
                     cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
                 if args.auto_augment:
                     cmd.append("--auto-augment")
-                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if proc.returncode != 0:
-                    sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                result = json.loads(run_child(cmd, cwd=ROOT).stdout.strip().splitlines()[-1])
                 rates[mode].append(result["images_per_s"])
                 print(f"{mode:14s} {result['images_per_s']:7.1f} images/s steady, "
                       f"{result['epoch_images_per_s']} whole epochs 2+  (start-up per epoch {result['startup_s']}s, "

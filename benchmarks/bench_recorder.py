@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from engine import seconds_per_call  # noqa: E402
 from pruning.history import history_dir, write_epoch  # noqa: E402
 from pruning.recorder import ROWS, PredictionRecorder, batch_records  # noqa: E402
 
@@ -33,17 +34,8 @@ def prob_and_correct(logits, labels):
     return torch.stack([prob, (logits.argmax(dim=-1) == labels).float()])
 
 
-def per_call_us(fn, device, iters=200):
-    for _ in range(10):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / iters * 1e6
+def per_call_us(fn, device):
+    return seconds_per_call(fn, device, warmup=10, iters=200) * 1e6
 
 
 def main():

@@ -11,8 +11,6 @@ child's peak RSS are printed. Nothing is asserted.
 """
 import argparse
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +22,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_coreset_methods import make_history  # noqa: E402
+from benchmarks.measure import run_child  # noqa: E402
 
 def make_images_and_list(work: str, n: int, classes: int) -> str:
     """One 32x32 JPEG per class folder, and a list of n lines spread over the classes."""
@@ -66,18 +65,10 @@ def main():
         cmd = [sys.executable, os.path.join(ROOT, "report.py"), "--input", os.path.join(work, "run"),
                "--dataset_file_list", flist, "--window", str(args.window), "--flipped", flipped,
                "--output", os.path.join(work, "report")]
-        if os.path.exists("/usr/bin/time"):
-            cmd = ["/usr/bin/time", "-f", "report.py: %e s wall, %M KiB peak RSS"] + cmd
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(proc.stdout.strip())
-        print(proc.stderr.strip())
-        print(f"N={args.n:,} x K={args.epochs}, {args.classes} classes: report.py {wall:.1f}s wall, "
-              f"peak RSS {peak:.0f} MiB")
+        run = run_child(cmd)
+        print(run.stdout.strip())
+        print(run.stderr.strip())
+        print(f"N={args.n:,} x K={args.epochs}, {args.classes} classes: report.py {run.summary()}")
 
 
 if __name__ == "__main__":
