@@ -13,7 +13,7 @@ the history folder itself. Epoch files are prob_{epoch}.npy (NaN = unseen) or th
 paper's prob_{epoch}.txt (0 = unseen), with correct_/margin_/el2n_{epoch}.npy beside
 them for the methods that need those; epochs must run 0..K-1 without a gap.
 
-By default (dynunc) the scores are exactly the paper's (docs/semantics.md, "Scoring"):
+By default (dynunc) the scores are exactly the paper's (docs/semantics.md §3):
 K-J windows of J = --window epochs (default: the paper's 10, where K >= 11), the window
 that ends at the last epoch NOT used (`--include-last-window` adds it). The
 int(N * fraction) highest scores are kept, ties going to the lower line index

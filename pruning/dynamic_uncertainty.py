@@ -1,4 +1,4 @@
-"""Dynamic-uncertainty scores (paper section 3, REFERENCE.md section 2) and coreset selection.
+"""Dynamic-uncertainty scores (paper section 3; docs/semantics.md §3) and coreset selection.
 
 For every sample, a buffer holds its last J observed probabilities of the true label
 (zeros until J have been observed; an epoch in which the sample was not seen leaves its

@@ -1,6 +1,6 @@
 """Produce mode: the hook that records, for every training sample, on the un-augmented
-view and with the weights as they are before the step's update (docs/semantics.md,
-"Producing the records"): each kind of history.py's RECORD_KINDS, i.e. the softmax
+view and with the weights as they are before the step's update (docs/semantics.md §1):
+each kind of history.py's RECORD_KINDS, i.e. the softmax
 probability of its true label, whether the top-1 prediction is right, the margin (true
 logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
 import logging

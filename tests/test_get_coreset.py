@@ -1,6 +1,6 @@
 """get_coreset.py and pruning/dynamic_uncertainty.py against a literal reference.
 
-The reference below follows REFERENCE.md section 2 line by line, with plain loops:
+The reference below follows docs/semantics.md §3 line by line, with plain loops:
 it is slow and obvious, the implementation under test is streamed and vectorised.
 A second reference, `shifted_buffer_scores`, is the previous vectorised implementation
 (a float64 buffer shifted by one column per epoch, np.std per chunk of rows): fast
@@ -24,7 +24,7 @@ from pruning.history import HistoryError, load_epoch_prob  # noqa: E402
 
 
 # -----------------------------------------------------------------------------
-# Reference (REFERENCE.md section 2, literally)
+# Reference (docs/semantics.md §3, literally)
 # -----------------------------------------------------------------------------
 def reference_scores(p, unseen, window, include_last=False):
     """p: (N, K) recorded values; unseen: (N, K) bool. Loops, as in the pseudocode."""
@@ -328,7 +328,7 @@ def test_cli_txt_end_to_end_and_history_folder_as_input(setup):
     hdir = s["tmp"] / "txt_history"
     write_txt_history(str(hdir), s["p"], s["unseen"])
     # the paper's reading of the paper's files: 0 = unseen. The planted real 0 of
-    # sample 4 is unseen here, unlike in .npy (REFERENCE.md bug 3).
+    # sample 4 is unseen here, unlike in .npy (docs/semantics.md §7, bug 3).
     ref = reference_from_txt(str(hdir), s["k"], 4)
     code, out, _ = run_cli(cli_args(s, input=hdir, window=4, fraction=0.5))
     assert code == 0, out

@@ -1,5 +1,5 @@
 """The paper's configs (configs/*.yaml): each one loads through the schema with the
-recipe REFERENCE.md section 4 describes, builds the architecture its MODEL.NAME names,
+recipe docs/semantics.md §6 describes, builds the architecture its MODEL.NAME names,
 and runs main.py for two training steps and one validation step on a tiny image tree
 shaped like its dataset (full architectures, tiny images, a few classes).
 
@@ -84,7 +84,7 @@ def read_lines(path):
 # --------------------------------------------------------------------------- loading
 
 
-# What REFERENCE.md section 4 (and the paper's released configs) say, per config:
+# What docs/semantics.md §6 (and the paper's released configs) say, per config:
 # (dataset, type, epochs, optimizer, lr, weight decay, warm-up, global batch on 8 GPUs,
 #  schedule, label smoothing, drop-path, grad clip).
 RECIPES = {
