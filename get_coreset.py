@@ -124,7 +124,7 @@ def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None
 def run(args: argparse.Namespace) -> int:
     # Cheap checks first; nothing is written until every check has passed and every
     # score is computed. The list is never held as Python strings (13M lines would take
-    # ~1.3 GB): the plan counts it, and after scoring it is copied to the coresets in
+    # gigabytes): the plan counts it, and after scoring it is copied to the coresets in
     # byte blocks.
     selection = check_flags(args)
     check_placeholders(args)

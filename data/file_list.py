@@ -6,8 +6,8 @@ may hold spaces). Lines may end in '\\n' or '\\r\\n', the file may start with a 
 byte-order mark, and the last line may lack its newline (data/file_list_parse.py).
 
 A file list is parsed once into a memory-mapped index (data/file_list_index.py), so
-that a 13M-line list costs each process ~0.2 s of CPU and tens of MB, not 15 s and 2.3 GB
-of Python strings. A coreset file is a subset of the lines of a file list, in the same
+that a 13M-line list costs each process a fraction of a second of CPU and tens of MB,
+not gigabytes of Python strings (docs/benchmarks.md, "Figures behind code choices"). A coreset file is a subset of the lines of a file list, in the same
 format; it is read against that full list, and each of its entries maps to its row there.
 """
 import os

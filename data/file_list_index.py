@@ -1,7 +1,7 @@
 """The index of a file list: its parsed entries as flat arrays in one file, memory-mapped.
 
-A list of ImageNet-21K's 13M lines held as Python strings costs ~2.6 GB and ~17 s per
-process. Instead the list is parsed once (numpy, a block at a time) into an index file
+A list of ImageNet-21K's 13M lines held as Python strings costs gigabytes and many
+seconds per process (docs/benchmarks.md, "Figures behind code choices"). Instead the list is parsed once (numpy, a block at a time) into an index file
 written beside it, ``<list>.idx``; every process of every run then maps that file: the
 pages are shared through the page cache by all ranks of a node, and a process only pays
 for the pages it touches. Paths are not copied: the index holds each path's byte offset
@@ -151,7 +151,7 @@ class FileListIndex:
         bits = np.uint64(self.row_bits)
         row_mask = np.uint64((1 << self.row_bits) - 1)
         prefix = (hashes >> bits) << bits
-        order = np.argsort(prefix)  # sorted queries search ~8x faster (memory locality)
+        order = np.argsort(prefix)  # sorted queries search faster (memory locality)
         pos = np.empty(len(prefix), dtype=np.int64)
         pos[order] = np.searchsorted(self.sorted_key, prefix[order])
         rows = np.full(len(hashes), -1, dtype=np.int64)

@@ -40,7 +40,7 @@ from pruning.select import top
 # Columns (samples) per chunk: the float64 working copy of a chunk (J x 32768 x 8
 # bytes, 2.5 MiB for J = 10) stays in the L3 cache while each of the ~50 numpy calls per
 # chunk covers enough elements to hide its call overhead and its hold on the GIL
-# (measured on 2 cores: 18 ns per sample and window, 20 with 16384, 26 with 4096).
+# (smaller chunks were slower: docs/benchmarks.md, "Figures behind code choices").
 DEFAULT_CHUNK_ROWS = 1 << 15
 # numpy's pairwise summation switches to recursive halving above this many terms.
 _PAIRWISE_BLOCK = 128
