@@ -38,8 +38,8 @@ import numpy as np
 from data.file_list import FileListError
 from data.list_lines import write_entries
 from pruning.history import HistoryError
-from pruning.scores import DEFAULT_METHOD, score_history
-from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan, method_summary
+from pruning.scores import DEFAULT_METHOD, METHODS, score_history
+from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
 from pruning.select import Ranking
 from utils.io import atomic_group, remove_stale_temporaries
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="get_coreset.py",
         description="Keep the samples with the highest pruning scores (dynamic uncertainty by default).",
     )
-    add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. {method_summary()}",
+    add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
+                   + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
                    fraction_default=None, selection=True,
                    seed_help="random: the subset drawn; --ccs: the draws in each bin")
     add_flag(

@@ -46,11 +46,6 @@ DEFAULT_CHUNK_ROWS = 1 << 15
 _PAIRWISE_BLOCK = 128
 
 
-def num_windows(num_epochs: int, window: int, include_last: bool = False) -> int:
-    """How many windows a history of `num_epochs` epochs gives (K-J, or K-J+1)."""
-    return max(0, num_epochs - window + (1 if include_last else 0))
-
-
 def max_window(num_epochs: int, include_last: bool = False) -> int:
     """The largest window that still gives at least one window score."""
     return num_epochs if include_last else num_epochs - 1

@@ -1,18 +1,9 @@
 """The prediction history that produce mode records and get_coreset.py scores.
 
-Layout, under ``OUTPUT/pred_prob_history/``:
-
-- ``prob_{epoch}.npy``: float32, one value per line of the full training file list:
-  the softmax probability of the true label on the eval view, NaN where the sample
-  was not seen that epoch (drop-last remainder);
-- ``correct_{epoch}.npy``: int8, 1 if the top-1 prediction was the true label, 0 if
-  not, -1 where unseen;
-- ``margin_{epoch}.npy``: float32, the true label's logit minus the largest other
-  logit (AUM's margin), NaN where unseen;
-- ``el2n_{epoch}.npy``: float32, the L2 norm of softmax minus the one-hot label (EL2N),
-  NaN where unseen;
-- ``file_list.json``: the training file list the run recorded on (path, entries,
-  sha256 of its bytes), so that get_coreset.py can refuse a different list.
+Layout, under ``OUTPUT/pred_prob_history/``: ``{kind}_{epoch}.npy`` for each kind of
+RECORD_KINDS (below), one value per line of the full training file list, taken on the
+eval view; and ``file_list.json``, the training file list the run recorded on (path,
+entries, sha256 of its bytes), so that get_coreset.py can refuse a different list.
 
 The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
@@ -45,17 +36,18 @@ class RecordKind:
 
     name: str
     dtype: type  # as stored
-    unseen: float  # what is stored for a sample not seen that epoch
+    unseen: float  # what is stored for a sample not seen that epoch (drop-last remainder)
+    what: str
     seen_range: Optional[Tuple[int, int]] = None  # integer kinds: the values a seen sample may hold
 
 
 # Every kind recorded, in the recorder's row order; prob is written last (it marks an
 # epoch complete). A new kind is one row here (and its computation in recorder.py).
 RECORD_KINDS: Dict[str, RecordKind] = {kind.name: kind for kind in (
-    RecordKind("prob", np.float32, np.nan),
-    RecordKind("correct", np.int8, -1, seen_range=(0, 1)),
-    RecordKind("margin", np.float32, np.nan),
-    RecordKind("el2n", np.float32, np.nan),
+    RecordKind("prob", np.float32, np.nan, "softmax probability of the true label"),
+    RecordKind("correct", np.int8, -1, "1 if the top-1 prediction is the true label, else 0", seen_range=(0, 1)),
+    RecordKind("margin", np.float32, np.nan, "the true label's logit minus the largest other (AUM's margin)"),
+    RecordKind("el2n", np.float32, np.nan, "L2 norm of softmax minus the one-hot label (EL2N)"),
 )}
 EXTRA_RECORDS = tuple(kind for kind in RECORD_KINDS if kind != "prob")
 FILE_LIST_NAME = "file_list.json"
@@ -64,14 +56,6 @@ FILE_LIST_NAME = "file_list.json"
 def record_path(hdir: str, kind: str, epoch: int) -> str:
     """``{kind}_{epoch}.npy`` in `hdir`, for a kind of RECORD_KINDS."""
     return os.path.join(hdir, f"{kind}_{epoch}.npy")
-
-
-def prob_path(hdir: str, epoch: int) -> str:
-    return record_path(hdir, "prob", epoch)
-
-
-def correct_path(hdir: str, epoch: int) -> str:
-    return record_path(hdir, "correct", epoch)
 
 
 def list_epoch_files(hdir: str) -> Dict[int, str]:
@@ -211,57 +195,34 @@ def contiguous_epoch_files(hdir: str) -> List[str]:
 
 
 def load_epoch_prob(path: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
-    """One epoch's probabilities as a 1-D float array, NaN where the sample was unseen.
-
-    ``.npy`` (ours): returned as stored (float32), NaN already marks unseen, and a stored
-    0.0 is a real probability; with `mmap`, a read-only memory map (no copy out of the
-    page cache; history files are replaced atomically, never rewritten in place, so the
-    map stays valid). ``.txt`` (the paper's np.savetxt, one value per line): float64, and
-    an exact 0 means unseen (the paper's encoding) and becomes NaN. HistoryError, naming the file, if it cannot be parsed, is not 1-D floats, holds
-    +-inf, or (with `expected_len`) has the wrong length.
-    """
-    try:
-        if path.endswith(".npy"):
-            prob = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-            if prob.dtype.kind != "f":
-                raise HistoryError(f"{path}: expected floating-point values, found dtype {prob.dtype}")
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "empty input file"
-                prob = np.loadtxt(path, dtype=np.float64, ndmin=1, comments=None)
-            prob[prob == 0] = np.nan
-    except HistoryError:
-        raise
-    except (OSError, ValueError, EOFError) as e:
-        raise HistoryError(f"{path}: cannot be read as a probability history file: {e}") from None
-    if prob.ndim != 1:
-        raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {prob.shape}")
-    if expected_len is not None and len(prob) != expected_len:
-        raise HistoryError(
-            f"{path}: has {len(prob)} values but the file list has {expected_len} lines"
-        )
-    if np.isinf(prob).any():
-        raise HistoryError(f"{path}: holds infinite values (first at index {int(np.flatnonzero(np.isinf(prob))[0])})")
-    return prob
+    return load_epoch_record(path, "prob", expected_len, mmap)
 
 
 def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, mmap: bool = False) -> np.ndarray:
-    """One epoch's record of a kind of RECORD_KINDS other than prob (``.npy`` only), as
-    stored: its kind's dtype, the kind's unseen marker where unseen.
+    """One epoch's record of a kind of RECORD_KINDS, 1-D, as stored: the kind's dtype and
+    its unseen marker (a stored 0.0 probability is a real one). With `mmap`, a read-only
+    memory map (no copy out of the page cache; history files are replaced atomically,
+    never rewritten in place, so the map stays valid). The paper's ``prob_{epoch}.txt``
+    (np.savetxt, one value per line) is read as float64, its 0 (unseen there) as NaN.
     HistoryError, naming the file, if it is missing, cannot be read, has the wrong
     dtype, shape or length, or holds values outside the kind's range or +-inf.
     """
-    if kind == "prob":
-        return load_epoch_prob(path, expected_len, mmap)
-    if kind not in EXTRA_RECORDS:
+    if kind not in RECORD_KINDS:
         raise ValueError(f"unknown record kind {kind!r}")
     record = RECORD_KINDS[kind]
     try:
-        values = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        if path.endswith(".txt"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "empty input file"
+                values = np.loadtxt(path, dtype=np.float64, ndmin=1, comments=None)
+            values[values == 0] = np.nan
+        else:
+            values = np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise HistoryError(f"{path}: is missing") from None
     except (OSError, ValueError, EOFError) as e:
-        raise HistoryError(f"{path}: cannot be read as a {kind} history file: {e}") from None
+        what = "probability" if kind == "prob" else kind
+        raise HistoryError(f"{path}: cannot be read as a {what} history file: {e}") from None
     if values.ndim != 1:
         raise HistoryError(f"{path}: expected one value per sample (1-D), found shape {values.shape}")
     if expected_len is not None and len(values) != expected_len:
@@ -272,9 +233,8 @@ def load_epoch_record(path: str, kind: str, expected_len: Optional[int] = None, 
             raise HistoryError(f"{path}: expected {np.dtype(record.dtype)} values, found dtype {values.dtype}")
         if len(values) and (values.min() < lowest or values.max() > highest):  # two passes, no temporary
             i = int(np.flatnonzero((values < lowest) | (values > highest))[0])
-            allowed = [str(v) for v in range(lowest, highest + 1)]
-            raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not "
-                               f"{', '.join(allowed[:-1])} or {allowed[-1]}")
+            *others, last = range(lowest, highest + 1)
+            raise HistoryError(f"{path}: value {int(values[i])} at index {i} is not {str(others)[1:-1]} or {last}")
         return values
     if values.dtype.kind != "f":
         raise HistoryError(f"{path}: expected floating-point values, found dtype {values.dtype}")
@@ -291,9 +251,8 @@ def record_loader(hdir: str, prob_paths: Sequence[str], num_samples: int,
     map .npy files instead of reading them (see load_epoch_prob)."""
 
     def load(epoch: int, kind: str) -> np.ndarray:
-        if kind == "prob":
-            return load_epoch_prob(prob_paths[epoch], expected_len=num_samples, mmap=mmap)
-        return load_epoch_record(record_path(hdir, kind, epoch), kind, expected_len=num_samples, mmap=mmap)
+        path = prob_paths[epoch] if kind == "prob" else record_path(hdir, kind, epoch)
+        return load_epoch_record(path, kind, expected_len=num_samples, mmap=mmap)
 
     return load
 

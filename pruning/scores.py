@@ -27,18 +27,14 @@ CHUNK_ROWS = 1 << 18
 
 
 class ScoreParams:
-    """The parameters of the methods: `seed` (the run's --seed) and, by name, the
-    values of the methods' flags (MethodFlag.param), resolved against the history
-    (scoring_plan.py). A parameter not given reads as None; score_history resolves the
-    missing ones of the methods it scores with their flags' defaults."""
+    """The methods' parameters: `seed` (--seed) and their flags' values by MethodFlag.param,
+    resolved against the history; one not given reads as None (score_history resolves it)."""
 
     def __init__(self, seed: int = 0, **values):
         self.__dict__.update(values, seed=seed)
 
     def __getattr__(self, name: str):  # only reached for a parameter not given
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return None
+        return None if not name.startswith("__") else object.__getattribute__(self, name)
 
     def values(self) -> Dict[str, object]:
         return dict(self.__dict__)
@@ -50,7 +46,7 @@ def _chunks(n: int) -> List[slice]:
 
 class Accumulator:
     """Fed one epoch at a time (in epoch order) with that epoch's records, as 1-D arrays
-    keyed by kind ("prob", "correct", "margin", "el2n"), one slice of rows per call
+    keyed by kind (history.py's RECORD_KINDS), one slice of rows per call
     (disjoint slices of one epoch may be fed from several threads at once); `result()`
     gives float64 scores."""
 
@@ -209,9 +205,8 @@ class MethodFlag:
     name: str  # "--window"
     param: str  # the ScoreParams name it sets
     help: str
-    # (value as parsed, None or False if not given; every flag's value as parsed by
-    # param; the number of recorded epochs; the history folder, for messages) -> the
-    # parameter. ValueError naming the flag if the value (or its absence) is refused.
+    # (value as parsed, None/False if not given; every flag's value as parsed, by param;
+    # K; the history folder) -> the parameter, or ValueError naming the flag.
     resolve: Callable[[object, Mapping[str, object], int, str], object]
     options: Mapping[str, object] = field(default_factory=dict)  # argparse's: type, action, metavar
 
@@ -251,10 +246,6 @@ def _window(value: Optional[int], given: Mapping[str, object], num_epochs: int, 
     return value
 
 
-def _el2n_epochs(value: Optional[str], given: Mapping[str, object], num_epochs: int, where: str) -> range:
-    return default_el2n_epochs(num_epochs) if value is None else parse_epoch_slice(value, num_epochs)
-
-
 DYNUNC_FLAGS = (
     MethodFlag("--window", "window", f"dynunc: window length J, >= 2 (the paper's: {PAPER_WINDOW}, the default "
                f"where the history has at least {PAPER_WINDOW + 1} epochs; at most the number of epochs - 1)",
@@ -267,7 +258,8 @@ EL2N_FLAGS = (
     MethodFlag("--epochs", "el2n_epochs", "el2n: the epochs averaged, a Python slice of the recorded epochs "
                "0..K-1. Default: the first 10%% of them, at least one (0:ceil(K/10)); Paul et al. scored early in "
                "training and averaged over 10 runs, one run's early epochs stand in for the runs",
-               _el2n_epochs, {"metavar": "START:STOP"}),
+               lambda value, given, k, where: default_el2n_epochs(k) if value is None else parse_epoch_slice(value, k),
+               {"metavar": "START:STOP"}),
 )
 
 

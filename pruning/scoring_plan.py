@@ -36,15 +36,14 @@ def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
 
 def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
                    fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
-    """The shared flags; `method_default` / `fraction_default` None: required (fraction)
-    or decided from the history (method); `selection`: the rule flags of get_coreset.py."""
+    """The shared flags. `method_default` None: the methods the history has records for;
+    `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags."""
     add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
     add_flag(parser, "--dataset_file_list", required=True, help="the training file list the history was recorded on")
     add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
-    fractions = (f"default {' '.join(fraction_default)}" if fraction_default else "several give one coreset each")
-    add_flag(parser, "--fraction", nargs="+", metavar="F", required=fraction_default is None,
-             default=None if fraction_default is None else list(fraction_default),
-             help=f"fraction(s) of lines to keep, each in (0, 1] ({fractions})")
+    add_flag(parser, "--fraction", nargs="+", metavar="F", required=not fraction_default,
+             default=list(fraction_default or ()), help="fraction(s) of lines to keep, each in (0, 1]"
+             + (f" (default {' '.join(fraction_default)})" if fraction_default else ""))
     for flag, _ in method_flags().values():
         add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
     add_flag(parser, "--seed", type=int, default=0, help=seed_help)
@@ -56,10 +55,6 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
                  help="coverage-centric selection (Zheng et al. 2023): drop the hardest BETA fraction (BETA in "
                  "[0, 1)), then spread the budget over equal-width score bins, smallest bin first")
         add_flag(parser, "--ccs-bins", type=int, default=50, help="--ccs: the number of score bins (default 50)")
-
-
-def method_summary() -> str:
-    return "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items())
 
 
 def check_not_repeated(flag: str, values: Sequence[str]) -> None:
@@ -94,7 +89,6 @@ class Selection:
         return ranking.select(keep, class_balanced=self.class_balanced, ccs=self.ccs)
 
     def describe(self) -> str:
-        """'' for the paper's rule (the top scores), else ', class-balanced, ccs BETA'."""
         return (", class-balanced" if self.class_balanced else "") + (f", ccs {self.ccs.beta}" if self.ccs else "")
 
 
@@ -105,15 +99,13 @@ def check_flags(args: argparse.Namespace) -> Selection:
         if unknown:
             raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
         check_not_repeated("--method", args.method)
-    check_not_repeated("--fraction", args.fraction)
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if getattr(args, "ccs", None) is not None else None
     return Selection(getattr(args, "class_balanced", False), ccs, args.seed)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What to score and keep, checked against the list and the history before any
-    record file is read."""
+    """What to score and keep, checked against the list and the history before any record is read."""
 
     list_path: str
     num_samples: int
@@ -141,40 +133,37 @@ class Plan:
         return file_list
 
     def describe_params(self) -> str:
-        """The parameters the methods took, as flags: '; window 10'."""
-        shown = []
-        for flag, owners in method_flags().values():
-            value = getattr(self.params, flag.param)
-            if any(m in self.methods for m in owners) and value not in (None, False):
-                if isinstance(value, range):
-                    value = f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
-                shown.append(flag.name[2:] + ("" if value is True else f" {value}"))
-        return "".join(f"; {s}" for s in shown)
+        """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""
+        taken = [(flag.name[2:], getattr(self.params, flag.param)) for flag, owners in method_flags().values()
+                 if any(m in self.methods for m in owners)]
+        return "".join(f"; {name}" + ("" if value is True else f" {_spelled(value)}")
+                       for name, value in taken if value not in (None, False))
 
     def params_json(self) -> dict:
+        """The parameters for report.json, an epoch range as a list."""
         return {k: list(v) if isinstance(v, range) else v for k, v in self.params.values().items()}
 
 
-def open_history(input_dir: str, list_path: str, num_samples: int) -> Tuple[str, List[str]]:
-    """(history folder, its prob file per epoch) of the run in `input_dir`, after checking
-    that `list_path` is the list it was recorded on (a warning if the run kept no
-    fingerprint; HistoryError naming both files if the list differs)."""
-    hdir = find_history_dir(input_dir)
-    if not check_fingerprint(hdir, list_path, file_list_fingerprint(list_path, num_samples)):
-        print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
-              f"code): cannot check that {list_path} is the list it was recorded on", file=sys.stderr)
-    return hdir, contiguous_epoch_files(hdir)
+def _spelled(value) -> str:
+    """A parameter as its flag is written: a range of epochs as START:STOP[:STEP]."""
+    if not isinstance(value, range):
+        return str(value)
+    return f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
 
 
 def make_plan(args: argparse.Namespace, selection: Selection) -> Plan:
-    """Count the list, open its history and resolve every method flag. --method None:
-    every method whose records the history holds. ValueError / HistoryError naming the
-    flag or file."""
+    """Count the list, open its history (HistoryError naming both if the list is not the
+    one it was recorded on) and resolve the method flags; --method None: every method
+    whose records the history holds. ValueError / HistoryError naming the flag or file."""
     n = count_entries(args.dataset_file_list)
     if n == 0:
         raise ValueError(f"{args.dataset_file_list}: the file list is empty")
     keeps = fraction_keeps(args.fraction, n)
-    hdir, paths = open_history(args.input, args.dataset_file_list, n)
+    hdir = find_history_dir(args.input)
+    if not check_fingerprint(hdir, args.dataset_file_list, file_list_fingerprint(args.dataset_file_list, n)):
+        print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
+              f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
+    paths = contiguous_epoch_files(hdir)
     chosen = list(args.method) if args.method is not None else list(METHODS)
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}

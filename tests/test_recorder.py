@@ -8,8 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.history import (HistoryError, correct_path, file_list_fingerprint, history_dir, prob_path, record_path,
-                             write_epoch)
+from pruning.history import HistoryError, file_list_fingerprint, history_dir, record_path, write_epoch
 from pruning.recorder import PredictionRecorder, has_batchnorm
 
 
@@ -32,7 +31,7 @@ def make_recorder(tmp_path, n):
 
 def load_epoch(tmp_path, epoch):
     hdir = history_dir(str(tmp_path))
-    return np.load(prob_path(hdir, epoch)), np.load(correct_path(hdir, epoch))
+    return np.load(record_path(hdir, "prob", epoch)), np.load(record_path(hdir, "correct", epoch))
 
 
 def test_record_and_write(tmp_path):
@@ -250,7 +249,7 @@ def test_negative_margins_survive_the_max_gather(tmp_path):
     recorder.end_epoch(0)
     hdir = history_dir(str(tmp_path))
     assert np.load(record_path(hdir, "margin", 0))[1] == -100.0
-    assert np.load(prob_path(hdir, 0))[1] < 1e-40 and np.load(correct_path(hdir, 0))[1] == 0
+    assert np.load(record_path(hdir, "prob", 0))[1] < 1e-40 and np.load(record_path(hdir, "correct", 0))[1] == 0
     np.testing.assert_allclose(np.load(record_path(hdir, "el2n", 0))[1], np.sqrt(2.0), rtol=1e-6)
     assert np.isnan(np.load(record_path(hdir, "margin", 0))[0])
 
