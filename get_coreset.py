@@ -40,7 +40,6 @@ from data.list_lines import write_entries
 from pruning.history import HistoryError
 from pruning.scores import DEFAULT_METHOD, METHODS, score_history
 from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
-from pruning.select import Ranking
 from utils.io import atomic_group, remove_stale_temporaries
 
 METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
@@ -59,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
                    + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
                    fraction_default=None, selection=True,
-                   seed_help="random: the subset drawn; --ccs: the draws in each bin")
+                   seed_help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
+                   "drawn; --ccs: the draws in each bin")
     add_flag(
         p, "--output", required=True,
         help="coreset file to write. With several methods it must contain {method}, with several fractions "
@@ -138,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
+    cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     for method in plan.methods:
-        ranking = Ranking(scores[method], labels)
+        ranking = selection.ranking(scores[method], labels)
         for o in outputs:
             if o.method == method:
                 try:
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                                      f"{e}") from None
                 kept[o] = np.zeros(n, dtype=bool)
                 kept[o][indices] = True
+                cuts[o] = selection.cut(ranking, o.keep)
     elapsed = time.perf_counter() - t0
     t1 = time.perf_counter()
     for path in written:
@@ -168,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     rule = selection.describe()
     for o in outputs:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
-        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
+        ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}) -> {o.path}")
     return 0
 
 

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(p, None, "methods to compare (default: every method whose records the history holds). Known: "
                    + ", ".join(METHODS), fraction_default=DEFAULT_FRACTIONS,
-                   seed_help="random: the subset drawn; also the curves' sampled images")
+                   seed_help="ties at a cut: which of the tied images are kept (a uniform draw, as in "
+                   "get_coreset.py); random: the subset drawn; also the curves' sampled images")
     add_flag(p, "--output", required=True, metavar="DIR", help="folder to write index.html, report.json and PNGs")
     add_flag(p, "--flipped", metavar="FILE",
              help="int64 .npy of the relabelled lines' indices (data/label_noise.py writes LIST.flipped.npy): "
@@ -115,7 +116,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params)
     scored = time.perf_counter()
-    orders = {m: MethodOrder.of(scores.pop(m)) for m in methods}
+    orders = {m: MethodOrder.of(scores.pop(m), plan.selection.seed) for m in methods}
     reference = min(fractions, key=lambda f: (abs(float(f) - 0.5), -float(f)))  # the curves' and tables' fraction
     files: Dict[str, bytes] = {}
     numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": len(class_dirs),

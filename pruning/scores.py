@@ -11,7 +11,6 @@ A new method is one accumulator (a class with `update(epoch, records)` and `resu
 and one row in METHODS; a flag of its own is a MethodFlag in that row (get_coreset.py
 and report.py take it through pruning/scoring_plan.py, which names no method).
 """
-import math
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -91,6 +90,29 @@ class SeenMean(Accumulator):
         return self.finish(mean)
 
 
+class FirstSeen(Accumulator):
+    """One record's value in epoch `start`, or, for a sample not seen then, at its next
+    seen epoch (NaN if never seen again): a checkpoint's score, as scoring the weights
+    saved at `start` would give, with the few samples that epoch's sharding left out
+    taken at their next presentation. Later epochs are read only while some sample
+    still has no value."""
+
+    def __init__(self, n: int, kind: str, start: int):
+        super().__init__()
+        self.kind, self.start = kind, start
+        self.values = np.full(n, np.nan)
+
+    def wants(self, epoch: int) -> bool:
+        return epoch == self.start or (epoch > self.start and bool(np.isnan(self.values).any()))
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
+        values = self.values[rows]
+        np.copyto(values, records[self.kind][rows], where=np.isnan(values))
+
+    def result(self) -> np.ndarray:
+        return self.values
+
+
 class SeenStd(Accumulator):
     """Population standard deviation (ddof 0) of one record over the seen epochs, by
     Welford's update (no cancellation for near-constant values); NaN if never seen."""
@@ -128,9 +150,11 @@ class SeenStd(Accumulator):
 
 
 class ForgettingEvents(Accumulator):
-    """Toneva et al.: the number of epochs e >= 1 with correct[e-1] = 1 and correct[e] = 0
-    (a pair with an unseen side does not count); +inf for a sample never correct in a
-    seen epoch (never learned, so never forgotten: the hardest)."""
+    """Toneva et al.: the number of times a sample goes from correct to wrong between two
+    consecutive *seen* presentations (an unseen epoch in between is skipped: correct,
+    unseen, wrong is one event), as the authors' code counts over each sample's list of
+    presentations; +inf for a sample never correct in a seen epoch (never learned: the
+    hardest; their code ranks these above every forgetting count)."""
 
     def __init__(self, n: int):
         super().__init__()
@@ -143,7 +167,7 @@ class ForgettingEvents(Accumulator):
         previous, learned = self.previous[rows], self.learned[rows]
         self.events[rows] += (previous == 1) & (c == 0)
         learned |= c == 1
-        previous[:] = c
+        np.copyto(previous, c, where=c >= 0)  # an unseen epoch leaves the last seen value
 
     def result(self) -> np.ndarray:
         scores = self.events.astype(np.float64)
@@ -166,11 +190,12 @@ class UniformRandom(Accumulator):
         return np.random.default_rng(self.seed).random(self.n)
 
 
-def default_el2n_epochs(num_epochs: int) -> range:
-    """The first 10% of the recorded epochs, at least one: Paul et al. scored EL2N early in
-    training (epoch 20 of 200 on CIFAR-10) and averaged over 10 runs; the mean over one
-    run's early epochs stands in for the runs."""
-    return range(max(1, math.ceil(num_epochs / 10)))
+def default_el2n_epoch(num_epochs: int) -> int:
+    """The epoch whose EL2N is the default score: K // 10 (at least 1, at most K - 1),
+    the weights after about 10% of training. Paul et al. score one checkpoint early in
+    training (epoch 20 of 200) and average over independent runs; one run has one such
+    checkpoint. Epoch 0 is left out: the network is untrained then."""
+    return max(0, min(num_epochs - 1, max(1, num_epochs // 10)))
 
 
 def parse_epoch_slice(text: str, num_epochs: int) -> range:
@@ -222,8 +247,8 @@ class Method:
     # A method scored by a function that pulls the probability arrays itself (dynunc).
     stream: Optional[Callable[[Iterable[np.ndarray], int, ScoreParams], np.ndarray]] = None
     flags: Tuple[MethodFlag, ...] = ()
-    # The epochs whose records it reads, given its resolved parameters (None: all).
-    epochs: Optional[Callable[[ScoreParams], Sequence[int]]] = None
+    # The epochs whose records it may read, given its resolved parameters and K (None: all).
+    epochs: Optional[Callable[[ScoreParams, int], Sequence[int]]] = None
 
 
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
@@ -255,10 +280,11 @@ DYNUNC_FLAGS = (
                lambda value, given, num_epochs, where: bool(value), {"action": "store_true"}),
 )
 EL2N_FLAGS = (
-    MethodFlag("--epochs", "el2n_epochs", "el2n: the epochs averaged, a Python slice of the recorded epochs "
-               "0..K-1. Default: the first 10%% of them, at least one (0:ceil(K/10)); Paul et al. scored early in "
-               "training and averaged over 10 runs, one run's early epochs stand in for the runs",
-               lambda value, given, k, where: default_el2n_epochs(k) if value is None else parse_epoch_slice(value, k),
+    # the default resolves to one epoch (an int: FirstSeen from it), a given slice to a range (SeenMean over it)
+    MethodFlag("--epochs", "el2n_epochs", "el2n: average EL2N over these epochs, a Python slice of the recorded "
+               "epochs 0..K-1. Default: EL2N of the single epoch K//10 (at least 1), about 10%% into training, as "
+               "Paul et al. score one early checkpoint; a sample not seen in that epoch takes its next seen epoch's",
+               lambda value, given, k, where: default_el2n_epoch(k) if value is None else parse_epoch_slice(value, k),
                {"metavar": "START:STOP"}),
 )
 
@@ -273,9 +299,11 @@ METHODS: Dict[str, Method] = {
                      "He et al. 2023, this paper", stream=_dynunc, flags=DYNUNC_FLAGS),
     "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
                          "Toneva et al. 2019", make=lambda n, p: ForgettingEvents(n)),
-    "el2n": Method(("el2n",), "mean ||softmax - one-hot||_2 over the --epochs slice",
-                   "Paul et al. 2021", make=lambda n, p: SeenMean(n, "el2n", p.el2n_epochs), flags=EL2N_FLAGS,
-                   epochs=lambda p: p.el2n_epochs),
+    "el2n": Method(("el2n",), "||softmax - one-hot||_2 at epoch K // 10 (the next seen epoch for a sample not "
+                   "seen then); with --epochs, its mean over that slice", "Paul et al. 2021",
+                   make=lambda n, p: (FirstSeen(n, "el2n", p.el2n_epochs) if isinstance(p.el2n_epochs, int)
+                                      else SeenMean(n, "el2n", p.el2n_epochs)), flags=EL2N_FLAGS,
+                   epochs=lambda p, k: range(p.el2n_epochs, k) if isinstance(p.el2n_epochs, int) else p.el2n_epochs),
     "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
                   "Pleiss et al. 2020", make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
     "variability": Method(("prob",), "std of p(true label) over epochs (ddof 0)",
@@ -305,7 +333,7 @@ def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int
     if not method.needs:
         return ()
     if method.epochs is not None:
-        return method.epochs(resolve_defaults([name], params, num_epochs))
+        return method.epochs(resolve_defaults([name], params, num_epochs), num_epochs)
     return range(num_epochs)
 
 

@@ -17,7 +17,7 @@ from pruning.dynamic_uncertainty import check_fraction
 from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, file_list_fingerprint,
                              find_history_dir, fingerprint_path, missing_record, record_loader)
 from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults
-from pruning.select import CCS, Ranking
+from pruning.select import CCS, Cut, Ranking
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, **options) -> None:
@@ -85,8 +85,15 @@ class Selection:
     ccs: Optional[CCS] = None
     seed: int = 0
 
+    def ranking(self, scores: np.ndarray, labels: Optional[np.ndarray]) -> Ranking:
+        return Ranking(scores, labels, self.seed)  # the seed breaks ties at a cut
+
     def select(self, ranking: Ranking, keep: int) -> np.ndarray:
         return ranking.select(keep, class_balanced=self.class_balanced, ccs=self.ccs)
+
+    def cut(self, ranking: Ranking, keep: int) -> Optional[Cut]:
+        """How the cut meets ties (None under CCS, which samples within score bins)."""
+        return None if self.ccs else ranking.cut(keep, class_balanced=self.class_balanced)
 
     def describe(self) -> str:
         return (", class-balanced" if self.class_balanced else "") + (f", ccs {self.ccs.beta}" if self.ccs else "")
