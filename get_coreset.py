@@ -33,8 +33,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from data.file_list import FileListError, read_file_list
-from data.list_lines import count_entries, write_entries
+from data.file_list import FileListError
+from data.file_list_index import open_index
+from data.list_lines import write_entries
 from pruning.flags import (check_methods, check_not_repeated, check_window, check_window_fits, fraction_keeps,
                            open_history)
 from pruning.history import HistoryError, check_records, record_loader
@@ -170,24 +171,20 @@ def run(args: argparse.Namespace) -> int:
     # Cheap checks first; nothing is written until every check has passed and every
     # score is computed.
     check_arguments(args)
-    # The list is never held as Python strings (13M lines would take ~1.3 GB): it is
-    # counted here, and after scoring copied to the coresets in byte blocks.
-    n = count_entries(args.dataset_file_list)
-    if n == 0:
-        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
+    # The list is never held as Python strings (13M lines would take ~1.3 GB): its count,
+    # identity and labels come from its index, and after scoring its bytes are read once,
+    # in blocks, to copy the kept lines to the coresets.
+    index = open_index(args.dataset_file_list)
+    n = index.count
     outputs = plan_outputs(args, n)
     check_output_paths(args, outputs)
-    hdir, paths = open_history(args.input, args.dataset_file_list, n)
+    hdir, paths = open_history(args.input, index)
     num_epochs = len(paths)
     el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None and "el2n" in args.method
                    else default_el2n_epochs(num_epochs))
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
     check_history(args, hdir, num_epochs, params)
-    labels = None
-    if args.class_balanced:
-        labels = read_file_list(args.dataset_file_list).labels
-        if len(labels) != n:
-            raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
+    labels = index.labels if args.class_balanced else None
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if args.ccs is not None else None
 
     load = record_loader(hdir, paths, n, mmap=True)
@@ -217,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
             group.save_npy(method_scores_path(args.output, method), scores[method])
         with contextlib.ExitStack() as files:
             targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
-            write_entries(args.dataset_file_list, targets, n)
+            write_entries(index, targets)
     size = sum(os.path.getsize(path) for path in written)
     print(
         f"scored {n} lines over {num_epochs} epochs ({', '.join(args.method)}"

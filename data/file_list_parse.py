@@ -77,15 +77,13 @@ class ParsedBlock:
         return self.data[start : start + int(self.path_len[j])].decode("utf-8")
 
 
-def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
-                block_bytes: Optional[int] = None) -> Iterator[ParsedBlock]:
-    """Parse the open binary file `f` (named `path` in messages) block by block.
-
-    Stops after the first block holding an error (its `error` is set): that error is the
-    first one in file order, as a line-by-line reader would raise it.
-    """
+def read_blocks(f: BinaryIO, block_bytes: Optional[int] = None) -> Iterator[Tuple[bytes, int]]:
+    """(data, base): the open binary file `f` in blocks of whole lines, `data` starting
+    at file offset `base`. A UTF-8 byte-order mark at the start is left out; the last line
+    gets a b"\\n" (past the end of the file) if it has no terminator. The one place where
+    a list's bytes are cut into lines."""
     block_bytes = block_bytes or BLOCK_BYTES
-    base, line0, carry = 0, 0, b""
+    base, carry = 0, b""
     head = f.read(len(BOM))
     if head == BOM:
         base = len(BOM)
@@ -95,24 +93,44 @@ def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
         chunk = f.read(block_bytes)
         data = carry + chunk
         if not chunk:
-            if not data:
-                return
-            if data[-1] not in (_NL, _CR):
-                data += b"\n"  # the last line, without its terminator; the '\n' is past the end of the file
-            cut = len(data) - 1
-        else:
-            # The last terminator; a '\r' at the very end may be the first half of '\r\n'.
-            cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1))
-            if cut < 0:
-                carry = data
-                continue
-        block = parse_block(data[: cut + 1], base, line0, path, num_classes)
+            if data:
+                yield (data if data[-1] in (_NL, _CR) else data + b"\n"), base
+            return
+        # The last terminator; a '\r' at the very end may be the first half of '\r\n'.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if cut == 0:
+            carry = data
+            continue
+        yield data[:cut], base
+        base += cut
+        carry = data[cut:]
+
+
+def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
+                block_bytes: Optional[int] = None) -> Iterator[ParsedBlock]:
+    """Parse the open binary file `f` (named `path` in messages) block by block.
+
+    Stops after the first block holding an error (its `error` is set): that error is the
+    first one in file order, as a line-by-line reader would raise it.
+    """
+    line0 = 0
+    for data, base in read_blocks(f, block_bytes):
+        block = parse_block(data, base, line0, path, num_classes)
         yield block
-        if block.error is not None or not chunk:
+        if block.error is not None:
             return
         line0 += block.num_lines
-        base += cut + 1
-        carry = data[cut + 1 :]
+
+
+def line_ends(buf: np.ndarray, newlines: np.ndarray, crs: np.ndarray) -> np.ndarray:
+    """The terminator of each line of `buf` (whole lines), given the positions of its
+    '\\n' and '\\r' bytes: each '\\n', and each '\\r' not followed by '\\n' (a '\\r'
+    ending the block is lone too)."""
+    if len(crs):
+        lone = crs[buf[np.minimum(crs + 1, len(buf) - 1)] != _NL]
+        if len(lone):
+            return np.union1d(newlines, lone)
+    return newlines
 
 
 def _run_bounds(ws: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -136,16 +154,11 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
     """Parse complete lines (`data` ends with a terminator); line0 lines come before them."""
     padded = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
     buf = padded[: len(data)]
-    n = len(buf)
     # Bytes below '!' (controls and space) are few, about two a line: classify them alone.
     low = np.flatnonzero(buf <= 0x20)
     low_byte = buf[low]
-    terms = low[low_byte == _NL]
     cr = low[low_byte == _CR]
-    if len(cr):
-        lone = cr[buf[np.minimum(cr + 1, n - 1)] != _NL]  # a '\r' ending the block is lone too
-        if len(lone):
-            terms = np.union1d(terms, lone)
+    terms = line_ends(buf, low[low_byte == _NL], cr)
     num_lines = len(terms)
     starts = np.empty(num_lines, dtype=np.int64)
     starts[0] = 0

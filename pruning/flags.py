@@ -4,8 +4,8 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from pruning.dynamic_uncertainty import check_fraction, max_window
-from pruning.history import (check_fingerprint, contiguous_epoch_files, file_list_fingerprint, find_history_dir,
-                             fingerprint_path)
+from data.file_list_index import FileListIndex
+from pruning.history import check_fingerprint, contiguous_epoch_files, find_history_dir, fingerprint_path
 from pruning.scores import METHODS
 
 
@@ -54,12 +54,13 @@ def fraction_keeps(fractions: Sequence[str], num_samples: int) -> Dict[str, int]
     return keeps
 
 
-def open_history(input_dir: str, list_path: str, num_samples: int) -> Tuple[str, List[str]]:
+def open_history(input_dir: str, index: FileListIndex) -> Tuple[str, List[str]]:
     """(history folder, its prob file per epoch) of the run in `input_dir`, after checking
-    that `list_path` is the list it was recorded on (a warning if the run kept no
+    that the indexed list is the one it was recorded on (a warning if the run kept no
     fingerprint; HistoryError naming both files if the list differs)."""
     hdir = find_history_dir(input_dir)
-    if not check_fingerprint(hdir, list_path, file_list_fingerprint(list_path, num_samples)):
+    list_path = index.list_path
+    if not check_fingerprint(hdir, list_path, index.fingerprint()):
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {list_path} is the list it was recorded on", file=sys.stderr)
     return hdir, contiguous_epoch_files(hdir)

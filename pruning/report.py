@@ -22,7 +22,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data.file_list import FileList, FileListError, read_file_list
-from data.list_lines import count_entries
 from pruning import report_figures as figures
 from pruning.flags import check_methods, check_window, check_window_fits, fraction_keeps, open_history
 from pruning.history import HistoryError, check_records, missing_record, record_loader
@@ -78,13 +77,14 @@ class Plan:
     params: ScoreParams
 
 
-def plan_report(args: argparse.Namespace, num_samples: int) -> Plan:
+def plan_report(args: argparse.Namespace, file_list: FileList) -> Plan:
     """Check the flags against the history; ValueError / HistoryError naming the flag or file."""
+    num_samples = len(file_list)
     keeps = fraction_keeps(args.fraction, num_samples)
     if args.method is not None:
         check_methods(args.method)
     check_window(args.window, required=args.method is not None and "dynunc" in args.method)
-    hdir, paths = open_history(args.input, args.dataset_file_list, num_samples)
+    hdir, paths = open_history(args.input, file_list.index)
     num_epochs = len(paths)
     el2n_epochs = parse_epoch_slice(args.epochs, num_epochs) if args.epochs else default_el2n_epochs(num_epochs)
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
@@ -152,18 +152,14 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
-    n = count_entries(args.dataset_file_list)
-    if n == 0:
-        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
-    plan = plan_report(args, n)  # every check that needs no history file read
+    file_list = read_file_list(args.dataset_file_list, root=args.data_root)
+    n = len(file_list)
+    plan = plan_report(args, file_list)  # every check that needs no history file read
     flipped = load_flipped(args.flipped, n) if args.flipped else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     if not methods:
         raise ValueError(f"{plan.hdir}: holds the records of no method (give --method)")
-    file_list = read_file_list(args.dataset_file_list, root=args.data_root)
     labels, class_dirs = class_labels(file_list)
-    if len(labels) != n:
-        raise ValueError(f"{args.dataset_file_list}: changed while being read ({n} lines, now {len(labels)})")
     num_epochs = len(plan.prob_paths)
     load = record_loader(plan.hdir, plan.prob_paths, n)
 
