@@ -106,6 +106,27 @@ def read_blocks(f: BinaryIO, block_bytes: Optional[int] = None) -> Iterator[Tupl
         carry = data[cut:]
 
 
+def iter_lines(f: BinaryIO, path: str, errors: str = "strict") -> Iterator[Tuple[int, str]]:
+    """(line number, text) of each line of the open binary file `f` (named `path` in
+    messages), blank ones included: without its terminator and the byte-order mark,
+    decoded as UTF-8 with `errors` (a str.decode handler; "strict": FileListError naming
+    the line). The line-by-line view of `read_blocks`, for tools that look at every
+    line's text (bytes.splitlines ends lines at exactly '\\n', '\\r\\n' and '\\r')."""
+    lineno = 0
+    for data, _ in read_blocks(f):
+        for raw in data.splitlines():
+            lineno += 1
+            try:
+                text = raw.decode("utf-8", errors)
+            except UnicodeDecodeError as e:
+                raise FileListError(f"{path}:{lineno}: {_not_utf8(e)}") from None
+            yield lineno, text
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return f"the line is not valid UTF-8 ({e.reason} at byte {e.start})"
+
+
 def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
                 block_bytes: Optional[int] = None) -> Iterator[ParsedBlock]:
     """Parse the open binary file `f` (named `path` in messages) block by block.
@@ -211,8 +232,7 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            why = f"the line is not valid UTF-8 ({e.reason} at byte {e.start})"
-            error, error_line = FileListError(f"{path}:{lineno}: {why}"), lineno
+            error, error_line = FileListError(f"{path}:{lineno}: {_not_utf8(e)}"), lineno
             break
         stripped = text.strip()
         if not stripped:

@@ -180,8 +180,9 @@ def test_fingerprint_is_the_sha256_of_the_bytes(tmp_path):
 def test_invalid_utf8_names_the_line(tmp_path):
     path = tmp_path / "list.txt"
     path.write_bytes(b"/a.jpg 0\n/b\xff.jpg 1\n")
-    with pytest.raises(FileListError, match=f"{path}:2: the line is not valid UTF-8"):
-        read_file_list(str(path))
+    for reader in (read_file_list, read_lines):
+        with pytest.raises(FileListError, match=f"{path}:2: the line is not valid UTF-8"):
+            reader(str(path))
 
 
 # -----------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""data/list_lines.py against data.file_list.read_lines (text mode, str.strip()) on
-random lists with blank lines, CRLF and lone CR line ends, Unicode whitespace, a
+"""data/list_lines.py and data.file_list.read_lines against Python's text mode
+(universal newlines, str.strip()) on random lists with blank lines, CRLF and lone CR line ends, Unicode whitespace, a
 missing final newline, and blocks so small that lines and CRLF pairs straddle them."""
 import io
 import os
@@ -16,6 +16,12 @@ PIECES = ["a 0", "", "  ", "\t", "b/c d 1", " x 2 ", "\u00a0", "\u00e9t\u00e9 3"
           "\x85", "z 9", "\u3000y 4", "\x0b\x0c", "n 5\u00a0", "\u00e9 \u00e9 7\t"]
 
 
+def text_mode_lines(path):
+    """The reference: the non-blank lines as Python's text mode reads them."""
+    with open(path, "r", encoding="utf-8-sig") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
 def random_text(rng):
     lines = [rng.choice(PIECES) for _ in range(rng.randint(0, 25))] + ["last 8"]
     text = "".join(line + rng.choice(["\n", "\r\n", "\r"]) for line in lines)
@@ -30,7 +36,8 @@ def test_matches_read_lines(tmp_path, seed):
     for _ in range(40):
         text = random_text(rng)
         path.write_bytes(text.encode("utf-8"))
-        expected = read_lines(str(path))
+        expected = text_mode_lines(path)
+        assert read_lines(str(path)) == expected, text
         index = open_index(str(path))
         n = index.count
         assert n == len(expected), text
