@@ -3,8 +3,8 @@ method names, fractions, the dynunc window, and opening the history of a list.""
 import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pruning.dynamic_uncertainty import check_fraction, max_window
 from data.file_list_index import FileListIndex
+from pruning.dynamic_uncertainty import check_fraction, max_window
 from pruning.history import check_fingerprint, contiguous_epoch_files, find_history_dir, fingerprint_path
 from pruning.scores import METHODS
 

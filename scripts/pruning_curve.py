@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from data.file_list import read_lines  # noqa: E402
+from data.file_list import read_coreset, read_file_list  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
@@ -121,10 +121,10 @@ def train(args, job: Job, train_opts: List[str]) -> dict:
     return record
 
 
-def flipped_share(coreset: Optional[str], index_of: Dict[str, int], flipped: np.ndarray) -> float:
-    if coreset is None:
+def flipped_share(kept: Optional[np.ndarray], flipped: np.ndarray) -> float:
+    """The share of the flipped rows that the coreset's rows `kept` hold (None: the full list)."""
+    if kept is None:
         return 1.0
-    kept = np.array([index_of[line] for line in read_lines(coreset)], dtype=np.int64)
     return float(np.isin(flipped, kept).mean()) if len(flipped) else float("nan")
 
 
@@ -233,11 +233,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(lambda job: train(args, job, opts), jobs))
 
-    index_of = {line: i for i, line in enumerate(read_lines(train_list))}
+    full = len(read_file_list(train_list))
     rows = []
     for job, record in zip(jobs, records):
-        images = len(index_of) if job.coreset is None else len(read_lines(job.coreset))
-        share = flipped_share(job.coreset, index_of, flipped) if len(flipped) else ""
+        kept = None if job.coreset is None else read_coreset(job.coreset, train_list).rows
+        images = full if kept is None else len(kept)
+        share = flipped_share(kept, flipped) if len(flipped) else ""
         rows.append({"labels": labels, "method": job.method, "fraction": job.fraction, "seed": job.seed,
                      "images": images, "top1": round(record["acc1"], 4), "top5": round(record["acc5"], 4),
                      "flipped_kept": "" if share == "" else round(share, 4)})
