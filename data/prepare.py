@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from data.datasets import DATASETS
 from data.file_list import FileListError, parse_line
-from data.file_list_parse import iter_lines
+from data.file_list_parse import iter_lines, label_error
 from data.image_check import KINDS, survey_images
 from utils.io import atomic_open
 
@@ -392,9 +392,9 @@ def check_file_list(path: str, root: Optional[str] = None, num_classes: Optional
                 except UnicodeEncodeError:
                     report.add(lineno, "format", "the line is not valid UTF-8")
                     continue
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                report.add(lineno, "label", f"label {label} is outside {bound}")
+            bad_label = label_error(path, lineno, label, num_classes)
+            if bad_label is not None:
+                report.add(lineno, "label", str(bad_label).removeprefix(f"{path}:{lineno}: "))
             norm = rel.lstrip("/")
             if "//" in norm or "/." in norm or norm.startswith("."):  # normpath is the slow step: only when needed
                 norm = posixpath.normpath(norm)

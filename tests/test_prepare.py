@@ -254,6 +254,15 @@ def test_check_decode_reads_the_first_line_of_a_list_with_byte_order_mark(imagen
     assert f"{saved}:1: undecodable image {imagenet}{lines[0].rsplit(maxsplit=1)[0]}" in out
 
 
+def test_check_refuses_a_label_too_large_for_training(tmp_path, capsys):
+    """The label rule is the training reader's: int32 labels, so 2**31 is a problem."""
+    root = make_tree(tmp_path / "tree", {"n01": ["a.JPEG"], "n02": ["b.JPEG"]})
+    lst = tmp_path / "list.txt"
+    lst.write_text("/n01/a.JPEG 0\n/n02/b.JPEG 2147483648\n")
+    assert main(["check", str(lst), "--root", root]) == 1
+    assert f"{lst}:2: label 2147483648 is too large (at most 2147483647)" in capsys.readouterr().out
+
+
 def test_check_reports_every_problem_with_line_numbers(imagenet, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(
