@@ -1,4 +1,7 @@
-"""Parsing a file list a block of lines at a time, with numpy instead of a Python loop.
+"""The file-list line format, read in one place: `read_blocks` cuts a list's bytes into
+lines for every reader (this module's numpy parser, the coreset copy in list_lines.py,
+and `iter_lines`, the line-by-line view that read_lines and data.prepare's check use).
+Parsing is a block of lines at a time, with numpy instead of a Python loop.
 
 A line is ``<relative path> <label>``: the label is the last whitespace-separated token,
 the path everything before it (it may hold spaces). The rules are those of reading the
