@@ -29,7 +29,8 @@ from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from pruning.recorder import PredictionRecorder
-from utils.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
+                              save_checkpoint)
 from utils.config import load_config
 from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
 from utils.io import atomic_write_text
@@ -79,6 +80,9 @@ def setup_config(args: argparse.Namespace):
     elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
         logging.getLogger("main").warning(
             f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
+    if config.TRAIN.KEEP_CHECKPOINTS < 0:
+        raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
+                         f"N > 0 the newest N")
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
@@ -292,6 +296,8 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
             metrics_log.append(record)
             if (epoch + 1) % config.SAVE_FREQ == 0 or last:
                 save_checkpoint(checkpoint_path(config.OUTPUT, epoch), checkpoint_state(config, epoch, model, ctx, record))
+                if config.TRAIN.KEEP_CHECKPOINTS:  # older ones go only once the new one loads
+                    prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
         barrier()
     return record
 
