@@ -14,6 +14,7 @@ from main import cli
 from test_end_to_end import OPTS, torchrun
 from utils.output_lock import LOCK_NAME, in_use
 
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 

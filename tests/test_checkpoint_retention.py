@@ -6,12 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT, run_main
 from main import cli
 from test_main_modes import CONFIG, opts_for
 from utils.checkpoint import checkpoint_dir, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("restore_root_logging")
 
 
 def ckpts(out):
