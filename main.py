@@ -37,7 +37,7 @@ from utils.io import atomic_write_text
 from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
-from utils.output_lock import lock_output
+from utils.output_lock import OutputInUseError, lock_output
 
 logger = logging.getLogger("main")
 
@@ -90,8 +90,9 @@ def setup_config(args: argparse.Namespace):
 
 
 class InputError(ValueError):
-    """A problem in the config, a file list or the coreset, found at start-up before
-    anything is written under OUTPUT. `primary`: whether this process is the one to say it."""
+    """A problem in the config, a file list or the coreset, or an output folder that a
+    live run holds, found at start-up before anything is written under OUTPUT.
+    `primary`: whether this process is the one to say it."""
 
     def __init__(self, message: str, primary: bool = True):
         super().__init__(message)
@@ -185,7 +186,10 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
     try:
         start_logging(dist_info.rank)  # held in memory until OUTPUT may be written
         config, data = read_inputs(args, dist_info)
-        output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
+        try:
+            output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
+        except OutputInUseError as e:
+            raise InputError(str(e), primary=dist_info.is_primary) from None
         try:
             return run(config, data, dist_info, produce)
         finally:
