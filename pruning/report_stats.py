@@ -2,7 +2,7 @@
 and the history, in O(N) memory per method and O(N log N) time.
 
 Every method's scores are sorted once (pruning/select.py's `rank`: highest first, ties
-to the lower index, NaN last); a sample's position in that order says, for every
+in the seeded random order that get_coreset.py uses with the same --seed, NaN last); a sample's position in that order says, for every
 fraction at once, whether it is kept (position < int(N * fraction), exactly the set
 `select.top` keeps) and which score decile it falls in. Spearman's correlation uses the
 average position of each group of tied scores (NaN scores form one group, ranked last,
@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from pruning.select import rank
+from pruning.select import Cut, rank, top_cut
 
 DECILES = 10
 CHUNK = 1 << 20  # elements per chunk of the dot products (small float64 temporaries)
@@ -29,11 +29,11 @@ class MethodOrder:
     twice_rank: np.ndarray  # 2 x the average position of i's tie group (an integer)
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> "MethodOrder":
+    def of(cls, scores: np.ndarray, seed: int = 0) -> "MethodOrder":
         scores = np.asarray(scores, dtype=np.float64)
         n = len(scores)
         index_type = np.int32 if n < 2 ** 30 else np.int64
-        order = rank(scores).astype(index_type)
+        order = rank(scores, seed).astype(index_type)
         position = np.empty(n, dtype=index_type)
         position[order] = np.arange(n, dtype=index_type)
         return cls(scores, order, position, tie_twice_ranks(scores, order, index_type))
@@ -45,6 +45,10 @@ class MethodOrder:
     def cut(self, keep: int) -> float:
         """The lowest kept score (the threshold drawn on the histogram)."""
         return float(self.scores[self.order[keep - 1]])
+
+    def tie(self, keep: int) -> Cut:
+        """How the cut of `keep` meets ties: M images at the cut score, K kept at random."""
+        return top_cut(self.scores, keep)
 
     def deciles(self) -> np.ndarray:
         """uint8 score decile of each sample: 0 = the highest-scored tenth."""
