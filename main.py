@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
+from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
@@ -106,7 +107,7 @@ def read_inputs(args: argparse.Namespace, dist_info: DistInfo):
     try:
         config = setup_config(args)
         data = load_file_lists(config, coreset=args.coreset)
-    except (ValueError, KeyError, OSError) as e:  # FileListError is a ValueError
+    except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     error = first_error(error)
     if error is not None:
