@@ -101,11 +101,38 @@ def class_kept_fractions(order: MethodOrder, keep: int, labels: np.ndarray, size
         return np.where(sizes > 0, kept / np.maximum(sizes, 1), np.nan)
 
 
-def hardest_hit(fractions: np.ndarray, count: int) -> np.ndarray:
-    """The labels of the `count` classes with the lowest kept fraction (ties: lower label;
-    labels with no sample left out)."""
+def hardest_hit(fractions: np.ndarray, count: int, fraction: float) -> np.ndarray:
+    """The labels of at most `count` classes kept below `fraction` (under-kept), lowest kept
+    fraction first (ties: lower label; labels with no sample left out)."""
     candidates = np.flatnonzero(~np.isnan(fractions))
+    candidates = candidates[fractions[candidates] < fraction]
     return candidates[np.argsort(fractions[candidates], kind="stable")[:count]]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where one budget cuts a method's ranking: the lowest kept score, the images tied
+    at it and how many of them are kept. A cut inside a tie (0 < kept < tied) keeps
+    `kept` of the `tied` images at random; otherwise no image is chosen among ties."""
+
+    score: float
+    tied: int
+    kept: int
+
+    @property
+    def drawn(self) -> int:
+        """Kept images chosen among ties (0 when the whole tie group is kept)."""
+        return self.kept if self.kept < self.tied else 0
+
+
+def tie_cut(order: MethodOrder, keep: int) -> Cut:
+    """The cut of `order` at `keep` (NaN scores are one tie group, ranked last)."""
+    score = order.cut(keep)
+    if np.isnan(score):
+        above, tied = int(np.count_nonzero(~np.isnan(order.scores))), int(np.count_nonzero(np.isnan(order.scores)))
+    else:
+        above, tied = int(np.count_nonzero(order.scores > score)), int(np.count_nonzero(order.scores == score))
+    return Cut(score, tied, keep - above)
 
 
 def flipped_kept_share(order: MethodOrder, keep: int, flipped: np.ndarray) -> float:

@@ -80,11 +80,16 @@ def test_report_files_numbers_and_html(s):
             assert image.format == "PNG" and image.size == size, name
     assert set(os.listdir(s["out"])) == set(sizes) | {"index.html", "report.json"}
 
-    # The page links only to files beside it, and shows every figure.
+    # The page links only to files beside it and to its own sections, and shows every figure.
     page = (s["out"] / "index.html").read_text()
     linked = set(re.findall(r'(?:src|href)="([^"]*)"', page))
-    assert linked == set(sizes) | {"report.json"}
+    anchors = {link for link in linked if link.startswith("#")}
+    assert linked - anchors == set(sizes) | {"report.json"}
+    assert anchors == {f"#{anchor}" for anchor in re.findall(r' id="([^"]+)"', page)} and len(anchors) >= 6
     assert "http" not in page.lower()
+    # Paths relative to the report folder, never absolute; no negative zero.
+    assert str(s["tmp"]) not in page and "../run" in page and "../data/file_list.txt" in page
+    assert not re.search(r"-0\.0+(?![0-9])", page)
 
     # Kept counts, overlap, per-class fractions and flipped shares from select.top.
     scores = expected_scores(s, methods)
@@ -103,7 +108,8 @@ def test_report_files_numbers_and_html(s):
     for m in methods:
         per_class = {f: np.array([kept[m, f][labels == c].mean() for c in range(CLASSES)]) for f in FRACTIONS}
         hardest = numbers["hardest_hit"][m]
-        assert [c["label"] for c in hardest] == list(np.argsort(per_class[reference], kind="stable"))
+        under = [c for c in np.argsort(per_class[reference], kind="stable") if per_class[reference][c] < 0.5]
+        assert [c["label"] for c in hardest] == under  # under-kept classes only, lowest first
         for c in hardest:
             assert c["class"] == f"c{c['label']:02d}" and c["size"] == PER_CLASS
             for f in FRACTIONS:
