@@ -41,8 +41,9 @@ class TopOne:
     std: float  # population standard deviation (0 for one run)
     runs: int
 
-    def text(self) -> str:
-        return f"{self.mean:.2f} +- {self.std:.2f}" + (f" ({self.runs} runs)" if self.runs != 1 else " (1 run)")
+    def text(self, runs: bool = True) -> str:
+        """"mean ± std (n runs)", the runs left out with runs=False."""
+        return f"{self.mean:.2f} ± {self.std:.2f}" + (f" ({self.runs} run{'s' if self.runs > 1 else ''})" if runs else "")
 
 
 def _fraction(text: str, where: str) -> float:

@@ -342,7 +342,7 @@ th{background:#f0f0f0}td.l,th.l{text-align:left}img{max-width:100%;border:1px so
 h2{border-bottom:1px solid #ccc;padding-top:12px}.note{color:#555;font-size:90%}.wide{overflow-x:auto}
 .reading{background:#f6f8fa;border-left:4px solid #1f77b4;padding:8px 12px;max-width:1000px}
 nav ul{columns:2;max-width:700px}tr.best td{font-weight:bold}tr.full td{background:#f4f4f4}
-tr.first td{border-top:2px solid #888}"""
+tr.first td{border-top:2px solid #888}td{white-space:nowrap}"""
 
 LEFT = ' class="l"'
 SECTIONS = (("decision", "Which method, which fraction"), ("histograms", "Score histograms"),
@@ -374,8 +374,8 @@ def _heading(anchor: str) -> str:
     return f"<h2 id=\"{anchor}\">{html.escape(dict(SECTIONS)[anchor])}</h2>"
 
 
-def _top1(value: Optional[dict]) -> str:
-    return "" if value is None else TopOne(**value).text()
+def _top1(value: Optional[dict], runs: bool) -> str:
+    return "" if value is None else TopOne(**value).text(runs)
 
 
 def decision_html(numbers: dict) -> List[str]:
@@ -386,12 +386,15 @@ def decision_html(numbers: dict) -> List[str]:
     accuracy = numbers["full_top1"] is not None or any(r["top1"] is not None for r in rows)
     header = ["method", "keep", "images kept", "smallest class kept", "median class kept", "drawn among ties"]
     header += ["relabelled kept"] if flipped else []
-    header += ["top-1 (%)", "vs the best at this fraction"] if accuracy else []
+    counts = {v["runs"] for v in [numbers["full_top1"]] + [r["top1"] for r in rows] if v is not None}
+    per_cell = len(counts) > 1  # the number of runs in each cell, or once in the header
+    if accuracy:
+        header += ["top-1 (%)" if per_cell else f"top-1 (%), {counts.pop()} runs", "vs the best"]
     table, kinds = [], []
     n = numbers["num_samples"]
     if accuracy:
         table.append(["full data", "1", n, "100%", "100%", "none"] + (["100%"] if flipped else [])
-                     + [_top1(numbers["full_top1"]), ""])
+                     + [_top1(numbers["full_top1"], per_cell), ""])
         kinds.append("full")
     previous = None
     for r in rows:
@@ -402,7 +405,7 @@ def decision_html(numbers: dict) -> List[str]:
         else:
             cells = [r["method"], r["fraction"]] + ["(not scored here)"] + [""] * (3 + flipped)
         if accuracy:
-            cells += [_top1(r["top1"]), r.get("vs_best", "")]
+            cells += [_top1(r["top1"], per_cell), r.get("vs_best", "")]
         table.append(cells)
         kinds.append(" ".join(k for k in ("best" if r.get("vs_best") == "best" else "",
                                            "first" if r["fraction"] != previous else "") if k))
@@ -414,7 +417,7 @@ def decision_html(numbers: dict) -> List[str]:
            "images chosen at random among images of equal score at the cut (see the histograms)."
            + (f" Relabelled kept: the share of the {numbers['flipped']['count']} relabelled images "
               f"({html.escape(numbers['flipped']['file'])}) in the coreset." if flipped else "")
-           + (" Top-1: mean +- population std over the runs (seeds) given with --accuracy; within spread: the "
+           + (" Top-1: mean ± population std over the runs (seeds) given with --accuracy; within spread: the "
               "method's mean + std reaches the best's mean - std; bold: the best." if accuracy else "") + "</p>"]
     if accuracy:
         out.append(_img("accuracy_curve.png", "top-1 against the fraction kept"))

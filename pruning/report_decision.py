@@ -66,8 +66,12 @@ def reading(rows: Sequence[dict], fractions: Sequence[str], numbers: dict, full:
     """One paragraph of plain sentences drawn from the rows."""
     sentences = []
     if any(r["top1"] is not None for r in rows):
+        counts = {v.runs for v in [full] + [r["top1"] for r in rows] if v is not None}
+        per_value = len(counts) > 1  # the number of runs beside each value, or once here
+        if not per_value:
+            sentences.append(f"Top-1 is the mean ± std over {counts.pop()} runs.")
         if full is not None:
-            sentences.append(f"The full training set reaches a top-1 of {full.text()}.")
+            sentences.append(f"The full training set reaches {full.text(per_value)}.")
         for f in fractions:
             block = [r for r in rows if r["fraction"] == f and r["top1"] is not None]
             if not block:
@@ -75,7 +79,7 @@ def reading(rows: Sequence[dict], fractions: Sequence[str], numbers: dict, full:
             best = next(r for r in block if r["vs_best"] == "best")
             close = [r["method"] for r in block if r["vs_best"] == "within spread"]
             below = [r["method"] for r in block if r["vs_best"] == "below"]
-            text = f"At keep {f}, {best['method']} has the best mean top-1 ({best['top1'].text()})"
+            text = f"At keep {f}, {best['method']} has the best mean top-1 ({best['top1'].text(per_value)})"
             if close:
                 text += f"; {_names(close)} {'is' if len(close) == 1 else 'are'} within the seed spread of it"
             if below:

@@ -55,7 +55,7 @@ def axis_name(axis: str) -> str:
 def cut_label(fraction: str, cut: Cut, name: str) -> str:
     """What one fraction's cut keeps, in words."""
     if cut.drawn:
-        return (f"keep {fraction}: inside a tie of {cut.tied} images at {number(cut.score)}; "
+        return (f"keep {fraction}: inside a tie of {cut.tied} images at score {number(cut.score)}; "
                 f"{cut.drawn} kept at random")
     if not np.isfinite(cut.score):
         return f"keep {fraction}: every image down to those at {cut.score} (not drawn)"
