@@ -241,10 +241,13 @@ def accuracy_curve(points: Dict[Tuple[str, float], TopOne], title: str) -> bytes
         ax.axhline(full.mean, color="black", lw=1, ls="--", label=f"full data ({full.mean:.2f})")
         ax.axhspan(full.mean - full.std, full.mean + full.std, color="black", alpha=0.08)
     methods = list(dict.fromkeys(m for m, _ in points if m != FULL))
+    # tab10 without its grey (random's), then tab20's lighter shades: no two methods share a colour
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7] + list(colormaps["tab20"].colors[1::2])
+    others = iter(palette * (1 + len(methods) // len(palette)))
     for method in methods:
         fractions = sorted(f for m, f in points if m == method)
         series = [points[method, f] for f in fractions]
-        style = dict(color="grey", ls=":") if method == "random" else {}
+        style = dict(color="grey", ls=":") if method == "random" else dict(color=next(others))
         ax.errorbar(fractions, [p.mean for p in series], yerr=[p.std for p in series], marker="o", ms=4, capsize=3,
                     label=method, **style)
     ax.set_xlabel("fraction of the training set kept")
