@@ -38,7 +38,7 @@ from data.list_lines import count_entries, write_entries
 from pruning.flags import (check_methods, check_not_repeated, check_window, check_window_fits, fraction_keeps,
                            open_history)
 from pruning.history import HistoryError, check_records, record_loader
-from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
+from pruning.scores import METHODS, ScoreParams, parse_epoch_slice, score_history
 from pruning.select import CCS, Ranking
 from utils.io import atomic_group, remove_stale_temporaries
 
@@ -80,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "then window may be up to the number of epochs)",
     )
     p.add_argument("--epochs", metavar="START:STOP",
-                   help="el2n: the epochs averaged, a Python slice of the recorded epochs 0..K-1. Default: the "
-                   "first 10%% of them, at least one (0:ceil(K/10)); Paul et al. scored early in training and "
-                   "averaged over 10 runs, one run's early epochs stand in for the runs")
-    p.add_argument("--seed", type=int, default=0, help="random: the subset drawn; --ccs: the draws in each bin")
+                   help="el2n: average EL2N over these epochs, a Python slice of the recorded epochs 0..K-1. "
+                   "Default: EL2N of the single epoch K//10 (at least 1), about 10%% into training, as Paul et al. "
+                   "score one early checkpoint; a sample not seen in that epoch takes its next seen epoch's")
+    p.add_argument("--seed", type=int, default=0,
+                   help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
+                   "drawn; --ccs: the draws in each bin")
     p.add_argument("--class-balanced", action="store_true",
                    help="each class keeps its share of the budget, in proportion to its size (largest remainders); "
                    "top scores (or CCS) within the class. Classes: the file list's labels")
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     hdir, paths = open_history(args.input, args.dataset_file_list, n)
     num_epochs = len(paths)
     el2n_epochs = (parse_epoch_slice(args.epochs, num_epochs) if args.epochs is not None and "el2n" in args.method
-                   else default_el2n_epochs(num_epochs))
+                   else None)
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
     check_history(args, hdir, num_epochs, params)
     labels = None
@@ -195,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     scores = score_history(args.method, num_epochs, n, load, params)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
+    cuts = {}  # output -> how its cut meets ties (select.Cut)
     for method in args.method:
-        ranking = Ranking(scores[method], labels)
+        ranking = Ranking(scores[method], labels, args.seed)
         for o in outputs:
             if o.method == method:
                 try:
@@ -207,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError(f"--ccs {args.ccs} with --fraction {o.fraction} ({method}): {e}") from None
                 kept[o] = np.zeros(n, dtype=bool)
                 kept[o][indices] = True
+                if ccs is None:
+                    cuts[o] = ranking.cut(o.keep, class_balanced=args.class_balanced)
     elapsed = time.perf_counter() - t0
     written = [method_scores_path(args.output, m) for m in args.method] + [o.path for o in outputs]
     t1 = time.perf_counter()
@@ -230,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     rule += f", ccs {args.ccs}" if ccs is not None else ""
     for o in outputs:
         detail = "" if (o.method == "dynunc" and not rule) else f", {o.method}{rule}"
-        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}) -> {o.path}")
+        ties = f"; {cuts[o].describe()} (--seed {args.seed})" if o in cuts and cuts[o].tied else ""
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}) -> {o.path}")
     return 0
 
 

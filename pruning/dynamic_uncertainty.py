@@ -26,8 +26,9 @@ numpy 2.4 on x86-64 the scores are bit-for-bit those of the previous implementat
 tests/test_get_coreset.py, which requires agreement to 1e-12 relative, and compared
 bit for bit by ``benchmarks/bench_get_coreset.py --baseline``).
 
-Selection keeps the ``int(N * fraction)`` highest scores; ties go to the lower index
-(the paper's ``np.argsort`` leaves ties in no defined order).
+Selection keeps the ``int(N * fraction)`` highest scores; ties at the cut are drawn at
+random from a seed (the paper's ``np.argsort`` leaves ties in no defined order; with
+float64 scores they are rare, so the paper's coresets are reproduced exactly).
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -267,8 +268,9 @@ def check_fraction(num_samples: int, fraction: float) -> int:
     return keep
 
 
-def select_coreset(scores: np.ndarray, fraction: float, keep: Optional[int] = None) -> np.ndarray:
-    """Indices (ascending) of the int(N * fraction) highest scores; ties: lower index wins.
+def select_coreset(scores: np.ndarray, fraction: float, keep: Optional[int] = None, seed: int = 0) -> np.ndarray:
+    """Indices (ascending) of the int(N * fraction) highest scores; ties at the cut are
+    drawn at random from `seed` (select.py).
 
     `keep` overrides the count (then `fraction` is ignored).
     """
@@ -279,4 +281,4 @@ def select_coreset(scores: np.ndarray, fraction: float, keep: Optional[int] = No
         keep = check_fraction(len(scores), fraction)
     if not (1 <= keep <= len(scores)):
         raise ValueError(f"keep must be in [1, {len(scores)}], got {keep}")
-    return top(scores, keep)
+    return top(scores, keep, seed)

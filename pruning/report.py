@@ -29,8 +29,8 @@ from pruning.report_decision import decision_rows, reading
 from pruning.flags import check_methods, check_window, check_window_fits, fraction_keeps, open_history
 from pruning.history import HistoryError, check_records, missing_record, record_loader
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
-                                  hardest_hit, overlap_matrix, sample_sides, spearman_matrix, tie_cut)
-from pruning.scores import METHODS, ScoreParams, default_el2n_epochs, parse_epoch_slice, score_history
+                                  hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
+from pruning.scores import METHODS, ScoreParams, default_el2n_epoch, parse_epoch_slice, score_history
 from utils.io import atomic_group, remove_stale_temporaries
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
@@ -93,7 +93,7 @@ def plan_report(args: argparse.Namespace, num_samples: int) -> Plan:
     check_window(args.window, required=args.method is not None and "dynunc" in args.method)
     hdir, paths = open_history(args.input, args.dataset_file_list, num_samples)
     num_epochs = len(paths)
-    el2n_epochs = parse_epoch_slice(args.epochs, num_epochs) if args.epochs else default_el2n_epochs(num_epochs)
+    el2n_epochs = parse_epoch_slice(args.epochs, num_epochs) if args.epochs else None
     params = ScoreParams(args.window, args.include_last_window, el2n_epochs, args.seed)
     if args.window is not None:
         check_window_fits(args.window, args.include_last_window, num_epochs, hdir)
@@ -185,19 +185,21 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params)
     scored = time.perf_counter()
-    orders = {m: MethodOrder.of(scores.pop(m)) for m in methods}
+    orders = {m: MethodOrder.of(scores.pop(m), args.seed) for m in methods}
     reference = min(fractions, key=lambda f: (abs(float(f) - 0.5), -float(f)))  # the curves' and tables' fraction
     files: Dict[str, bytes] = {}
     numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": len(class_dirs),
                "methods": methods, "fractions": fractions, "reference_fraction": reference,
                "keep": keeps, "params": {"window": args.window, "include_last_window": args.include_last_window,
-                                         "el2n_epochs": list(plan.params.el2n_epochs), "seed": args.seed}}
+                                         "el2n_epochs": (None if plan.params.el2n_epochs is None
+                                                         else list(plan.params.el2n_epochs)),
+                                         "el2n_epoch": default_el2n_epoch(num_epochs), "seed": args.seed}}
     numbers["kept_counts"] = {m: {f: int(np.count_nonzero(orders[m].kept(keeps[f]))) for f in fractions}
                               for m in methods}
     numbers["cuts"] = {m: {f: _number(orders[m].cut(keeps[f])) for f in fractions} for m in methods}
-    cuts = {m: {f: tie_cut(orders[m], keeps[f]) for f in fractions} for m in methods}
+    cuts = {m: {f: orders[m].tie(keeps[f]) for f in fractions} for m in methods}
     numbers["ties"] = {m: {f: {"score": _number(c.score), "score_text": figures.number(c.score), "tied": c.tied,
-                               "kept": c.kept, "drawn": c.drawn} for f, c in cuts[m].items()} for m in methods}
+                               "drawn": c.drawn} for f, c in cuts[m].items()} for m in methods}
     for m in methods:
         files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()))
     add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)

@@ -6,6 +6,7 @@ height are whole pixels), given by the `*_size` functions, so that a reader (or 
 knows what to expect whatever the data.
 """
 import io
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from pruning.accuracy import FULL, TopOne
-from pruning.report_stats import Cut
+from pruning.select import Cut
 
 DPI = 100
 THUMB = 96  # thumbnail side, pixels
@@ -54,9 +55,8 @@ def axis_name(axis: str) -> str:
 
 def cut_label(fraction: str, cut: Cut, name: str) -> str:
     """What one fraction's cut keeps, in words."""
-    if cut.drawn:
-        return (f"keep {fraction}: inside a tie of {cut.tied} images at score {number(cut.score)}; "
-                f"{cut.drawn} kept at random")
+    if cut.tied:  # select.py's words; + 0.0 turns a score of -0.0 into 0.0
+        return f"keep {fraction}: {replace(cut, score=cut.score + 0.0).describe()}"
     if not np.isfinite(cut.score):
         return f"keep {fraction}: every image down to those at {cut.score} (not drawn)"
     return f"keep {fraction}: {name} >= {number(cut.score)}"

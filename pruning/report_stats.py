@@ -2,7 +2,7 @@
 and the history, in O(N) memory per method and O(N log N) time.
 
 Every method's scores are sorted once (pruning/select.py's `rank`: highest first, ties
-to the lower index, NaN last); a sample's position in that order says, for every
+in the seeded random order that get_coreset.py uses with the same --seed, NaN last); a sample's position in that order says, for every
 fraction at once, whether it is kept (position < int(N * fraction), exactly the set
 `select.top` keeps) and which score decile it falls in. Spearman's correlation uses the
 average position of each group of tied scores (NaN scores form one group, ranked last,
@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from pruning.select import rank
+from pruning.select import Cut, rank, top_cut
 
 DECILES = 10
 CHUNK = 1 << 20  # elements per chunk of the dot products (small float64 temporaries)
@@ -29,11 +29,11 @@ class MethodOrder:
     twice_rank: np.ndarray  # 2 x the average position of i's tie group (an integer)
 
     @classmethod
-    def of(cls, scores: np.ndarray) -> "MethodOrder":
+    def of(cls, scores: np.ndarray, seed: int = 0) -> "MethodOrder":
         scores = np.asarray(scores, dtype=np.float64)
         n = len(scores)
         index_type = np.int32 if n < 2 ** 30 else np.int64
-        order = rank(scores).astype(index_type)
+        order = rank(scores, seed).astype(index_type)
         position = np.empty(n, dtype=index_type)
         position[order] = np.arange(n, dtype=index_type)
         return cls(scores, order, position, tie_twice_ranks(scores, order, index_type))
@@ -45,6 +45,10 @@ class MethodOrder:
     def cut(self, keep: int) -> float:
         """The lowest kept score (the threshold drawn on the histogram)."""
         return float(self.scores[self.order[keep - 1]])
+
+    def tie(self, keep: int) -> Cut:
+        """How the cut of `keep` meets ties: M images at the cut score, K kept at random."""
+        return top_cut(self.scores, keep)
 
     def deciles(self) -> np.ndarray:
         """uint8 score decile of each sample: 0 = the highest-scored tenth."""
@@ -107,32 +111,6 @@ def hardest_hit(fractions: np.ndarray, count: int, fraction: float) -> np.ndarra
     candidates = np.flatnonzero(~np.isnan(fractions))
     candidates = candidates[fractions[candidates] < fraction]
     return candidates[np.argsort(fractions[candidates], kind="stable")[:count]]
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Where one budget cuts a method's ranking: the lowest kept score, the images tied
-    at it and how many of them are kept. A cut inside a tie (0 < kept < tied) keeps
-    `kept` of the `tied` images at random; otherwise no image is chosen among ties."""
-
-    score: float
-    tied: int
-    kept: int
-
-    @property
-    def drawn(self) -> int:
-        """Kept images chosen among ties (0 when the whole tie group is kept)."""
-        return self.kept if self.kept < self.tied else 0
-
-
-def tie_cut(order: MethodOrder, keep: int) -> Cut:
-    """The cut of `order` at `keep` (NaN scores are one tie group, ranked last)."""
-    score = order.cut(keep)
-    if np.isnan(score):
-        above, tied = int(np.count_nonzero(~np.isnan(order.scores))), int(np.count_nonzero(np.isnan(order.scores)))
-    else:
-        above, tied = int(np.count_nonzero(order.scores > score)), int(np.count_nonzero(order.scores == score))
-    return Cut(score, tied, keep - above)
 
 
 def flipped_kept_share(order: MethodOrder, keep: int, flipped: np.ndarray) -> float:

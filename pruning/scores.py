@@ -10,7 +10,7 @@ in a statistic's range scores NaN, which ranks below every number (select.py).
 A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
 and one row in METHODS.
 """
-import math
+import dataclasses
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -31,8 +31,9 @@ class ScoreParams:
 
     window: Optional[int] = None  # dynunc: --window
     include_last: bool = False  # dynunc: --include-last-window
-    el2n_epochs: Optional[Sequence[int]] = None  # el2n: --epochs, resolved (None: default_el2n_epochs)
+    el2n_epochs: Optional[Sequence[int]] = None  # el2n: --epochs, resolved; None: default_el2n_epoch
     seed: int = 0  # random: --seed
+    el2n_start: Optional[int] = None  # el2n without --epochs: default_el2n_epoch(K) (score_history sets it)
 
 
 def _chunks(n: int) -> List[slice]:
@@ -86,6 +87,29 @@ class SeenMean(Accumulator):
         return self.finish(mean)
 
 
+class FirstSeen(Accumulator):
+    """One record's value in epoch `start`, or, for a sample not seen then, at its next
+    seen epoch (NaN if never seen again): a checkpoint's score, as scoring the weights
+    saved at `start` would give, with the few samples that epoch's sharding left out
+    taken at their next presentation. Later epochs are read only while some sample
+    still has no value."""
+
+    def __init__(self, n: int, kind: str, start: int):
+        super().__init__()
+        self.kind, self.start = kind, start
+        self.values = np.full(n, np.nan)
+
+    def wants(self, epoch: int) -> bool:
+        return epoch == self.start or (epoch > self.start and bool(np.isnan(self.values).any()))
+
+    def update(self, epoch: int, records: Mapping[str, np.ndarray], rows: slice) -> None:
+        values = self.values[rows]
+        np.copyto(values, records[self.kind][rows], where=np.isnan(values))
+
+    def result(self) -> np.ndarray:
+        return self.values
+
+
 class SeenStd(Accumulator):
     """Population standard deviation (ddof 0) of one record over the seen epochs, by
     Welford's update (no cancellation for near-constant values); NaN if never seen."""
@@ -123,9 +147,11 @@ class SeenStd(Accumulator):
 
 
 class ForgettingEvents(Accumulator):
-    """Toneva et al.: the number of epochs e >= 1 with correct[e-1] = 1 and correct[e] = 0
-    (a pair with an unseen side does not count); +inf for a sample never correct in a
-    seen epoch (never learned, so never forgotten: the hardest)."""
+    """Toneva et al.: the number of times a sample goes from correct to wrong between two
+    consecutive *seen* presentations (an unseen epoch in between is skipped: correct,
+    unseen, wrong is one event), as the authors' code counts over each sample's list of
+    presentations; +inf for a sample never correct in a seen epoch (never learned: the
+    hardest; their code ranks these above every forgetting count)."""
 
     def __init__(self, n: int):
         super().__init__()
@@ -138,7 +164,7 @@ class ForgettingEvents(Accumulator):
         previous, learned = self.previous[rows], self.learned[rows]
         self.events[rows] += (previous == 1) & (c == 0)
         learned |= c == 1
-        previous[:] = c
+        np.copyto(previous, c, where=c >= 0)  # an unseen epoch leaves the last seen value
 
     def result(self) -> np.ndarray:
         scores = self.events.astype(np.float64)
@@ -161,11 +187,12 @@ class UniformRandom(Accumulator):
         return np.random.default_rng(self.seed).random(self.n)
 
 
-def default_el2n_epochs(num_epochs: int) -> range:
-    """The first 10% of the recorded epochs, at least one: Paul et al. scored EL2N early in
-    training (epoch 20 of 200 on CIFAR-10) and averaged over 10 runs; the mean over one
-    run's early epochs stands in for the runs."""
-    return range(max(1, math.ceil(num_epochs / 10)))
+def default_el2n_epoch(num_epochs: int) -> int:
+    """The epoch whose EL2N is the default score: K // 10 (at least 1, at most K - 1),
+    the weights after about 10% of training. Paul et al. score one checkpoint early in
+    training (epoch 20 of 200) and average over independent runs; one run has one such
+    checkpoint. Epoch 0 is left out: the network is untrained then."""
+    return max(0, min(num_epochs - 1, max(1, num_epochs // 10)))
 
 
 def parse_epoch_slice(text: str, num_epochs: int) -> range:
@@ -217,9 +244,11 @@ METHODS: Dict[str, Method] = {
     "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
                          "Toneva et al. 2019", axis="forgetting events (count; +inf: never correct)",
                          make=lambda n, p: ForgettingEvents(n)),
-    "el2n": Method(("el2n",), "mean ||softmax - one-hot||_2 over the --epochs slice",
+    "el2n": Method(("el2n",), "||softmax - one-hot||_2 at epoch K // 10 (the next seen epoch for a sample not "
+                   "seen then); with --epochs, its mean over that slice",
                    "Paul et al. 2021", axis="EL2N (distance of the softmax to the one-hot label, 0 to 1.41)",
-                   make=lambda n, p: SeenMean(n, "el2n", p.el2n_epochs), epoch_slice=True,
+                   make=lambda n, p: (FirstSeen(n, "el2n", p.el2n_start) if p.el2n_epochs is None
+                                      else SeenMean(n, "el2n", p.el2n_epochs)), epoch_slice=True,
                    flags=("--epochs",)),
     "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
                   "Pleiss et al. 2020", axis="negated AUM (minus the mean margin, in logits)",
@@ -241,7 +270,9 @@ def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int
     if not method.needs:
         return ()
     if method.epoch_slice:
-        return params.el2n_epochs if params.el2n_epochs is not None else default_el2n_epochs(num_epochs)
+        if params.el2n_epochs is None:
+            return range(default_el2n_epoch(num_epochs), num_epochs)  # FirstSeen may read on
+        return params.el2n_epochs
     return range(num_epochs)
 
 
@@ -256,8 +287,8 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
-    if params.el2n_epochs is None:
-        params = ScoreParams(params.window, params.include_last, default_el2n_epochs(num_epochs), params.seed)
+    if params.el2n_epochs is None and params.el2n_start is None:
+        params = dataclasses.replace(params, el2n_start=default_el2n_epoch(num_epochs))
     accumulators = {name: METHODS[name].make(num_samples, params) for name in names if METHODS[name].make}
     streams = [name for name in names if METHODS[name].stream]
     if len(streams) > 1:

@@ -1,15 +1,23 @@
 """Which samples a coreset keeps, given one score per sample (higher = kept first).
 
-- top: the `keep` highest scores; ties go to the lower index; NaN (no data) ranks last
-  (found by partition, O(N), for each budget);
+- top: the `keep` highest scores; NaN (no data) ranks last (found by partition, O(N),
+  for each budget);
 - class-balanced: each class keeps its share of `keep` in proportion to its size
   (largest remainders, ties to the lower class index), chosen within the class by the
-  rule below;
+  rule above or below;
 - CCS, coverage-centric selection (Zheng et al. 2023, ICLR): drop the int(beta * n)
   hardest (highest-ranked) candidates, split the rest into `bins` equal-width score
   bins, and spread the budget over the bins, smallest bin first: each takes
   min(its size, remaining budget // bins left), sampled uniformly with a seeded
   generator. NaN-scored samples are never candidates.
+
+Ties at a cut are broken by a seeded uniform draw, never by position in the list
+(ImageNet lists are sorted by class, so "lower index first" would prune whole classes
+when scores are coarse, as forgetting counts are): each sample gets a pseudo-random
+priority from (seed, its index), `tie_priority`, and among equal scores the lower
+priority ranks first. The priority of a sample does not depend on the other samples,
+so the kept sets of several fractions are nested, and a score without ties at the cut
+selects exactly what it did before. `Cut` says how many kept images were drawn.
 
 `Ranking` sorts a method's scores at most once, so that several fractions share the sort.
 Every selection returns the kept indices in ascending order and depends only on
@@ -19,6 +27,45 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection of uint64 whose outputs look uniform."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def tie_priority(indices: np.ndarray, seed: int) -> np.ndarray:
+    """uint64 priority of each sample index for breaking ties (lower first): a seeded
+    hash of the index, so any subset of tied samples is put in a uniformly random
+    order, the same whichever other samples are tied with it."""
+    with np.errstate(over="ignore"):
+        key = _mix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) * _GOLDEN + _GOLDEN)
+        return _mix64(np.asarray(indices).astype(np.uint64) * _GOLDEN + key)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Where a budget cuts the ranking. `tied` images score exactly at a cut that falls
+    inside a group of equal scores, and `drawn` of them are kept, chosen at random
+    (0 and 0 when the cut falls between two different scores). `score`: the lowest
+    kept score (None for class-balanced selection, where each class has its own cut;
+    then `tied` and `drawn` are summed over the classes)."""
+
+    score: Optional[float]
+    tied: int
+    drawn: int
+
+    def describe(self) -> str:
+        if not self.tied:
+            return "no tie at the cut"
+        where = f" at score {self.score:.6g}" if self.score is not None else " at the classes' cuts"
+        return f"inside a tie of {self.tied} images{where}; {self.drawn} kept at random"
 
 
 @dataclass(frozen=True)
@@ -34,26 +81,58 @@ class CCS:
             raise ValueError(f"--ccs-bins must be >= 1, got {self.bins}")
 
 
-def rank(scores: np.ndarray) -> np.ndarray:
-    """Indices from the first kept to the last: highest score first, ties to the lower
-    index (a stable sort of the negated scores), NaN last."""
+def _tie_groups(ordered: np.ndarray) -> np.ndarray:
+    """For scores in rank order: True at each position that starts a new group of equal
+    scores (NaNs are one group)."""
+    same = ordered[1:] == ordered[:-1]
+    same |= np.isnan(ordered[1:]) & np.isnan(ordered[:-1])
+    return np.concatenate([[True], ~same])
+
+
+def rank(scores: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Indices from the first kept to the last: highest score first, ties in the order
+    of tie_priority(index, seed), NaN last."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
-    return np.argsort(-scores, kind="stable")
+    order = np.argsort(-scores, kind="stable")
+    starts = _tie_groups(scores[order])
+    in_tie = ~starts
+    in_tie[:-1] |= ~starts[1:]  # every member of a group of two or more
+    tied = np.flatnonzero(in_tie)
+    if len(tied):
+        group = np.cumsum(starts)[tied]
+        members = order[tied]
+        order[tied] = members[np.lexsort((tie_priority(members, seed), group))]
+    return order
 
 
-def top(scores: np.ndarray, keep: int) -> np.ndarray:
-    """The first `keep` of rank(scores), ascending, in O(N): a partition finds the
-    keep-th score, then every score above it and the lowest-index ties at it are kept
-    (what a stable sort would put first; NaN, partitioned last, only if needed)."""
+def _partition_cut(scores: np.ndarray, keep: int):
+    """(kth score, indices strictly above it, indices equal to it) for the keep-th
+    highest score, NaN counting as lowest; O(N)."""
     neg = -np.asarray(scores, dtype=np.float64)
     kth = np.partition(neg, keep - 1)[keep - 1]
     if np.isnan(kth):
-        above, at = np.flatnonzero(~np.isnan(neg)), np.flatnonzero(np.isnan(neg))
-    else:
-        above, at = np.flatnonzero(neg < kth), np.flatnonzero(neg == kth)
-    return np.sort(np.concatenate([above, at[: keep - len(above)]]))
+        return kth, np.flatnonzero(~np.isnan(neg)), np.flatnonzero(np.isnan(neg))
+    return kth, np.flatnonzero(neg < kth), np.flatnonzero(neg == kth)
+
+
+def top(scores: np.ndarray, keep: int, seed: int = 0) -> np.ndarray:
+    """The first `keep` of rank(scores, seed), ascending, in O(N): a partition finds the
+    keep-th score, then every score above it and the ties at it with the lowest
+    priority are kept (NaN, partitioned last, only if needed)."""
+    _, above, at = _partition_cut(scores, keep)
+    need = keep - len(above)
+    if need < len(at):
+        at = at[np.argsort(tie_priority(at, seed), kind="stable")[:need]]
+    return np.sort(np.concatenate([above, at]))
+
+
+def top_cut(scores: np.ndarray, keep: int) -> Cut:
+    """The Cut of top(scores, keep, seed) (it does not depend on the seed)."""
+    kth, above, at = _partition_cut(scores, keep)
+    need = keep - len(above)
+    return Cut(float(-kth), len(at), need) if need < len(at) else Cut(float(-kth), 0, 0)
 
 
 def class_quotas(labels: np.ndarray, keep: int) -> np.ndarray:
@@ -111,18 +190,19 @@ class Ranking:
     """One method's scores, sorted once (when a rule needs the order) and shared by
     every budget; `select` gives the kept indices for one budget."""
 
-    def __init__(self, scores: np.ndarray, labels: Optional[np.ndarray] = None):
+    def __init__(self, scores: np.ndarray, labels: Optional[np.ndarray] = None, seed: int = 0):
         self.scores = np.asarray(scores, dtype=np.float64)
         if self.scores.ndim != 1:
             raise ValueError(f"scores must be 1-D, got shape {self.scores.shape}")
         self.labels = labels
+        self.seed = seed
         self._order = None
         self._by_class = None
 
     @property
     def order(self) -> np.ndarray:
         if self._order is None:
-            self._order = rank(self.scores)
+            self._order = rank(self.scores, self.seed)
         return self._order
 
     def _grouped(self):
@@ -142,7 +222,7 @@ class Ranking:
             raise ValueError(f"keep must be in [1, {n}], got {keep}")
         if not class_balanced:
             if ccs is None:
-                return top(self.scores, keep)
+                return top(self.scores, keep, self.seed)
             return ccs_select(self.scores, self.order, keep, ccs, np.random.default_rng(ccs.seed))
         grouped, starts = self._grouped()
         quotas = class_quotas(self.labels, keep)
@@ -155,3 +235,24 @@ class Ranking:
                             what=f"samples of class {c}")
                  for c in range(len(quotas)) if quotas[c] > 0]
         return np.sort(np.concatenate(parts))
+
+    def cut(self, keep: int, class_balanced: bool = False) -> Cut:
+        """How the top / class-balanced selection of `keep` meets ties (not CCS, which
+        samples within score bins)."""
+        if not class_balanced:
+            return top_cut(self.scores, keep)
+        grouped, starts = self._grouped()
+        quotas = class_quotas(self.labels, keep)
+        classes = np.flatnonzero(quotas)
+        last = grouped[starts[classes] + quotas[classes] - 1]  # each class's lowest kept sample
+        cut = np.full(len(quotas), np.nan)
+        cut[classes] = self.scores[last]
+        member_cut = cut[self.labels]
+        at = (self.scores == member_cut) | (np.isnan(self.scores) & np.isnan(member_cut) & (quotas[self.labels] > 0))
+        tied = np.bincount(self.labels[at], minlength=len(quotas))
+        label_of = self.labels[grouped]
+        kept_rows = np.zeros(len(self.scores), dtype=bool)
+        kept_rows[grouped[(np.arange(len(grouped)) - starts[label_of]) < quotas[label_of]]] = True
+        kept_at = np.bincount(self.labels[at & kept_rows], minlength=len(quotas))
+        broken = kept_at < tied
+        return Cut(None, int(tied[broken].sum()), int(kept_at[broken].sum()))

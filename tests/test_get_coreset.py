@@ -20,6 +20,7 @@ if ROOT not in sys.path:
 import get_coreset  # noqa: E402
 from conftest import run_main  # noqa: E402
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
+from pruning.select import tie_priority  # noqa: E402
 from pruning.history import HistoryError, load_epoch_prob  # noqa: E402
 
 
@@ -236,26 +237,37 @@ def test_too_short_history_and_bad_shape():
         dynamic_uncertainty_scores(columns(p, unseen), 10, 2, threads=0)
 
 
-def test_tie_break_lower_index_wins():
+def seeded_keep(scores, keep, seed):
+    """Highest score first, NaN last, ties by the seeded priority of the index."""
+    priority = tie_priority(np.arange(len(scores)), seed)
+    ranked = sorted(range(len(scores)),
+                    key=lambda i: (np.isnan(scores[i]), 0.0 if np.isnan(scores[i]) else -scores[i], priority[i], i))
+    return sorted(ranked[:keep])
+
+
+def test_ties_at_the_cut_are_drawn_from_the_seed():
     scores = np.array([1.0, 3.0, 2.0, 3.0, 2.0, 2.0, 0.5])
-    assert select_coreset(scores, 2 / 7).tolist() == [1, 3]
-    assert select_coreset(scores, 3 / 7).tolist() == [1, 2, 3]
-    assert select_coreset(scores, 4 / 7).tolist() == [1, 2, 3, 4]
-    assert select_coreset(np.zeros(10), 0.3).tolist() == [0, 1, 2]
+    assert select_coreset(scores, 2 / 7).tolist() == [1, 3]  # no tie at the cut: as before
+    assert select_coreset(scores, 5 / 7).tolist() == [1, 2, 3, 4, 5]
+    drawn = {tuple(select_coreset(scores, 3 / 7, seed=seed).tolist()) for seed in range(20)}
+    assert drawn == {(1, 2, 3), (1, 3, 4), (1, 3, 5)}  # one of the three 2.0s, whichever the seed draws
     many = np.random.default_rng(0).integers(0, 3, 5000).astype(np.float64)  # ties everywhere
     for fraction in (0.1, 0.5, 0.9):
-        assert select_coreset(many, fraction).tolist() == reference_keep(many, fraction)
+        for seed in (0, 1):
+            assert select_coreset(many, fraction, seed=seed).tolist() == seeded_keep(many, int(5000 * fraction), seed)
 
 
-def test_selection_equals_a_stable_sort():
-    """Including NaN scores (kept last, lower index first) and signed zeros."""
+def test_selection_equals_the_seeded_ranking():
+    """Including NaN scores (kept last, also drawn when tied) and signed zeros (equal)."""
     rng = np.random.default_rng(1)
     for trial in range(200):
         n = int(rng.integers(1, 60))
         scores = rng.choice([0.0, -0.0, 1.0, 2.5, np.nan, 1e-300, 3.0], n) if trial % 2 else rng.random(n)
         for keep in range(1, n + 1):
-            expected = np.sort(np.argsort(-scores, kind="stable")[:keep])
-            assert np.array_equal(select_coreset(scores, 1.0, keep=keep), expected), (scores, keep)
+            expected = seeded_keep(scores, keep, trial)
+            assert select_coreset(scores, 1.0, keep=keep, seed=trial).tolist() == expected, (scores, keep)
+            if trial % 2 == 0:  # no ties: what the paper's rule (and a stable sort) keeps
+                assert expected == sorted(np.argsort(-scores, kind="stable")[:keep].tolist())
 
 
 # -----------------------------------------------------------------------------
@@ -353,9 +365,11 @@ def test_cli_tie_break(setup):
     hdir = s["tmp"] / "flat"
     p = np.tile(np.linspace(0.1, 0.9, s["k"], dtype=np.float32), (s["n"], 1))  # every sample alike
     write_npy_history(str(hdir), p, np.zeros_like(p, dtype=bool))
-    code, _, _ = run_cli(cli_args(s, input=hdir, fraction=0.25))
+    code, out, _ = run_cli(cli_args(s, input=hdir, fraction=0.25) + ["--seed", "3"])
     assert code == 0
-    assert read_text(s["tmp"] / "core.txt") == s["lines"][:15]
+    expected = np.sort(np.argsort(tie_priority(np.arange(60), 3), kind="stable")[:15])
+    assert read_text(s["tmp"] / "core.txt") == [s["lines"][i] for i in expected]  # a draw, not the first 15 lines
+    assert "inside a tie of 60 images at score" in out and "15 kept at random (--seed 3)" in out
 
 
 def test_include_last_window_flag(setup):

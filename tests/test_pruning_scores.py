@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
-from pruning.scores import (METHODS, ScoreParams, default_el2n_epochs, epochs_read, parse_epoch_slice,
+from pruning.scores import (METHODS, ScoreParams, default_el2n_epoch, epochs_read, parse_epoch_slice,
                             score_history)
-from pruning.select import CCS, Ranking, ccs_select, class_quotas, rank
+from pruning.select import CCS, Cut, Ranking, ccs_select, class_quotas, rank, tie_priority, top
 
 nan = np.nan
 
@@ -71,17 +71,21 @@ def test_el2n_over_an_epoch_slice_and_the_default():
     s, loads = score(["el2n"], el2n_epochs=range(0, 2))
     np.testing.assert_allclose(s["el2n"], [(1.0 + f32(0.6)) / 2, f32(0.1), nan, f32(0.8)], rtol=1e-12)
     assert sorted(loads) == [(0, "el2n"), (1, "el2n")]  # epoch 2 is not read
-    s, loads = score(["el2n"])  # default for K = 3: ceil(3 / 10) = 1 epoch, epoch 0
-    np.testing.assert_allclose(s["el2n"], [1.0, f32(0.1), nan, f32(0.8)], rtol=1e-12)
-    assert loads == [(0, "el2n")]
-    assert list(default_el2n_epochs(90)) == list(range(9))
-    assert list(default_el2n_epochs(1)) == [0]
+    # default for K = 3: epoch max(1, 3 // 10) = 1; sample 1, unseen then, takes epoch 2;
+    # sample 2 is never seen, so epoch 2 is read as well
+    s, loads = score(["el2n"])
+    np.testing.assert_allclose(s["el2n"], [f32(0.6), f32(0.3), nan, f32(0.8)], rtol=1e-12)
+    assert loads == [(1, "el2n"), (2, "el2n")]
+    seen = {kind: v[[0, 3]] for kind, v in RECORDS.items()}  # every sample seen in epoch 1
+    s, loads = score(["el2n"], records=seen)
+    assert loads == [(1, "el2n")]  # nothing left to fill: later epochs are not read
+    assert [default_el2n_epoch(k) for k in (1, 2, 8, 12, 90, 300)] == [0, 1, 1, 1, 9, 30]
 
 
 # Forgetting: a correctness table with unseen epochs (-1) and never-learned samples.
 FORGET = np.array([
     [1, 0, 1, 0, 1, 1],     # forgotten at e=1 and e=3: 2
-    [1, -1, 0, 1, 0, 0],    # 1 -> unseen -> 0 is not counted; 1 -> 0 at e=4: 1
+    [1, -1, 0, 1, 0, 0],    # 1 -> unseen -> 0 counts (consecutive seen presentations); 1 -> 0 at e=4: 2
     [0, 0, -1, 0, 0, 0],    # never correct: +inf
     [-1, -1, -1, -1, -1, -1],  # never seen, so never correct in a seen epoch: +inf
     [0, 1, 1, 1, 1, 1],     # learned, never forgotten: 0
@@ -93,7 +97,7 @@ FORGET = np.array([
 def test_forgetting_events():
     records = {"correct": FORGET, "prob": np.zeros(FORGET.shape, dtype=np.float32)}
     s, loads = score(["forgetting"], records=records)
-    assert s["forgetting"].tolist() == [2.0, 1.0, math.inf, math.inf, 0.0, 1.0, 2.0]
+    assert s["forgetting"].tolist() == [2.0, 2.0, math.inf, math.inf, 0.0, 1.0, 2.0]
     assert {kind for _, kind in loads} == {"correct"}
 
 
@@ -169,11 +173,63 @@ def test_parse_epoch_slice_refusals(text, message):
 # -----------------------------------------------------------------------------
 # Selection
 # -----------------------------------------------------------------------------
-def test_rank_ties_lower_index_nan_last_inf_first():
+def test_rank_ties_by_seeded_priority_nan_last_inf_first():
     scores = np.array([1.0, nan, 3.0, math.inf, 3.0, 1.0])
-    assert rank(scores).tolist() == [3, 2, 4, 0, 5, 1]
-    assert Ranking(scores).select(2).tolist() == [2, 3]
-    assert Ranking(scores).select(5).tolist() == [0, 2, 3, 4, 5]
+    for seed in range(8):
+        first, second = sorted([2, 4], key=lambda i: tie_priority(np.array([i]), seed)[0])
+        low = sorted([0, 5], key=lambda i: tie_priority(np.array([i]), seed)[0])
+        assert rank(scores, seed).tolist() == [3, first, second, *low, 1]
+        assert Ranking(scores, seed=seed).select(2).tolist() == sorted([3, first])
+        assert Ranking(scores, seed=seed).select(5).tolist() == [0, 2, 3, 4, 5]
+        assert Ranking(scores, seed=seed).cut(2) == Cut(3.0, 2, 1)
+        assert Ranking(scores, seed=seed).cut(3) == Cut(3.0, 0, 0)  # between two scores: no draw
+
+
+def test_ties_at_a_cut_are_a_uniform_draw_never_list_order():
+    """Coarse scores on a class-sorted list (forgetting counts are mostly 0): the kept
+    tied images are spread over the list, not its first lines; every tied image is kept
+    with the same probability over seeds; fractions are nested; untied cuts unchanged."""
+    labels = np.repeat(np.arange(10), 100)
+    scores = np.zeros(1000)
+    scores[::7] = 2.0  # 143 strictly above the tie of 857 zeros
+    for seed in range(3):
+        kept = top(scores, 500, seed)
+        assert (scores[kept] == 2.0).sum() == 143
+        per_class = np.bincount(labels[kept], minlength=10)
+        assert per_class.min() >= 30 and per_class.max() <= 70, per_class  # list order would give 100 and 14
+        assert Ranking(scores, seed=seed).cut(500) == Cut(0.0, 857, 357)
+        assert set(top(scores, 300, seed)) <= set(kept) <= set(top(scores, 700, seed))  # nested
+        assert np.array_equal(kept, np.sort(rank(scores, seed)[:500]))
+    assert not np.array_equal(top(scores, 500, 0), top(scores, 500, 1))
+    # each of 10 tied images kept with probability 3/10 over 4,000 seeds (5-sigma bound)
+    tie = np.array([5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    counts = np.zeros(len(tie))
+    for seed in range(4000):
+        counts[top(tie, 4, seed)] += 1
+    share = counts[1:11] / 4000
+    assert np.abs(share - 0.3).max() < 5 * math.sqrt(0.3 * 0.7 / 4000), share
+    assert counts[0] == 4000 and counts[11] == 0
+    distinct = np.random.default_rng(0).random(1000)  # no ties: the seed changes nothing
+    assert np.array_equal(top(distinct, 321, 0), top(distinct, 321, 9))
+    assert np.array_equal(top(distinct, 321, 5), np.sort(np.argsort(-distinct)[:321]))
+
+
+def test_class_balanced_ties_are_drawn_within_each_class():
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    scores = np.zeros(100)
+    scores[[3, 60]] = 1.0
+    ranking = Ranking(scores, labels, seed=4)
+    kept = ranking.select(50, class_balanced=True)
+    assert np.bincount(labels[kept]).tolist() == [25, 15, 10]
+    assert {3, 60} <= set(kept.tolist())
+    assert kept[labels[kept] == 0].tolist() != list(range(25))  # not the first lines of the class
+    for c, q in ((0, 25), (1, 15), (2, 10)):
+        members = np.flatnonzero((labels == c) & (scores == 0))
+        need = q - int(((labels == c) & (scores == 1)).sum())
+        expected = members[np.argsort(tie_priority(members, 4), kind="stable")[:need]]
+        assert sorted(kept[(labels[kept] == c) & (scores[kept] == 0)].tolist()) == sorted(expected.tolist())
+    assert ranking.cut(50, class_balanced=True) == Cut(None, 49 + 29 + 20, 24 + 14 + 10)
+    assert Ranking(np.arange(100.0), labels).cut(50, class_balanced=True) == Cut(None, 0, 0)
 
 
 def test_class_quotas_largest_remainder():
@@ -302,8 +358,31 @@ def _random_history(n, k, seed):
     return {"prob": prob, "margin": margin, "el2n": el2n, "correct": correct}
 
 
+def _authors_forgetting(correct):
+    """Toneva et al.'s arithmetic, per sample over its list of presentations (the
+    epochs in which it was seen): a forgetting event is a 1 followed by a 0 in that
+    list; a sample never correct is unlearned (+inf: ranked above every count)."""
+    out = np.empty(len(correct))
+    for i, row in enumerate(correct):
+        presented = [int(c) for c in row if c != -1]
+        events = sum(1 for a, b in zip(presented, presented[1:]) if a == 1 and b == 0)
+        out[i] = events if 1 in presented else math.inf
+    return out
+
+
+def _first_seen_from(values, start):
+    """EL2N of one checkpoint: the value at epoch `start`, or at the sample's next seen epoch."""
+    out = np.full(len(values), nan)
+    for i, row in enumerate(values):
+        later = [float(v) for v in row[start:] if not np.isnan(v)]
+        if later:
+            out[i] = later[0]
+    return out
+
+
 def _reference_scores(records, el2n_epochs):
-    """Each method, from its definition, over the whole (n x k) arrays at once."""
+    """Each method, from its definition, over the whole (n x k) arrays at once
+    (forgetting and default EL2N per sample, as their authors' code computes them)."""
     import warnings
 
     prob, correct = records["prob"].astype(np.float64), records["correct"]
@@ -312,10 +391,9 @@ def _reference_scores(records, el2n_epochs):
         ref = {"confidence": 1.0 - np.nanmean(prob, axis=1),
                "variability": np.nanstd(prob, axis=1),
                "aum": -np.nanmean(records["margin"].astype(np.float64), axis=1),
-               "el2n": np.nanmean(records["el2n"][:, list(el2n_epochs)].astype(np.float64), axis=1)}
-    events = ((correct[:, :-1] == 1) & (correct[:, 1:] == 0)).sum(axis=1).astype(np.float64)
-    events[~(correct == 1).any(axis=1)] = np.inf
-    ref["forgetting"] = events
+               "el2n": (_first_seen_from(records["el2n"], default_el2n_epoch(prob.shape[1])) if el2n_epochs is None
+                        else np.nanmean(records["el2n"][:, list(el2n_epochs)].astype(np.float64), axis=1))}
+    ref["forgetting"] = _authors_forgetting(correct)
     return ref
 
 
@@ -335,7 +413,7 @@ def test_chunked_threaded_pass_equals_the_definitions(monkeypatch, threads):
         return np.ascontiguousarray(records[kind][:, epoch])
 
     chunked = score_history(names, 9, 3001, load, ScoreParams(), threads=threads)
-    ref = _reference_scores(records, default_el2n_epochs(9))
+    ref = _reference_scores(records, None)
     for name in names:
         np.testing.assert_array_equal(chunked[name], whole[name], err_msg=name)
         np.testing.assert_allclose(chunked[name], ref[name], rtol=1e-12, atol=1e-15, err_msg=name)
