@@ -1,5 +1,7 @@
 """The pruning report (report.py): what each method keeps and throws away, as one HTML
-page with PNG figures beside it and the numbers in report.json.
+page with PNG figures beside it and the numbers in report.json. The page opens on the
+decision section (pruning/report_decision.py), with the accuracies of --accuracy
+(pruning/accuracy.py) when given.
 
 Two passes over the history, each reading an epoch's files once: the first scores every
 method (pruning/scores.py's `score_history`, as get_coreset.py does), the second reads
