@@ -43,7 +43,8 @@ class TopOne:
 
     def text(self, runs: bool = True) -> str:
         """"mean ± std (n runs)", the runs left out with runs=False."""
-        return f"{self.mean:.2f} ± {self.std:.2f}" + (f" ({self.runs} run{'s' if self.runs > 1 else ''})" if runs else "")
+        count = f" ({self.runs} run{'s' if self.runs > 1 else ''})" if runs else ""
+        return f"{self.mean:.2f} ± {self.std:.2f}{count}"
 
 
 def _fraction(text: str, where: str) -> float:

@@ -118,5 +118,6 @@ def reading(rows: Sequence[dict], fractions: Sequence[str], numbers: dict, full:
         if shares:
             low = min(shares, key=shares.get)
             sentences.append(f"Of the {numbers['flipped']['count']} relabelled images, {low} keeps the fewest at "
-                             f"{ref}: {_pct(shares[low])} (a class-blind random subset keeps about {_pct(float(ref))}).")
+                             f"{ref}: {_pct(shares[low])} (a class-blind random subset keeps about "
+                             f"{_pct(float(ref))}).")
     return " ".join(sentences)
