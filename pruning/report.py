@@ -393,7 +393,8 @@ def decision_html(numbers: dict) -> List[str]:
     counts = {v["runs"] for v in [numbers["full_top1"]] + [r["top1"] for r in rows] if v is not None}
     per_cell = len(counts) > 1  # the number of runs in each cell, or once in the header
     if accuracy:
-        header += ["top-1 (%)" if per_cell else f"top-1 (%), {counts.pop()} runs", "vs the best"]
+        runs = 0 if per_cell else counts.pop()
+        header += ["top-1 (%)" if per_cell else f"top-1 (%), {runs} run{'s' if runs > 1 else ''}", "vs the best"]
     table, kinds = [], []
     n = numbers["num_samples"]
     if accuracy:

@@ -69,7 +69,9 @@ def reading(rows: Sequence[dict], fractions: Sequence[str], numbers: dict, full:
         counts = {v.runs for v in [full] + [r["top1"] for r in rows] if v is not None}
         per_value = len(counts) > 1  # the number of runs beside each value, or once here
         if not per_value:
-            sentences.append(f"Top-1 is the mean ± std over {counts.pop()} runs.")
+            runs = counts.pop()
+            sentences.append(f"Top-1 is the mean ± std over {runs} runs." if runs > 1 else
+                             "Each top-1 is one run, so there is no seed spread to compare with.")
         if full is not None:
             sentences.append(f"The full training set reaches {full.text(per_value)}.")
         for f in fractions:
