@@ -42,9 +42,10 @@ class TopOne:
     runs: int
 
     def text(self, runs: bool = True) -> str:
-        """"mean ± std (n runs)", the runs left out with runs=False."""
-        count = f" ({self.runs} run{'s' if self.runs > 1 else ''})" if runs else ""
-        return f"{self.mean:.2f} ± {self.std:.2f}{count}"
+        """"mean ± std (n runs)", the count left out with runs=False; one run is its value alone."""
+        if self.runs == 1:
+            return f"{self.mean:.2f}" + (" (1 run)" if runs else "")
+        return f"{self.mean:.2f} ± {self.std:.2f}" + (f" ({self.runs} runs)" if runs else "")
 
 
 def _fraction(text: str, where: str) -> float:

@@ -264,7 +264,7 @@ def add_decision(files: Dict[str, bytes], numbers: dict, accuracy: Optional[dict
     numbers["full_top1"] = None if full is None else asdict(full)
     if accuracy:
         files["accuracy_curve.png"] = figures.accuracy_curve(accuracy, "top-1 of networks trained on each coreset "
-                                                             "(mean +- std over runs)")
+                                                             "(mean ± std over runs)")
 
 
 def add_curves(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keep: int, fraction: str,
@@ -323,7 +323,7 @@ def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Me
                 if why:
                     caption += "\n(unreadable)"
                 elif not uniform:
-                    caption += f"\n{figures.number(score) if np.isfinite(score) else f'{score:+}'} {name}"
+                    caption += f"\n{figures.number(score, '.3g') if np.isfinite(score) else f'{score:+}'} {name}"
                 tiles.append((pixels, caption))
                 listed[side].append({"index": int(i), "path": path, "label": label, "score": _number(score)})
             if uniform:

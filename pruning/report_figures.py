@@ -219,7 +219,7 @@ def image_grid(title: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.nda
             x0 = MARGIN + (i % GRID_COLUMNS) * CELL_WIDTH
             y0 = top + (i // GRID_COLUMNS) * CELL_HEIGHT
             fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, caption, ha="center",
-                     va="center", fontsize=8, linespacing=1.1)
+                     va="center", fontsize=7, linespacing=1.15)
             left = x0 + (CELL_WIDTH - pixels.shape[1]) // 2
             below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
             fig.figimage(pixels, xo=left, yo=below, origin="upper")
@@ -250,6 +250,9 @@ def accuracy_curve(points: Dict[Tuple[str, float], TopOne], title: str) -> bytes
         style = dict(color="grey", ls=":") if method == "random" else dict(color=next(others))
         ax.errorbar(fractions, [p.mean for p in series], yerr=[p.std for p in series], marker="o", ms=4, capsize=3,
                     label=method, **style)
+    fractions_drawn = [f for m, f in points if m != FULL]
+    if fractions_drawn:  # up to the full set at 1, however few fractions were trained
+        ax.set_xlim(max(0.0, min(fractions_drawn) - 0.05), 1.02)
     ax.set_xlabel("fraction of the training set kept")
     ax.set_ylabel("top-1 (%) on the validation set")
     ax.set_title(title, fontsize=11)
