@@ -332,3 +332,12 @@ def test_number_never_shows_negative_zero():
 def test_every_method_says_what_its_score_is():
     for name, method in METHODS.items():
         assert re.fullmatch(r"\S[^()]* \(.+\)", method.axis), name  # "NAME (UNIT, RANGE)"
+
+
+def test_cut_labels_say_what_a_cut_keeps():
+    from pruning.select import Cut
+
+    assert (report_figures.cut_label("0.5", Cut(-0.0, 3057, 1057), "forgetting events")
+            == "keep 0.5: inside a tie of 3057 images at score 0; 1057 kept at random")
+    assert report_figures.cut_label("0.7", Cut(0.35141, 0, 0), "EL2N") == "keep 0.7: EL2N >= 0.3514"
+    assert report_figures.axis_name(METHODS["forgetting"].axis) == "forgetting events"
