@@ -81,3 +81,21 @@ def run_main(main, args):
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def restore_root_logging():
+    """The root logger's handlers and level as they were before the test (main.py's
+    commands, run in this process, replace them)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        if handler not in handlers:
+            handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
