@@ -125,15 +125,15 @@ def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None
 def run(args: argparse.Namespace) -> int:
     # Cheap checks first; nothing is written until every check has passed and every
     # score is computed. The list is never held as Python strings (13M lines would take
-    # gigabytes): the plan counts it, and after scoring it is copied to the coresets in
-    # byte blocks.
+    # gigabytes): its count, identity and labels come from its index (the plan opens it),
+    # and after scoring its bytes are read once, in blocks, to copy the kept lines.
     selection = check_flags(args)
     check_placeholders(args)
     plan = make_plan(args, selection)
     outputs = plan_outputs(args.output, plan)
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     check_output_paths(args, written)
-    labels = plan.read_list().labels if selection.class_balanced else None
+    labels = plan.index.labels if selection.class_balanced else None
     n = plan.num_samples
     t0 = time.perf_counter()
     scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             group.save_npy(method_scores_path(args.output, method), scores[method])
         with contextlib.ExitStack() as files:
             targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
-            write_entries(args.dataset_file_list, targets, n)
+            write_entries(plan.index, targets)
     size = sum(os.path.getsize(path) for path in written)
     print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "

@@ -4,12 +4,15 @@
         [--coreset CORESET] [--pretrain CKPT] --output OUT [--opts KEY VALUE ...]
 
 `main_and_produce.py` is this same program with the prediction recorder switched on.
+A problem in the config, a file list or the coreset stops every rank before anything is
+written under OUTPUT: rank 0 says what and where in one line, and the exit code is 2.
 """
 import argparse
 import json
 import logging
 import os
 import random
+import sys
 from contextlib import nullcontext
 from functools import partial
 from typing import Optional, Sequence
@@ -21,19 +24,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
+from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from pruning.recorder import PredictionRecorder
-from utils.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
+                              save_checkpoint)
 from utils.config import load_config
-from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, init_distributed
+from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
 from utils.io import atomic_write_text
-from utils.logger import MetricsLog, setup_logging
+from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
-from utils.output_lock import lock_output
+from utils.output_lock import OutputInUseError, lock_output
 
 logger = logging.getLogger("main")
 
@@ -76,7 +81,38 @@ def setup_config(args: argparse.Namespace):
     elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
         logging.getLogger("main").warning(
             f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
+    if config.TRAIN.KEEP_CHECKPOINTS < 0:
+        raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
+                         f"N > 0 the newest N")
+    for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
     return config
+
+
+class InputError(ValueError):
+    """A problem in the config, a file list or the coreset, or an output folder that a
+    live run holds, found at start-up before anything is written under OUTPUT.
+    `primary`: whether this process is the one to say it."""
+
+    def __init__(self, message: str, primary: bool = True):
+        super().__init__(message)
+        self.primary = primary
+
+
+def read_inputs(args: argparse.Namespace, dist_info: DistInfo):
+    """(config, file lists), read and checked on every rank; if any rank finds a problem,
+    every rank raises InputError with the message of the lowest such rank."""
+    config = data = error = None
+    try:
+        config = setup_config(args)
+        data = load_file_lists(config, coreset=args.coreset)
+    except (FileListError, ValueError, KeyError, OSError) as e:
+        error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    error = first_error(error)
+    if error is not None:
+        raise InputError(error, primary=dist_info.is_primary)
+    return config, data
 
 
 def seed_everything(seed: int, epoch: int, rank: int) -> None:
@@ -147,16 +183,28 @@ def resume(config, model: nn.Module, ctx: StepContext) -> int:
 
 
 def main(args: argparse.Namespace, produce: bool = False) -> dict:
-    config = setup_config(args)
     dist_info: DistInfo = init_distributed()
-    output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
+    try:
+        start_logging(dist_info.rank)  # held in memory until OUTPUT may be written
+        config, data = read_inputs(args, dist_info)
+        try:
+            output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
+        except OutputInUseError as e:
+            raise InputError(str(e), primary=dist_info.is_primary) from None
+        try:
+            return run(config, data, dist_info, produce)
+        finally:
+            output_lock.release()
+    finally:
+        cleanup()
+
+
+def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
     device = dist_info.device
     setup_logging(config.OUTPUT, dist_info.rank)
     if dist_info.is_primary:
         atomic_write_text(os.path.join(config.OUTPUT, "config.yaml"), config.dump())
     logger.info(f"{'produce' if produce else 'train'} on {dist_info.world_size} process(es), device {device}")
-
-    data = load_file_lists(config, coreset=args.coreset)
     logger.info(f"train list {data.train.path}: {len(data.train)} images; "
                 f"val: {len(data.val) if data.val is not None else 'none'}")
 
@@ -197,25 +245,21 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
     validate = partial(evaluate, fwd_model, device=device, autocast=autocast, logit_columns=logit_columns,
                        real_labels=real)
 
-    try:
-        if config.THROUGHPUT_MODE:
-            seed_everything(config.SEED, start_epoch, dist_info.rank)
-            batch = next(iter(build_train_loader(config, data.train, start_epoch, dist_info.rank,
-                                                 dist_info.world_size, dist_info.device_id)))
-            return throughput(fwd_model, batch["images"], batch["labels"], ctx, device)
-        if config.EVAL_MODE:
-            if val_loader is None:
-                raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
-            metrics = validate(val_loader())
-            logger.info(f"validation: {metrics}")
-            if dist_info.is_primary:
-                atomic_write_text(os.path.join(config.OUTPUT, "eval.json"), json.dumps(metrics, indent=1) + "\n")
-            return metrics
-        return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce,
-                   val_loader, validate)
-    finally:
-        output_lock.release()
-        cleanup()
+    if config.THROUGHPUT_MODE:
+        seed_everything(config.SEED, start_epoch, dist_info.rank)
+        batch = next(iter(build_train_loader(config, data.train, start_epoch, dist_info.rank,
+                                             dist_info.world_size, dist_info.device_id)))
+        return throughput(fwd_model, batch["images"], batch["labels"], ctx, device)
+    if config.EVAL_MODE:
+        if val_loader is None:
+            raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
+        metrics = validate(val_loader())
+        logger.info(f"validation: {metrics}")
+        if dist_info.is_primary:
+            atomic_write_text(os.path.join(config.OUTPUT, "eval.json"), json.dumps(metrics, indent=1) + "\n")
+        return metrics
+    return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
+               validate)
 
 
 def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
@@ -257,9 +301,25 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
             metrics_log.append(record)
             if (epoch + 1) % config.SAVE_FREQ == 0 or last:
                 save_checkpoint(checkpoint_path(config.OUTPUT, epoch), checkpoint_state(config, epoch, model, ctx, record))
+                if config.TRAIN.KEEP_CHECKPOINTS:  # older ones go only once the new one loads
+                    prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
         barrier()
     return record
 
 
+def cli(argv: Optional[Sequence[str]] = None, produce: bool = False) -> int:
+    """The command: 0 when the run ends; 2 on bad input, said by rank 0 in one line on
+    stderr (and in the log an earlier run left in OUTPUT, if any), with nothing written."""
+    args = parse_args(argv, produce=produce)
+    try:
+        main(args, produce=produce)
+    except InputError as e:
+        if e.primary:
+            print(f"{'main_and_produce.py' if produce else 'main.py'}: error: {e}", file=sys.stderr)
+            note_in_earlier_log(args.output, 0, logger.name, f"refused to start: {e}")
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())

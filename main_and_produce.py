@@ -6,7 +6,9 @@ its true label on an un-augmented view (OUTPUT/pred_prob_history/), for get_core
 
 The same program as main.py, with the prediction recorder switched on.
 """
-from main import main, parse_args
+import sys
+
+from main import cli
 
 if __name__ == "__main__":
-    main(parse_args(produce=True), produce=True)
+    sys.exit(cli(produce=True))

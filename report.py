@@ -2,10 +2,14 @@
 
     python report.py --input OUTPUT --dataset_file_list LIST --output DIR \
         [--method NAME ...] [--fraction F ...] [--window J] [--epochs START:STOP] [--seed S] \
-        [--flipped LIST.flipped.npy] [--data_root ROOT]
+        [--flipped LIST.flipped.npy] [--data_root ROOT] [--accuracy CURVE.csv | METHOD:FRACTION=RUN ...]
 
 Writes DIR/index.html (opens from disk, no server, no network), the PNG figures beside
-it and DIR/report.json (the numbers shown): score histograms with each fraction's cut,
+it and DIR/report.json (the numbers shown): first, which method at which fraction (per
+method and fraction: images kept, smallest and median class share kept, images drawn
+among ties, relabelled images kept, and with --accuracy the top-1 of networks trained on
+the coresets beside the full data, the curve, and a generated reading); then score
+histograms with each fraction's cut,
 per-class kept fractions (distribution and the hardest-hit classes), Spearman rank
 correlation and kept-set overlap between methods, p(true label) over epochs (sampled
 images, mean per score decile), the 16 highest- and lowest-scored images per method,

@@ -20,7 +20,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.measure import run_child  # noqa: E402
-from pruning.history import file_list_fingerprint, write_epoch, write_fingerprint  # noqa: E402
+from data.file_list_index import open_index  # noqa: E402
+from pruning.history import write_epoch, write_fingerprint  # noqa: E402
 from pruning.scores import METHODS  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def make_history(hdir, list_path, n, epochs, world_size, batch, seed):
         for values in (prob, margin, el2n):
             values[~seen] = np.nan
         write_epoch(hdir, k, prob, correct, margin=margin, el2n=el2n)
-    write_fingerprint(hdir, file_list_fingerprint(list_path, n))
+    write_fingerprint(hdir, open_index(list_path).fingerprint())
 
 
 def main():

@@ -1,7 +1,7 @@
 """Time get_coreset.py on a synthetic history and report its peak RSS; compare with another tree.
 
     python benchmarks/bench_get_coreset.py [--n 1281167] [--epochs 30] [--window 10]
-        [--dir DIR] [--baseline OLD_TREE] [--in-process] [--txt]
+        [--dir DIR] [--baseline OLD_TREE] [--in-process] [--txt] [--class-balanced] [--reads]
 
 Writes N x K float32 .npy epoch files and an N-line file list (to a temporary folder,
 or to --dir, where a history made with the same parameters is reused and kept), then:
@@ -12,7 +12,10 @@ or to --dir, where a history made with the same parameters is reused and kept), 
      score files;
   3. with --in-process: the time to read the K files alone, and to read + score, per
      --threads and --chunk-rows;
-  4. with --txt: the time to read one epoch in the paper's text format.
+  4. with --txt: the time to read one epoch in the paper's text format;
+  5. with --reads: each tree's get_coreset.py without and then with the list's index on
+     disk, timed, then under strace (`read`/`pread64` of its main thread, fds shown with
+     their paths): the bytes read from the list, as a number of full reads of it.
 Nothing is asserted; the figures are printed.
 
 The history looks like a real one: per sample, the logit of the true class rises from
@@ -88,17 +91,22 @@ def prepare(folder, args):
     make_history(os.path.join(folder, "run", "pred_prob_history"), args.n, args.epochs, args.world_size,
                  args.batch, seed=0)
     make_list(os.path.join(folder, "train.txt"), args.n)
+    old = time.time() - 60
+    os.utime(os.path.join(folder, "train.txt"), (old, old))  # not just written: its index is kept
     with open(marker, "w") as f:
         json.dump(params, f)
     print(f"history: made in {time.perf_counter() - t:.1f}s")
 
 
-def time_get_coreset(tree, folder, args, output):
+def time_get_coreset(tree, folder, args, output, trace=None):
     """(wall s, scoring s, peak RSS MiB) of `tree`/get_coreset.py run in a child process;
-    its CPU time (user + system, all threads) is printed too."""
+    its CPU time (user + system, all threads) is printed too. With `trace` (a file), the
+    child runs under strace, which writes its main thread's reads there."""
     cmd = [sys.executable, os.path.join(tree, "get_coreset.py"), "--input", os.path.join(folder, "run"),
            "--dataset_file_list", os.path.join(folder, "train.txt"), "--fraction", str(args.fraction),
-           "--window", str(args.window), "--output", output]
+           "--window", str(args.window), "--output", output] + (["--class-balanced"] if args.class_balanced else [])
+    if trace:
+        cmd = ["strace", "-qq", "-y", "-e", "trace=read,pread64", "-o", trace] + cmd
     run = run_child(cmd, cwd=tree)
     scored = re.search(r"in (\d+(?:\.\d+)?)s", run.stderr)
     # CPU time counts all threads: on a shared machine, wall time says less
@@ -106,6 +114,26 @@ def time_get_coreset(tree, folder, args, output):
           f"scoring {scored.group(1) if scored else '?'}s")
     print("  " + run.stdout.strip())
     return run.wall_s, float(scored.group(1)) if scored else float("nan"), run.peak_rss_mib
+
+
+_READ = re.compile(r"^(?:read|pread64)\(\d+<([^>]*)>, .* = (\d+)$")
+
+
+def list_reads(tree, folder, args):
+    """How many times `tree`/get_coreset.py reads the list (bytes read from it / its size),
+    first without its index on disk (built by this run), then with it."""
+    listed = os.path.realpath(os.path.join(folder, "train.txt"))
+    size = os.path.getsize(listed)
+    trace = os.path.join(folder, "reads.strace")
+    for state in ("without", "with"):
+        for traced in (None, trace):  # timed without strace, then counted with it
+            if state == "without" and os.path.exists(listed + ".idx"):
+                os.remove(listed + ".idx")
+            print(f"  index {state} on disk{', under strace' if traced else ''}:")
+            time_get_coreset(tree, folder, args, os.path.join(folder, "core_traced.txt"), traced)
+        with open(trace, errors="replace") as f:
+            done = sum(int(m.group(2)) for m in map(_READ.match, f) if m and m.group(1) == listed)
+        print(f"  reads of the list, index {state} on disk: {done / size:.2f} x {size / 2**20:.0f} MiB")
 
 
 def compare(new, old):
@@ -165,6 +193,8 @@ def main():
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--chunk-rows", type=int, nargs="*", default=[1 << 12, 1 << 13, 1 << 14, 1 << 16])
     ap.add_argument("--txt", action="store_true", help="with --in-process: time one epoch in the text format")
+    ap.add_argument("--class-balanced", action="store_true", help="run get_coreset.py with --class-balanced")
+    ap.add_argument("--reads", action="store_true", help="count the child's reads of the list under strace")
     args = ap.parse_args()
 
     folder = args.dir or tempfile.mkdtemp(prefix="bench_coreset_")
@@ -174,9 +204,13 @@ def main():
         print(f"N={args.n:,} x K={args.epochs} float32 .npy, window {args.window}, fraction {args.fraction}")
         new = os.path.join(folder, "core_new.txt")
         time_get_coreset(ROOT, folder, args, new)
+        if args.reads:
+            list_reads(ROOT, folder, args)
         if args.baseline:
             old = os.path.join(folder, "core_old.txt")
             time_get_coreset(os.path.abspath(args.baseline), folder, args, old)
+            if args.reads:
+                list_reads(os.path.abspath(args.baseline), folder, args)
             compare(new, old)
         if args.in_process:
             in_process(folder, args)

@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from data.file_list_index import FileListIndex, SequenceFinder, line_bound, open_index
-from data.file_list_parse import FileListError, iter_blocks, label_error, parse_line
+from data.file_list_parse import FileListError, iter_blocks, iter_lines, label_error, parse_line
 
 __all__ = ["FileList", "FileListError", "parse_line", "read_coreset", "read_file_list", "read_lines"]
 
@@ -183,8 +183,9 @@ def read_lines(path: str) -> List[str]:
     """The non-blank lines of a file list, as written: without the line terminator
     ('\\n', '\\r\\n' or '\\r') and without a UTF-8 byte-order mark."""
     try:
-        with open(path, "r", encoding="utf-8-sig") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
+        f = open(path, "rb")
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+    with f:
+        return [line for _, line in iter_lines(f, path) if line.strip()]
 

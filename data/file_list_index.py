@@ -14,8 +14,10 @@ Layout (little-endian): a 4096-byte header, then six arrays of `capacity` entrie
 
 `sorted_key` is ``(row_hash >> row_bits << row_bits) | row``, sorted: the lookup table
 for coreset lines. The header records the list's size and mtime (ns), the entry count,
-the largest label, the number of duplicate rows (see `Header.duplicates`) and a CRC-32 of
-each array and of itself.
+the largest label, the number of duplicate rows (see `Header.duplicates`), a CRC-32 of
+each array and of itself, and the sha256 of the list's bytes: the list's one identity
+(`FileListIndex.fingerprint`, what a prediction history records), computed in the pass
+that bounds the line count, so that no caller reads the list again to hash it.
 
 Coreset lines usually come in list order (get_coreset.py keeps the list's order): a
 `SequenceFinder` then finds each line near the row after the previous line's, in a small
@@ -51,7 +53,7 @@ from data.file_list_parse import BLOCK_BYTES, FileListError, iter_blocks
 logger = logging.getLogger(__name__)
 
 MAGIC = b"DUFLIDX\0"
-VERSION = 2  # 2: Header.duplicates
+VERSION = 3  # 2: Header.duplicates; 3: Header.sha256
 HEADER_BYTES = 4096
 RACY_SECONDS = 2.0
 INDEX_SUFFIX = ".idx"
@@ -61,7 +63,7 @@ SECTIONS: Tuple[Tuple[str, str], ...] = (
     ("path_len", "<i4"), ("label", "<i4"), ("line", "<i4"),
 )
 LOOKUP_SECTIONS = ("row_hash", "sorted_key")
-_HEAD = struct.Struct("<8sIIQqqQQqQ" + "I" * len(SECTIONS))  # + the header's own CRC-32
+_HEAD = struct.Struct("<8sIIQqqQQqQ" + "I" * len(SECTIONS) + "32s")  # + the header's own CRC-32
 BYTES_PER_ENTRY = sum(np.dtype(t).itemsize for _, t in SECTIONS)
 MAX_ENTRIES = 2**31 - 1  # rows and line numbers are int32
 
@@ -80,10 +82,11 @@ class Header:
     # Lookups give the first such row; the windowed lookup, which cannot tell, is off.
     duplicates: int
     crcs: Tuple[int, ...]
+    sha256: bytes  # of the list's bytes, as read when the index was built
 
     def pack(self) -> bytes:
         body = _HEAD.pack(MAGIC, self.version, self.row_bits, self.list_size, self.list_mtime_ns, self.built_ns,
-                          self.count, self.capacity, self.max_label, self.duplicates, *self.crcs)
+                          self.count, self.capacity, self.max_label, self.duplicates, *self.crcs, self.sha256)
         return body + struct.pack("<I", zlib.crc32(body))
 
     @classmethod
@@ -99,7 +102,7 @@ class Header:
             raise ValueError(f"index version {fields[1]}, this code writes {VERSION}")
         if zlib.crc32(body) != crc:
             raise ValueError("header checksum mismatch")
-        return cls(*fields[1:10], crcs=tuple(fields[10:]))
+        return cls(*fields[1:10], crcs=tuple(fields[10:-1]), sha256=fields[-1])
 
     def offset(self, name: str) -> int:
         at = HEADER_BYTES
@@ -140,6 +143,11 @@ class FileListIndex:
         self.lines = arrays["line"]
         self.row_hash = arrays["row_hash"]
         self.sorted_key = arrays["sorted_key"]
+
+    def fingerprint(self) -> dict:
+        """The list's identity as a prediction history records it (file_list.json): its
+        absolute path, its number of entries and the sha256 of its bytes."""
+        return {"path": os.path.abspath(self.list_path), "entries": int(self.count), "sha256": self.header.sha256.hex()}
 
     def name(self, row: int) -> str:
         """The relative path of entry `row`, as written in the list."""
@@ -403,14 +411,16 @@ def _open_valid(index_path: str, list_path: str, list_fd: int, st: os.stat_resul
         os.close(fd)
 
 
-def line_bound(f) -> int:
+def line_bound(f, digest=None) -> int:
     """An upper bound on the number of lines of the binary file `f` (terminators + 1),
-    read from where it is to its end."""
+    read from where it is to its end; the bytes read also go to `digest` if given."""
     count, tail = 1, b""
     while True:
         chunk = f.read(BLOCK_BYTES)
         if not chunk:
             return count
+        if digest is not None:
+            digest.update(chunk)
         count += chunk.count(b"\n")
         if b"\r" in chunk:  # lone '\r' ends a line too; '\r\n' is one terminator
             count += chunk.count(b"\r") - (tail + chunk).count(b"\r\n")
@@ -446,9 +456,11 @@ def _count_duplicates(keys: np.ndarray, row_bits: int, fd: int, layout: Header) 
 
 def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Optional[int], built_ns: int) -> Header:
     """Parse the list open as `f` and write its index to the empty file `fd`."""
-    capacity = line_bound(f)
+    digest = hashlib.sha256()
+    capacity = line_bound(f, digest)
     f.seek(0)
-    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, 0, 0, (0,) * len(SECTIONS))
+    probe = Header(VERSION, 1, st.st_size, st.st_mtime_ns, built_ns, 0, capacity, 0, 0, (0,) * len(SECTIONS),
+                   digest.digest())
     os.ftruncate(fd, probe.file_size)
     crcs = {name: 0 for name, _ in SECTIONS}
     count, max_label = 0, 0
@@ -487,7 +499,7 @@ def _write_index(fd: int, f, list_path: str, st: os.stat_result, num_classes: Op
     duplicates = _count_duplicates(keys, row_bits, fd, probe)
     del keys
     header = Header(VERSION, row_bits, st.st_size, st.st_mtime_ns, built_ns, count, capacity, max_label,
-                    duplicates, tuple(crcs[name] for name, _ in SECTIONS))
+                    duplicates, tuple(crcs[name] for name, _ in SECTIONS), probe.sha256)
     os.pwrite(fd, header.pack(), 0)
     return header
 

@@ -1,4 +1,7 @@
-"""Parsing a file list a block of lines at a time, with numpy instead of a Python loop.
+"""The file-list line format, read in one place: `read_blocks` cuts a list's bytes into
+lines for every reader (this module's numpy parser, the coreset copy in list_lines.py,
+and `iter_lines`, the line-by-line view that read_lines and data.prepare's check use).
+Parsing is a block of lines at a time, with numpy instead of a Python loop.
 
 A line is ``<relative path> <label>``: the label is the last whitespace-separated token,
 the path everything before it (it may hold spaces). The rules are those of reading the
@@ -77,15 +80,13 @@ class ParsedBlock:
         return self.data[start : start + int(self.path_len[j])].decode("utf-8")
 
 
-def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
-                block_bytes: Optional[int] = None) -> Iterator[ParsedBlock]:
-    """Parse the open binary file `f` (named `path` in messages) block by block.
-
-    Stops after the first block holding an error (its `error` is set): that error is the
-    first one in file order, as a line-by-line reader would raise it.
-    """
+def read_blocks(f: BinaryIO, block_bytes: Optional[int] = None) -> Iterator[Tuple[bytes, int]]:
+    """(data, base): the open binary file `f` in blocks of whole lines, `data` starting
+    at file offset `base`. A UTF-8 byte-order mark at the start is left out; the last line
+    gets a b"\\n" (past the end of the file) if it has no terminator. The one place where
+    a list's bytes are cut into lines."""
     block_bytes = block_bytes or BLOCK_BYTES
-    base, line0, carry = 0, 0, b""
+    base, carry = 0, b""
     head = f.read(len(BOM))
     if head == BOM:
         base = len(BOM)
@@ -95,24 +96,65 @@ def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
         chunk = f.read(block_bytes)
         data = carry + chunk
         if not chunk:
-            if not data:
-                return
-            if data[-1] not in (_NL, _CR):
-                data += b"\n"  # the last line, without its terminator; the '\n' is past the end of the file
-            cut = len(data) - 1
-        else:
-            # The last terminator; a '\r' at the very end may be the first half of '\r\n'.
-            cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1))
-            if cut < 0:
-                carry = data
-                continue
-        block = parse_block(data[: cut + 1], base, line0, path, num_classes)
+            if data:
+                yield (data if data[-1] in (_NL, _CR) else data + b"\n"), base
+            return
+        # The last terminator; a '\r' at the very end may be the first half of '\r\n'.
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
+        if cut == 0:
+            carry = data
+            continue
+        yield data[:cut], base
+        base += cut
+        carry = data[cut:]
+
+
+def iter_lines(f: BinaryIO, path: str, errors: str = "strict") -> Iterator[Tuple[int, str]]:
+    """(line number, text) of each line of the open binary file `f` (named `path` in
+    messages), blank ones included: without its terminator and the byte-order mark,
+    decoded as UTF-8 with `errors` (a str.decode handler; "strict": FileListError naming
+    the line). The line-by-line view of `read_blocks`, for tools that look at every
+    line's text (bytes.splitlines ends lines at exactly '\\n', '\\r\\n' and '\\r')."""
+    lineno = 0
+    for data, _ in read_blocks(f):
+        for raw in data.splitlines():
+            lineno += 1
+            try:
+                text = raw.decode("utf-8", errors)
+            except UnicodeDecodeError as e:
+                raise FileListError(f"{path}:{lineno}: {_not_utf8(e)}") from None
+            yield lineno, text
+
+
+def _not_utf8(e: UnicodeDecodeError) -> str:
+    return f"the line is not valid UTF-8 ({e.reason} at byte {e.start})"
+
+
+def iter_blocks(f: BinaryIO, path: str, num_classes: Optional[int] = None,
+                block_bytes: Optional[int] = None) -> Iterator[ParsedBlock]:
+    """Parse the open binary file `f` (named `path` in messages) block by block.
+
+    Stops after the first block holding an error (its `error` is set): that error is the
+    first one in file order, as a line-by-line reader would raise it.
+    """
+    line0 = 0
+    for data, base in read_blocks(f, block_bytes):
+        block = parse_block(data, base, line0, path, num_classes)
         yield block
-        if block.error is not None or not chunk:
+        if block.error is not None:
             return
         line0 += block.num_lines
-        base += cut + 1
-        carry = data[cut + 1 :]
+
+
+def line_ends(buf: np.ndarray, newlines: np.ndarray, crs: np.ndarray) -> np.ndarray:
+    """The terminator of each line of `buf` (whole lines), given the positions of its
+    '\\n' and '\\r' bytes: each '\\n', and each '\\r' not followed by '\\n' (a '\\r'
+    ending the block is lone too)."""
+    if len(crs):
+        lone = crs[buf[np.minimum(crs + 1, len(buf) - 1)] != _NL]
+        if len(lone):
+            return np.union1d(newlines, lone)
+    return newlines
 
 
 def _run_bounds(ws: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -136,16 +178,11 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
     """Parse complete lines (`data` ends with a terminator); line0 lines come before them."""
     padded = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
     buf = padded[: len(data)]
-    n = len(buf)
     # Bytes below '!' (controls and space) are few, about two a line: classify them alone.
     low = np.flatnonzero(buf <= 0x20)
     low_byte = buf[low]
-    terms = low[low_byte == _NL]
     cr = low[low_byte == _CR]
-    if len(cr):
-        lone = cr[buf[np.minimum(cr + 1, n - 1)] != _NL]  # a '\r' ending the block is lone too
-        if len(lone):
-            terms = np.union1d(terms, lone)
+    terms = line_ends(buf, low[low_byte == _NL], cr)
     num_lines = len(terms)
     starts = np.empty(num_lines, dtype=np.int64)
     starts[0] = 0
@@ -198,8 +235,7 @@ def parse_block(data: bytes, base: int, line0: int, path: str, num_classes: Opti
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            why = f"the line is not valid UTF-8 ({e.reason} at byte {e.start})"
-            error, error_line = FileListError(f"{path}:{lineno}: {why}"), lineno
+            error, error_line = FileListError(f"{path}:{lineno}: {_not_utf8(e)}"), lineno
             break
         stripped = text.strip()
         if not stripped:

@@ -1,124 +1,70 @@
-"""Count and copy the entries of a large file list fast, without a Python string per line.
+"""Copy chosen entries of a large file list to coresets, in one read of the list.
 
-An entry is what ``data.file_list.read_lines`` returns: a line (text mode, universal
-newlines: ``\\r\\n`` and a lone ``\\r`` end a line) whose ``str.strip()`` is not empty.
-ImageNet-21K's list has ~13M lines (~550 MB): iterating it as Python strings takes
-seconds and, held as a list, ~1.3 GB. Here the bytes are read in blocks: line breaks
-are counted by bytes.count, blank lines found by a regular expression, kept lines cut
-out with numpy. Only a line holding nothing but whitespace and non-ASCII bytes is
-decoded, to ask str.strip() whether it is blank (Unicode whitespace), so the results
-equal read_lines' on any UTF-8 file (a byte-order mark at the start of the file is not
-part of the first line, as with read_lines).
+ImageNet-21K's list has ~13M lines (~550 MB): as Python strings it would take seconds
+and ~1.3 GB. The entries are known from the list's index (data/file_list_index.py:
+their line numbers), so the copy only cuts the list's bytes into lines
+(data/file_list_parse.py: `read_blocks`, `line_ends`) and keeps the chosen ones with
+numpy. A line is copied as written (leading and trailing whitespace kept), without its
+terminator and the byte-order mark, and ends with b"\\n": what `read_lines(path)[i] +
+"\\n"` written in text mode gives.
 """
-import re
-from typing import BinaryIO, Iterator, List, Sequence, Tuple
+import os
+from typing import BinaryIO, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list_parse import BLOCK_BYTES, BOM, FileListError
-# A line break followed by a line of only whitespace, ASCII (what str.isspace() calls
-# whitespace: \t \n \v \f \r, \x1c-\x1f, space), or also non-ASCII bytes (candidates:
-# decoded, then asked str.strip()).
-_WS = rb"\t\x0b\x0c\r\x1c-\x1f "
-_BLANK_ASCII = re.compile(rb"\n(?=[" + _WS + rb"]*\n)")
-_BLANK_CANDIDATE = re.compile(rb"\n(?=[" + _WS + rb"\x80-\xff]*\n)")
+from data.file_list_index import FileListIndex
+from data.file_list_parse import line_ends, read_blocks
+
+_NL, _CR = 10, 13
 
 
-def _blocks(path: str, block_bytes: int) -> Iterator[bytes]:
-    """Whole lines of `path`, in blocks, with universal newlines turned into b"\\n"; the
-    last line gets a b"\\n" if it had none. FileListError if it is not UTF-8."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise FileListError(f"file list not found: {path}") from None
-    with f:
-        carry = b""
-        offset = 0  # bytes of the file before `carry`, for messages
-        head = f.read(len(BOM))
-        if head == BOM:
-            offset = len(BOM)
-        else:
-            carry = head
-        while True:
-            chunk = f.read(block_bytes)
-            data = carry + chunk
-            if not chunk:
-                if data and not data.endswith((b"\n", b"\r")):
-                    data += b"\n"
-                if data:
-                    yield _newlines(_checked(data, path, offset))
-                return
-            # A block ends after its last \n; a trailing \r waits (it may precede \n).
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                carry = data
-                continue
-            block, carry = data[:cut], data[cut:]
-            yield _newlines(_checked(block, path, offset))
-            offset += cut
-
-
-def _newlines(block: bytes) -> bytes:
-    """Universal newlines, as text mode reads them: \r\n and a lone \r become \n."""
-    return block.replace(b"\r\n", b"\n").replace(b"\r", b"\n") if b"\r" in block else block
-
-
-def _checked(block: bytes, path: str, offset: int) -> bytes:
-    """`block` (starting at byte `offset` of `path`), or FileListError if it is not UTF-8."""
-    if not block.isascii():
-        try:
-            block.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise FileListError(f"{path}: not UTF-8 text (byte {offset + e.start})") from None
-    return block
-
-
-def _blank_starts(block: bytes) -> List[int]:
-    """Where the blank lines of `block` (whole lines, each ending with \n) start."""
-    if block.isascii():
-        return [m.start() for m in _BLANK_ASCII.finditer(b"\n" + block)]
-    starts = []
-    for m in _BLANK_CANDIDATE.finditer(b"\n" + block):
-        start = m.start()
-        if not block[start: block.index(b"\n", start)].decode("utf-8").strip():
-            starts.append(start)
-    return starts
-
-
-def count_entries(path: str, block_bytes: int = BLOCK_BYTES) -> int:
-    """The number of entries (non-blank lines) of the file list `path`."""
-    return sum(block.count(b"\n") - len(_blank_starts(block)) for block in _blocks(path, block_bytes))
-
-
-def write_entries(path: str, outputs: Sequence[Tuple[np.ndarray, BinaryIO]], num_entries: int,
-                  block_bytes: int = BLOCK_BYTES) -> None:
-    """For each (keep, out) of `outputs` (`keep`: one bool per entry of `path`), write the
-    entries where `keep` is True to the binary stream `out`, in the file's order, each
-    ending with b"\\n" (what writing read_lines(path)[i] + "\\n" in text mode gives). One
-    pass over the list serves every output. ValueError if the file no longer has
-    `num_entries` entries."""
+def write_entries(index: FileListIndex, outputs: Sequence[Tuple[np.ndarray, BinaryIO]],
+                  block_bytes: Optional[int] = None) -> None:
+    """For each (keep, out) of `outputs` (`keep`: one bool per entry of the indexed list),
+    write the entries where `keep` is True to the binary stream `out`, in the list's
+    order. One pass over the list serves every output. ValueError if the list is no
+    longer the one indexed."""
+    n = index.count
     for keep, _ in outputs:
-        if keep.shape != (num_entries,) or keep.dtype != bool:
-            raise ValueError(f"keep must be {num_entries} booleans, got {keep.dtype} of shape {keep.shape}")
-    seen = 0
-    for block in _blocks(path, block_bytes):
-        data = np.frombuffer(block, dtype=np.uint8)
-        ends = np.flatnonzero(data == 10) + 1  # one past each line's \n
-        is_entry = np.ones(len(ends), dtype=bool)
-        is_entry[np.searchsorted(ends, _blank_starts(block), side="right")] = False
-        index = seen + np.cumsum(is_entry) - 1  # entry index of each line (if an entry)
-        count = int(np.count_nonzero(is_entry))
-        if count == 0 or seen + count > num_entries:
-            seen += count
-            continue  # nothing to write, or keep counting for the message
-        lengths = np.diff(ends, prepend=0)
-        line_index = np.clip(index, 0, num_entries - 1)
-        for keep, out in outputs:
-            chosen = is_entry & keep[line_index]
-            if chosen.all():
-                out.write(block)
-            elif chosen.any():
-                out.write(data[np.repeat(chosen, lengths)].tobytes())
-        seen += count
-    if seen != num_entries:
-        raise ValueError(f"{path}: changed while scoring ({num_entries} lines, now {seen})")
+        if keep.shape != (n,) or keep.dtype != bool:
+            raise ValueError(f"keep must be {n} booleans, got {keep.dtype} of shape {keep.shape}")
+    path = index.list_path
+    changed = ValueError(f"{path}: changed while scoring (it is no longer the list indexed at the start); run again")
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if (st.st_size, st.st_mtime_ns) != (index.header.list_size, index.header.list_mtime_ns):
+            raise changed
+        line0, row = 0, 0  # lines before the block, entries before the block
+        for data, _ in read_blocks(f, block_bytes):
+            buf = np.frombuffer(data, dtype=np.uint8)
+            crs = np.flatnonzero(buf == _CR) if b"\r" in data else np.empty(0, dtype=np.int64)
+            ends = line_ends(buf, np.flatnonzero(buf == _NL), crs)
+            stop = int(np.searchsorted(index.lines, line0 + len(ends), side="right"))
+            line_of_entry = index.lines[row:stop] - line0 - 1  # the block's entries, as its line numbers
+            _write_block(buf, data, ends, crs, line_of_entry, [(keep[row:stop], out) for keep, out in outputs])
+            line0 += len(ends)
+            row = stop
+        if row != n or os.fstat(f.fileno()).st_mtime_ns != st.st_mtime_ns:
+            raise changed
+
+
+def _write_block(buf: np.ndarray, data: bytes, ends: np.ndarray, crs: np.ndarray, line_of_entry: np.ndarray,
+                 outputs: Sequence[Tuple[np.ndarray, BinaryIO]]) -> None:
+    """Write the chosen entries of one block of whole lines (terminators at `ends`)."""
+    lengths = np.diff(ends, prepend=-1)  # each line with its terminator
+    plain = len(crs) == 0  # every terminator is b"\n" already
+    if not plain:
+        text = buf.copy()
+        text[ends] = _NL  # a lone '\r' ends its line as '\n'
+        dropped = np.zeros(len(buf), dtype=bool)
+        dropped[crs] = True  # the '\r' of '\r\n' (lone ones became '\n')
+        dropped[ends] = False
+    for keep, out in outputs:
+        chosen = np.zeros(len(ends), dtype=bool)
+        chosen[line_of_entry[keep]] = True
+        if plain and chosen.all():
+            out.write(data)
+        elif chosen.any():
+            mask = np.repeat(chosen, lengths)
+            out.write(buf[mask].tobytes() if plain else text[mask & ~dropped].tobytes())

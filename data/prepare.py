@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from data.datasets import DATASETS
 from data.file_list import FileListError, parse_line
+from data.file_list_parse import iter_lines, label_error
 from data.image_check import KINDS, survey_images
 from utils.io import atomic_open
 
@@ -369,12 +370,12 @@ def check_file_list(path: str, root: Optional[str] = None, num_classes: Optional
     dir_index: Dict[str, int] = {}
     dir_of, name_hash, labels, linenos = array("q"), array("q"), array("q"), array("q")
     try:
-        f = open(path, "r", encoding="utf-8-sig", errors="surrogateescape")
+        f = open(path, "rb")
     except OSError as e:
         report.add(0, "list", f"cannot read the list: {e.strerror or e}")
         return report
     with f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in iter_lines(f, path, errors="surrogateescape"):
             line = line.strip()
             if not line:
                 report.blank += 1
@@ -391,9 +392,9 @@ def check_file_list(path: str, root: Optional[str] = None, num_classes: Optional
                 except UnicodeEncodeError:
                     report.add(lineno, "format", "the line is not valid UTF-8")
                     continue
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                report.add(lineno, "label", f"label {label} is outside {bound}")
+            bad_label = label_error(path, lineno, label, num_classes)
+            if bad_label is not None:
+                report.add(lineno, "label", str(bad_label).removeprefix(f"{path}:{lineno}: "))
             norm = rel.lstrip("/")
             if "//" in norm or "/." in norm or norm.startswith("."):  # normpath is the slow step: only when needed
                 norm = posixpath.normpath(norm)
@@ -518,8 +519,8 @@ def _line_paths(path: str, wanted: set) -> Dict[int, str]:
     texts: Dict[int, str] = {}
     if not wanted:
         return texts
-    with open(path, "r", encoding="utf-8-sig", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, line in iter_lines(f, path, errors="surrogateescape"):
             if lineno in wanted:
                 texts[lineno] = posixpath.normpath(line.strip().rsplit(maxsplit=1)[0].lstrip("/"))
     return texts
@@ -528,8 +529,8 @@ def _line_paths(path: str, wanted: set) -> Dict[int, str]:
 def _listed_images(path: str, root: str) -> Iterator[Tuple[int, str]]:
     """(line number, full path) of each line that parses and names an existing file (the
     others are problems the line check reports already)."""
-    with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, line in iter_lines(f, path, errors="surrogateescape"):
             if not line.strip():
                 continue
             try:

@@ -3,13 +3,12 @@
 Layout, under ``OUTPUT/pred_prob_history/``: ``{kind}_{epoch}.npy`` for each kind of
 RECORD_KINDS (below), one value per line of the full training file list, taken on the
 eval view; and ``file_list.json``, the training file list the run recorded on (path,
-entries, sha256 of its bytes), so that get_coreset.py can refuse a different list.
+entries, sha256 of its bytes: `FileListIndex.fingerprint`), so that get_coreset.py can refuse a different list.
 
 The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
 whose prob file exists is complete.
 """
-import hashlib
 import json
 import os
 import re
@@ -106,19 +105,6 @@ class HistoryError(ValueError):
 # -----------------------------------------------------------------------------
 # Which file list a history belongs to
 # -----------------------------------------------------------------------------
-def file_list_fingerprint(path: str, entries: int) -> dict:
-    """{path, entries, sha256} of a file list: its absolute path, its number of entries
-    (non-blank lines) and the sha256 of its bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    except FileNotFoundError:
-        raise HistoryError(f"file list not found: {path}") from None
-    return {"path": os.path.abspath(path), "entries": int(entries), "sha256": digest.hexdigest()}
-
-
 def fingerprint_path(hdir: str) -> str:
     return os.path.join(hdir, FILE_LIST_NAME)
 

@@ -11,8 +11,9 @@ from typing import ContextManager, Optional
 import torch
 from torch import nn
 
-from pruning.history import (RECORD_KINDS, HistoryError, file_list_fingerprint, fingerprint_path, history_dir,
-                             list_epoch_files, read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
+from data.file_list_index import open_index
+from pruning.history import (RECORD_KINDS, HistoryError, fingerprint_path, history_dir, list_epoch_files,
+                             read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class PredictionRecorder:
             logger.info(f"history of epochs {removed} is newer than the checkpoint: it will be rewritten")
         if self.file_list is None:
             return
-        fingerprint = file_list_fingerprint(self.file_list, self.num_samples)
+        fingerprint = open_index(self.file_list).fingerprint()
         recorded = read_fingerprint(self.dir)
         if recorded is not None and list_epoch_files(self.dir) and recorded["sha256"] != fingerprint["sha256"]:
             raise HistoryError(

@@ -1,5 +1,7 @@
 """The pruning report (report.py): what each method keeps and throws away, as one HTML
-page with PNG figures beside it and the numbers in report.json.
+page with PNG figures beside it and the numbers in report.json. The page opens on the
+decision section (pruning/report_decision.py), with the accuracies of --accuracy
+(pruning/accuracy.py) when given.
 
 Two passes over the history, each reading an epoch's files once: the first scores every
 method (pruning/scores.py's `score_history`, as get_coreset.py does), the second reads
@@ -16,12 +18,15 @@ import json
 import os
 import sys
 import time
+from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileList, FileListError
+from data.file_list import FileList, FileListError, read_file_list
 from pruning import report_figures as figures
+from pruning.accuracy import FULL, TopOne, read_accuracies, summarise
+from pruning.report_decision import decision_rows, reading
 from pruning.history import HistoryError
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
@@ -52,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
              help="int64 .npy of the relabelled lines' indices (data/label_noise.py writes LIST.flipped.npy): "
              "adds the share of them each method keeps")
     add_flag(p, "--data_root", help="folder the list's paths are relative to (default: the list's folder)")
+    add_flag(p, "--accuracy", nargs="+", metavar="SOURCE",
+             help="top-1 of networks trained on the coresets, for the decision section: a pruning curve's CSV "
+             "(scripts/pruning_curve.py's curve.csv), or a main.py run as METHOD:FRACTION=RUN (e.g. "
+             "dynunc:0.5=runs/dynunc_s0) or full=RUN for the full training set, RUN being the run's output "
+             "folder or its metrics.jsonl (the last epoch's acc1; runs of one method and fraction are seeds)")
     return p
 
 
@@ -77,8 +87,14 @@ def load_flipped(path: str, num_samples: int) -> np.ndarray:
     return flipped
 
 
-def thumbnail(path: str) -> Tuple[Optional[np.ndarray], str]:
-    """(RGB pixels, the longer side THUMB, '') or (None, why) if the image cannot be read."""
+def shown_path(path: str, output: str) -> str:
+    """`path` as the report shows it: relative to the report folder (the page's links are)."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(output))
+
+
+def thumbnail(path: str, name: str) -> Tuple[Optional[np.ndarray], str]:
+    """(RGB pixels, the longer side THUMB, '') or (None, why) if the image cannot be read;
+    `why` names the image by `name` (its path in the list), never by its absolute path."""
     from PIL import Image
 
     try:
@@ -90,7 +106,8 @@ def thumbnail(path: str) -> Tuple[Optional[np.ndarray], str]:
             resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS
             return np.asarray(image.resize(size, resample)), ""
     except (OSError, ValueError) as e:
-        return None, f"cannot read {path}: {e}"
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).replace(path, name)
+        return None, f"cannot read {name}: {reason}"
 
 
 def _number(value: float):
@@ -106,11 +123,12 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
-    plan = make_plan(args, check_flags(args))  # every check that needs no history file read
+    file_list = read_file_list(args.dataset_file_list, root=args.data_root)
+    plan = make_plan(args, check_flags(args), file_list.index)  # every check that needs no record read
     n, num_epochs, load = plan.num_samples, plan.num_epochs, plan.loader()
     flipped = load_flipped(args.flipped, n) if args.flipped else None
+    accuracy = summarise(read_accuracies(args.accuracy)) if args.accuracy else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
-    file_list = plan.read_list(root=args.data_root)
     labels, class_dirs = class_labels(file_list)
 
     started = time.perf_counter()
@@ -125,15 +143,18 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     numbers["kept_counts"] = {m: {f: int(np.count_nonzero(orders[m].kept(keeps[f]))) for f in fractions}
                               for m in methods}
     numbers["cuts"] = {m: {f: _number(orders[m].cut(keeps[f])) for f in fractions} for m in methods}
+    cuts = {m: {f: orders[m].tie(keeps[f]) for f in fractions} for m in methods}
+    numbers["ties"] = {m: {f: {"score": _number(c.score), "score_text": figures.number(c.score), "tied": c.tied,
+                               "drawn": c.drawn} for f, c in cuts[m].items()} for m in methods}
     for m in methods:
-        files[f"hist_{m}.png"] = figures.score_histogram(
-            m, orders[m].scores, [(f, orders[m].cut(keeps[f])) for f in fractions])
+        files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()))
     add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)
     add_agreement(files, numbers, orders, keeps)
     if flipped is not None:
-        numbers["flipped"] = {"file": args.flipped, "count": len(flipped),
+        numbers["flipped"] = {"file": shown_path(args.flipped, args.output), "count": len(flipped),
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
                                                  for f in fractions} for m in methods}}
+    add_decision(files, numbers, accuracy)
     curves_started = time.perf_counter()
     add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
     curves_done = time.perf_counter()
@@ -159,7 +180,7 @@ def add_per_class(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Meth
     numbers["hardest_hit"] = {
         m: [{"label": int(c), "class": class_dirs.get(int(c), ""), "size": int(sizes[c]),
              "kept": {f: float(per_class[m][f][c]) for f in keeps}}
-            for c in hardest_hit(per_class[m][reference], HARDEST_CLASSES)]
+            for c in hardest_hit(per_class[m][reference], HARDEST_CLASSES, float(reference))]
         for m in orders}
 
 
@@ -176,6 +197,18 @@ def add_agreement(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Meth
         overlap = overlap_matrix(ordered, keep)
         numbers["overlap"][f] = _matrix(overlap)
         files[f"overlap_{f}.png"] = figures.heatmap(overlap, methods, f"kept sets at {f}: shared / kept", low=0.0)
+
+
+def add_decision(files: Dict[str, bytes], numbers: dict, accuracy: Optional[dict]) -> None:
+    """The decision rows and their reading; with accuracies, the curve figure drawn from them."""
+    rows = decision_rows(numbers["methods"], numbers["fractions"], numbers, accuracy)
+    full = next((v for (m, _), v in (accuracy or {}).items() if m == FULL), None)
+    numbers["reading"] = reading(rows, numbers["fractions"], numbers, full)
+    numbers["decision"] = [dict(r, top1=None if r["top1"] is None else asdict(r["top1"])) for r in rows]
+    numbers["full_top1"] = None if full is None else asdict(full)
+    if accuracy:
+        files["accuracy_curve.png"] = figures.accuracy_curve(accuracy, "top-1 of networks trained on each coreset "
+                                                             "(mean ± std over runs)")
 
 
 def add_curves(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keep: int, fraction: str,
@@ -211,24 +244,39 @@ def class_labels(file_list: FileList) -> Tuple[np.ndarray, Dict[int, str]]:
 
 def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], file_list: FileList,
                     labels: np.ndarray, class_dirs: Dict[int, str]) -> None:
-    """The highest- and lowest-scored images of each method: only these are opened."""
+    """The highest- and lowest-scored images of each method: only these are opened. A
+    method that reads no record (random) draws its scores uniformly: its highest-scored
+    images are a uniform sample of the kept ones and its lowest a uniform sample of the
+    pruned ones, and they are shown as such, captioned with their class only."""
     chosen = {m: extremes(o, IMAGES_PER_SIDE) for m, o in orders.items()}
     unreadable: List[str] = []
     numbers["images"] = {}
     for m, order in orders.items():
         blocks, listed = [], {}
+        uniform = not METHODS[m].needs
+        name = figures.axis_name(METHODS[m].axis)
         for side, indices in zip(("highest", "lowest"), chosen[m]):
             tiles, listed[side] = [], []
             for i in indices:
-                pixels, why = thumbnail(file_list.full_path(int(i)))
+                path = file_list.name(int(i))
+                pixels, why = thumbnail(file_list.full_path(int(i)), path.lstrip("/"))
                 if why:
                     unreadable.append(why)
                 label, score = int(labels[i]), order.scores[i]
-                tiles.append((pixels, f"{'unreadable' if why else class_dirs.get(label) or label}\n{score:.4g}"))
-                listed[side].append({"index": int(i), "path": file_list.name(int(i)), "label": label,
-                                     "score": _number(score)})
-            blocks.append((f"{len(indices)} {side}-scored", tiles))
-        files[f"images_{m}.png"] = figures.image_grid(m, blocks, IMAGES_PER_SIDE)
+                caption = f"class {class_dirs.get(label) or label}"
+                if why:
+                    caption += "\n(unreadable)"
+                elif not uniform:
+                    caption += f"\n{figures.number(score, '.3g') if np.isfinite(score) else f'{score:+}'} {name}"
+                tiles.append((pixels, caption))
+                listed[side].append({"index": int(i), "path": path, "label": label, "score": _number(score)})
+            if uniform:
+                title = f"{len(indices)} {'kept' if side == 'highest' else 'pruned'} images, drawn uniformly"
+            else:
+                title = f"{len(indices)} {side}-scored ({'kept' if side == 'highest' else 'pruned'} first)"
+            blocks.append((title, tiles))
+        what = "a uniform sample of the kept and of the pruned images" if uniform else METHODS[m].axis
+        files[f"images_{m}.png"] = figures.image_grid(f"{m}: {what}", blocks, IMAGES_PER_SIDE)
         numbers["images"][m] = listed
     numbers["unreadable_images"] = sorted(set(unreadable))
 
@@ -239,17 +287,27 @@ def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Me
 _STYLE = """body{font-family:system-ui,sans-serif;margin:24px;max-width:1300px;color:#222}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f0f0f0}td.l,th.l{text-align:left}img{max-width:100%;border:1px solid #ddd;margin:4px 0}
-h2{border-bottom:1px solid #ccc;padding-top:12px}.note{color:#555;font-size:90%}"""
-
+h2{border-bottom:1px solid #ccc;padding-top:12px}.note{color:#555;font-size:90%}.wide{overflow-x:auto}
+.reading{background:#f6f8fa;border-left:4px solid #1f77b4;padding:8px 12px;max-width:1000px}
+nav ul{columns:2;max-width:700px}tr.best td{font-weight:bold}tr.full td{background:#f4f4f4}
+tr.first td{border-top:2px solid #888}td{white-space:nowrap}"""
 
 LEFT = ' class="l"'
+SECTIONS = (("decision", "Which method, which fraction"), ("histograms", "Score histograms"),
+            ("per-class", "Per class"), ("agreement", "Agreement between methods"),
+            ("curves", "p(true label) over epochs"), ("images", "Images"))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
+           row_classes: Optional[Sequence[str]] = None) -> str:
     def cells(values, tag):
         return "".join(f"<{tag}{LEFT if i < left else ''}>{html.escape(str(v))}</{tag}>" for i, v in enumerate(values))
-    return ("<table><tr>" + cells(header, "th") + "</tr>"
-            + "".join("<tr>" + cells(row, "td") + "</tr>" for row in rows) + "</table>")
+
+    def tr(i: int) -> str:
+        kind = row_classes[i] if row_classes and row_classes[i] else ""
+        return f"<tr class=\"{kind}\">" if kind else "<tr>"
+    return ("<div class=\"wide\"><table><tr>" + cells(header, "th") + "</tr>"
+            + "".join(tr(i) + cells(row, "td") + "</tr>" for i, row in enumerate(rows)) + "</table></div>")
 
 
 def _img(name: str, alt: str) -> str:
@@ -257,58 +315,116 @@ def _img(name: str, alt: str) -> str:
 
 
 def _pct(value) -> str:
-    return f"{100 * value:.1f}%" if isinstance(value, float) else str(value)
+    return f"{figures.number(100 * value, '.1f')}%" if isinstance(value, float) else str(value)
+
+
+def _heading(anchor: str) -> str:
+    return f"<h2 id=\"{anchor}\">{html.escape(dict(SECTIONS)[anchor])}</h2>"
+
+
+def _top1(value: Optional[dict], runs: bool) -> str:
+    return "" if value is None else TopOne(**value).text(runs)
+
+
+def decision_html(numbers: dict) -> List[str]:
+    """The decision table (a full-data row first, then one row per fraction and method) and
+    its reading, with the accuracy curve when accuracies were given."""
+    rows = numbers["decision"]
+    flipped = "flipped" in numbers
+    accuracy = numbers["full_top1"] is not None or any(r["top1"] is not None for r in rows)
+    header = ["method", "keep", "images kept", "smallest class kept", "median class kept", "drawn among ties"]
+    header += ["relabelled kept"] if flipped else []
+    counts = {v["runs"] for v in [numbers["full_top1"]] + [r["top1"] for r in rows] if v is not None}
+    per_cell = len(counts) > 1  # the number of runs in each cell, or once in the header
+    if accuracy:
+        runs = 0 if per_cell else counts.pop()
+        header += ["top-1 (%)" if per_cell else f"top-1 (%), {runs} run{'s' if runs > 1 else ''}", "vs the best"]
+    table, kinds = [], []
+    n = numbers["num_samples"]
+    if accuracy:
+        table.append(["full data", "1", n, "100%", "100%", "none"] + (["100%"] if flipped else [])
+                     + [_top1(numbers["full_top1"], per_cell), ""])
+        kinds.append("full")
+    previous = None
+    for r in rows:
+        if r["in_report"]:
+            drawn = f"{_pct(r['drawn_share'])} ({r['drawn']})" if r["drawn"] else "none"
+            cells = [r["method"], r["fraction"], r["kept"], _pct(r["class_min"]), _pct(r["class_median"]), drawn]
+            cells += [_pct(r["flipped_kept"])] if flipped else []
+        else:
+            cells = [r["method"], r["fraction"]] + ["(not scored here)"] + [""] * (3 + flipped)
+        if accuracy:
+            cells += [_top1(r["top1"], per_cell), r.get("vs_best", "")]
+        table.append(cells)
+        kinds.append(" ".join(k for k in ("best" if r.get("vs_best") == "best" else "",
+                                           "first" if r["fraction"] != previous else "") if k))
+        previous = r["fraction"]
+    out = [_heading("decision"), f"<p class=\"reading\">{html.escape(numbers['reading'])}</p>",
+           _table(header, table, left=2, row_classes=kinds),
+           "<p class=\"note\">Smallest and median class kept: the share of each class in the coreset, over the "
+           "classes (a class-blind random subset keeps about the fraction of each). Drawn among ties: the kept "
+           "images chosen at random among images of equal score at the cut (see the histograms)."
+           + (f" Relabelled kept: the share of the {numbers['flipped']['count']} relabelled images "
+              f"({html.escape(numbers['flipped']['file'])}) in the coreset." if flipped else "")
+           + (" Top-1: mean ± population std over the runs (seeds) given with --accuracy; within spread: the "
+              "method's mean + std reaches the best's mean - std; bold: the best." if accuracy else "") + "</p>"]
+    if accuracy:
+        out.append(_img("accuracy_curve.png", "top-1 against the fraction kept"))
+    return out
 
 
 def render_html(args: argparse.Namespace, numbers: dict) -> str:
     """index.html: the figures and the tables of `numbers`; links only to the files
-    written beside it."""
+    written beside it; paths shown relative to the report folder."""
     methods, fractions, ref = numbers["methods"], numbers["fractions"], numbers["reference_fraction"]
+    sections = [(a, t) for a, t in SECTIONS]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Pruning report</title>"
            f"<style>{_STYLE}</style></head><body>",
            "<h1>Pruning report</h1>",
-           f"<p>{html.escape(args.input)}: {numbers['num_samples']} training images, {numbers['num_classes']} "
-           f"classes, {numbers['num_epochs']} epochs recorded; list {html.escape(args.dataset_file_list)}. "
+           f"<p>History {html.escape(shown_path(args.input, args.output))}: {numbers['num_samples']} training "
+           f"images, {numbers['num_classes']} classes, {numbers['num_epochs']} epochs recorded; list "
+           f"{html.escape(shown_path(args.dataset_file_list, args.output))} (paths relative to this page). "
            f"Methods: {', '.join(methods)}. Numbers: <a href=\"{NUMBERS}\">{NUMBERS}</a>.</p>",
-           "<h2>Kept images</h2>",
-           _table(["method"] + [f"keep {f}" for f in fractions],
-                  [[m] + [numbers["kept_counts"][m][f] for f in fractions] for m in methods]),
-           "<h2>Score histograms</h2><p class=\"note\">Highest scores are kept first; each line is the lowest "
-           "score kept at one fraction.</p>"]
+           "<nav><ul>" + "".join(f"<li><a href=\"#{a}\">{html.escape(t)}</a></li>" for a, t in sections)
+           + "</ul></nav>"]
+    out += decision_html(numbers)
+    out += [_heading("histograms"), "<p class=\"note\">Highest scores are kept first; each line is where one "
+            "fraction cuts: the images at or right of it are kept. A cut inside a tie keeps some of the images at "
+            "that score, drawn at random; the legend says how many.</p>"]
     out += [_img(f"hist_{m}.png", f"{m} score histogram") for m in methods]
-    out += ["<h2>Per class</h2><p class=\"note\">The fraction of each class that each method keeps; the dashed "
+    out += [_heading("per-class"), "<p class=\"note\">The fraction of each class that each method keeps; the dashed "
             "line is the fraction itself (a class-blind random subset keeps about that much of every class).</p>",
             _img("class_kept.png", "per-class kept fraction"),
             _table(["method", "fraction", "min", "5th percentile", "median", "max", "classes emptied"],
                    [[m, f] + [_pct(numbers["class_kept_summary"][m][f][k]) for k in ("min", "p05", "median", "max")]
                     + [numbers["class_kept_summary"][m][f]["classes_emptied"]]
                     for m in methods for f in fractions], left=2),
-            f"<h3>The {HARDEST_CLASSES} hardest-hit classes (lowest kept fraction at {html.escape(ref)})</h3>"]
+            f"<h3>Classes kept least at {html.escape(ref)}</h3><p class=\"note\">At most {HARDEST_CLASSES} classes "
+            f"that keep less than {html.escape(ref)} of their images, lowest first.</p>"]
+    named = any(c["class"] not in ("", str(c["label"])) for m in methods for c in numbers["hardest_hit"][m])
     for m in methods:
         out.append(f"<h4>{html.escape(m)}</h4>")
-        out.append(_table(["label", "class", "images"] + [f"kept at {f}" for f in fractions],
-                          [[c["label"], c["class"], c["size"]] + [_pct(c["kept"][f]) for f in fractions]
-                           for c in numbers["hardest_hit"][m]], left=2))
-    out += ["<h2>Agreement between methods</h2><p class=\"note\">Spearman: the rank correlation of two "
+        hit = numbers["hardest_hit"][m]
+        if not hit:
+            out.append(f"<p>None: every class keeps at least {html.escape(ref)} of its images.</p>")
+            continue
+        out.append(_table(["label"] + (["class"] if named else []) + ["images"] + [f"kept at {f}" for f in fractions],
+                          [[c["label"]] + ([c["class"]] if named else []) + [c["size"]]
+                           + [_pct(c["kept"][f]) for f in fractions] for c in hit], left=1 + named))
+    out += [_heading("agreement"), "<p class=\"note\">Spearman: the rank correlation of two "
             "methods' scores (average ranks for ties; images never seen, scored NaN, ranked last).</p>",
             _img("spearman.png", "Spearman rank correlation"),
-            _table(["Spearman"] + methods, [[a] + [f"{v:.3f}" if isinstance(v, float) else v for v in row]
-                                            for a, row in zip(methods, numbers["spearman"])]),
+            _table(["Spearman"] + methods, [[a] + [figures.number(v, ".3f") if isinstance(v, float) else v
+                                                   for v in row] for a, row in zip(methods, numbers["spearman"])]),
             "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
     out += [_img(f"overlap_{f}.png", f"overlap at {f}") for f in fractions]
-    if "flipped" in numbers:
-        flipped = numbers["flipped"]
-        out += [f"<h2>Relabelled images</h2><p>{flipped['count']} relabelled lines "
-                f"({html.escape(flipped['file'])}). Share of them each method keeps (a random subset keeps about "
-                "the fraction itself; lower means the method prunes mislabelled images):</p>",
-                _table(["method"] + [f"keep {f}" for f in fractions],
-                       [[m] + [_pct(flipped["kept_share"][m][f]) for f in fractions] for m in methods])]
-    out += [f"<h2>p(true label) over epochs</h2><p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the "
+    out += [_heading("curves"), f"<p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the "
             f"kept and from the pruned side at {html.escape(ref)}. Right: the mean over each tenth of the images "
             "ranked by score.</p>"]
     out += [_img(f"curves_{m}.png", f"{m} curves") for m in methods]
-    out += [f"<h2>Images</h2><p class=\"note\">The {IMAGES_PER_SIDE} highest- and lowest-scored images of each "
-            "method, captioned with their class and score.</p>"]
+    out += [_heading("images"), f"<p class=\"note\">The {IMAGES_PER_SIDE} highest- and lowest-scored images of "
+            "each method, captioned with their class and score (random: a uniform sample of the kept and of the "
+            "pruned images).</p>"]
     if numbers["unreadable_images"]:
         out.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable_images"])) + "</p>")
     out += [_img(f"images_{m}.png", f"{m} images") for m in methods]

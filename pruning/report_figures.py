@@ -6,6 +6,7 @@ height are whole pixels), given by the `*_size` functions, so that a reader (or 
 knows what to expect whatever the data.
 """
 import io
+from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -13,10 +14,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from pruning.accuracy import FULL, TopOne
+from pruning.select import Cut
+
 DPI = 100
 THUMB = 96  # thumbnail side, pixels
 GRID_COLUMNS = 8
 HIST_BINS = 60
+CUT_STYLES = ("-", (0, (6, 3)), (0, (2, 2)), (0, (6, 2, 2, 2)))  # coinciding cut lines show through each other
 FRACTION_COLOURS = ("#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
@@ -30,13 +35,38 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def number(value: float, spec: str = ".4g") -> str:
+    """`value` formatted with `spec`, never "-0" (a negative number that rounds to zero)."""
+    text = format(float(value), spec)
+    if text.startswith("-") and not any(c in "123456789" for c in text.split("e")[0]) and "inf" not in text:
+        text = text[1:]
+    return text
+
+
 def histogram_size() -> Tuple[int, int]:
-    return 800, 420
+    return 900, 520
 
 
-def score_histogram(method: str, scores: np.ndarray, cuts: Sequence[Tuple[str, float]]) -> bytes:
+def axis_name(axis: str) -> str:
+    """The quantity of a method's axis label, without its unit: "forgetting events" of
+    "forgetting events (count)"."""
+    return axis.split(" (")[0]
+
+
+def cut_label(fraction: str, cut: Cut, name: str) -> str:
+    """What one fraction's cut keeps, in words."""
+    if cut.tied:  # select.py's words; + 0.0 turns a score of -0.0 into 0.0
+        return f"keep {fraction}: {replace(cut, score=cut.score + 0.0).describe()}"
+    if not np.isfinite(cut.score):
+        return f"keep {fraction}: every image down to those at {cut.score} (not drawn)"
+    return f"keep {fraction}: {name} >= {number(cut.score)}"
+
+
+def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[Tuple[str, Cut]]) -> bytes:
     """Histogram of the finite scores (log count axis above 100 per bin), a vertical line at each
-    fraction's cut (kept: the scores at or right of it); NaN and +-inf counted in the title."""
+    fraction's cut (kept: the scores at or right of it), each labelled with its fraction at its own
+    height and described in the legend below the plot, so that cuts at one score hide none of the
+    others; NaN and +-inf counted in the title."""
     fig = _figure(histogram_size())
     ax = fig.add_subplot()
     finite = scores[np.isfinite(scores)]
@@ -51,18 +81,24 @@ def score_histogram(method: str, scores: np.ndarray, cuts: Sequence[Tuple[str, f
         ax.yaxis.set_minor_formatter(NullFormatter())
     for i, (fraction, cut) in enumerate(cuts):
         colour = FRACTION_COLOURS[i % len(FRACTION_COLOURS)]
-        if np.isfinite(cut):
-            ax.axvline(cut, color=colour, linewidth=1.6, label=f"keep {fraction}: score >= {cut:.4g}")
+        style = CUT_STYLES[i % len(CUT_STYLES)]
+        label = cut_label(fraction, cut, axis_name(axis))
+        if np.isfinite(cut.score):
+            ax.axvline(cut.score, color=colour, linestyle=style, linewidth=1.8, label=label, zorder=3 + i)
+            ax.annotate(fraction, (cut.score, 0.96 - 0.08 * i), xycoords=("data", "axes fraction"), ha="center",
+                        va="top", fontsize=8, color=colour, zorder=10,
+                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor=colour, linewidth=0.8))
         else:
-            ax.plot([], [], color=colour, label=f"keep {fraction}: cut at {cut} (not drawn)")
+            ax.plot([], [], color=colour, linestyle=style, label=label)
     notes = [f"{count} {what}" for count, what in ((int(np.isnan(scores).sum()), "NaN (never seen)"),
                                                      (int(np.isposinf(scores).sum()), "+inf"),
                                                      (int(np.isneginf(scores).sum()), "-inf")) if count]
     ax.set_title(f"{method}: scores of {len(scores)} images" + (f" ({', '.join(notes)} not shown)" if notes else ""),
                  fontsize=11)
-    ax.set_xlabel("score (kept first: highest)")
+    ax.set_xlabel(f"{axis}; kept first: highest", fontsize=9)
     ax.set_ylabel("images (log scale)" if log else "images")
-    ax.legend(fontsize=8, loc="best")
+    if cuts:
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -113,7 +149,7 @@ def heatmap(matrix: np.ndarray, methods: Sequence[str], title: str, low: float, 
             value = matrix[a, b]
             red, green, blue, _ = image.cmap(image.norm(value)) if np.isfinite(value) else (1, 1, 1, 1)
             light = 0.299 * red + 0.587 * green + 0.114 * blue > 0.5
-            ax.text(b, a, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+            ax.text(b, a, "n/a" if np.isnan(value) else number(value, ".2f"), ha="center", va="center", fontsize=8,
                     color="black" if light else "white")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=10)
@@ -163,7 +199,7 @@ def image_grid_size(per_side: int) -> Tuple[int, int]:
     return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + 2 * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
 
 
-def image_grid(method: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.ndarray], str]]]],
+def image_grid(title: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.ndarray], str]]]],
                per_side: int) -> bytes:
     """Thumbnails in two blocks (e.g. highest- and lowest-scored), each captioned, drawn
     pixel for pixel (no resampling) on one canvas; an image that could not be read is a
@@ -171,11 +207,10 @@ def image_grid(method: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.nd
     width, height = image_grid_size(per_side)
     rows = -(-per_side // GRID_COLUMNS)
     fig = _figure((width, height))
-    fig.text(0.5, 1 - 18 / height, f"{method}: {sides[0][0]} and {sides[1][0]} images", ha="center", va="center",
-             fontsize=12)
+    fig.text(0.5, 1 - 18 / height, title, ha="center", va="center", fontsize=12)
     top = TOP  # pixels from the top of the figure
-    for title, tiles in sides:
-        fig.text(MARGIN / width, 1 - (top + BLOCK_TITLE / 2) / height, title, ha="left", va="center", fontsize=11,
+    for block_title, tiles in sides:
+        fig.text(MARGIN / width, 1 - (top + BLOCK_TITLE / 2) / height, block_title, ha="left", va="center", fontsize=11,
                  weight="bold")
         top += BLOCK_TITLE
         for i, (pixels, caption) in enumerate(tiles[:rows * GRID_COLUMNS]):
@@ -184,9 +219,44 @@ def image_grid(method: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.nd
             x0 = MARGIN + (i % GRID_COLUMNS) * CELL_WIDTH
             y0 = top + (i // GRID_COLUMNS) * CELL_HEIGHT
             fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, caption, ha="center",
-                     va="center", fontsize=8, linespacing=1.1)
+                     va="center", fontsize=7, linespacing=1.15)
             left = x0 + (CELL_WIDTH - pixels.shape[1]) // 2
             below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
             fig.figimage(pixels, xo=left, yo=below, origin="upper")
         top += rows * CELL_HEIGHT
+    return _png(fig)
+
+
+def accuracy_curve_size() -> Tuple[int, int]:
+    return 960, 600
+
+
+def accuracy_curve(points: Dict[Tuple[str, float], TopOne], title: str) -> bytes:
+    """Top-1 against the fraction kept: mean and standard deviation over the runs per
+    method (random dotted grey), the full training set as a dashed line with its band."""
+    fig = _figure(accuracy_curve_size())
+    ax = fig.add_subplot()
+    full = points.get((FULL, 1.0))
+    if full is not None:
+        ax.axhline(full.mean, color="black", lw=1, ls="--", label=f"full data ({full.mean:.2f})")
+        ax.axhspan(full.mean - full.std, full.mean + full.std, color="black", alpha=0.08)
+    methods = list(dict.fromkeys(m for m, _ in points if m != FULL))
+    # tab10 without its grey (random's), then tab20's lighter shades: no two methods share a colour
+    palette = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7] + list(colormaps["tab20"].colors[1::2])
+    others = iter(palette * (1 + len(methods) // len(palette)))
+    for method in methods:
+        fractions = sorted(f for m, f in points if m == method)
+        series = [points[method, f] for f in fractions]
+        style = dict(color="grey", ls=":") if method == "random" else dict(color=next(others))
+        ax.errorbar(fractions, [p.mean for p in series], yerr=[p.std for p in series], marker="o", ms=4, capsize=3,
+                    label=method, **style)
+    fractions_drawn = [f for m, f in points if m != FULL]
+    if fractions_drawn:  # up to the full set at 1, however few fractions were trained
+        ax.set_xlim(max(0.0, min(fractions_drawn) - 0.05), 1.02)
+    ax.set_xlabel("fraction of the training set kept")
+    ax.set_ylabel("top-1 (%) on the validation set")
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
     return _png(fig)

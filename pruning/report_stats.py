@@ -105,10 +105,11 @@ def class_kept_fractions(order: MethodOrder, keep: int, labels: np.ndarray, size
         return np.where(sizes > 0, kept / np.maximum(sizes, 1), np.nan)
 
 
-def hardest_hit(fractions: np.ndarray, count: int) -> np.ndarray:
-    """The labels of the `count` classes with the lowest kept fraction (ties: lower label;
-    labels with no sample left out)."""
+def hardest_hit(fractions: np.ndarray, count: int, fraction: float) -> np.ndarray:
+    """The labels of at most `count` classes kept below `fraction` (under-kept), lowest kept
+    fraction first (ties: lower label; labels with no sample left out)."""
     candidates = np.flatnonzero(~np.isnan(fractions))
+    candidates = candidates[fractions[candidates] < fraction]
     return candidates[np.argsort(fractions[candidates], kind="stable")[:count]]
 
 

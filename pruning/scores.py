@@ -243,6 +243,7 @@ class Method:
     needs: Tuple[str, ...]  # record kinds it reads
     score: str  # what it computes, for --help and the README
     paper: str
+    axis: str  # "NAME (UNIT, RANGE)": what the score measures; the report's axis label and image captions
     make: Optional[Callable[[int, ScoreParams], Accumulator]] = None
     # A method scored by a function that pulls the probability arrays itself (dynunc).
     stream: Optional[Callable[[Iterable[np.ndarray], int, ScoreParams], np.ndarray]] = None
@@ -296,21 +297,28 @@ def _dynunc(probs: Iterable[np.ndarray], n: int, params: ScoreParams) -> np.ndar
 DEFAULT_METHOD = "dynunc"  # the paper's
 METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
-                     "He et al. 2023, this paper", stream=_dynunc, flags=DYNUNC_FLAGS),
+                     "He et al. 2023, this paper", axis="dynamic uncertainty (unitless: 10 x a std of p(true label))",
+                     stream=_dynunc, flags=DYNUNC_FLAGS),
     "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
-                         "Toneva et al. 2019", make=lambda n, p: ForgettingEvents(n)),
+                         "Toneva et al. 2019", axis="forgetting events (count; +inf: never correct)",
+                         make=lambda n, p: ForgettingEvents(n)),
     "el2n": Method(("el2n",), "||softmax - one-hot||_2 at epoch K // 10 (the next seen epoch for a sample not "
-                   "seen then); with --epochs, its mean over that slice", "Paul et al. 2021",
+                   "seen then); with --epochs, its mean over that slice",
+                   "Paul et al. 2021", axis="EL2N (distance of the softmax to the one-hot label, 0 to 1.41)",
                    make=lambda n, p: (FirstSeen(n, "el2n", p.el2n_epochs) if isinstance(p.el2n_epochs, int)
                                       else SeenMean(n, "el2n", p.el2n_epochs)), flags=EL2N_FLAGS,
                    epochs=lambda p, k: range(p.el2n_epochs, k) if isinstance(p.el2n_epochs, int) else p.el2n_epochs),
     "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
-                  "Pleiss et al. 2020", make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
+                  "Pleiss et al. 2020", axis="negated AUM (minus the mean margin, in logits)",
+                  make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
     "variability": Method(("prob",), "std of p(true label) over epochs (ddof 0)",
-                          "Swayamdipta et al. 2020", make=lambda n, p: SeenStd(n, "prob")),
+                          "Swayamdipta et al. 2020", axis="variability (std of p(true label), 0 to 0.5)",
+                          make=lambda n, p: SeenStd(n, "prob")),
     "confidence": Method(("prob",), "1 - mean p(true label) over epochs",
-                         "Swayamdipta et al. 2020", make=lambda n, p: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
-    "random": Method((), "a uniform random draw from --seed", "baseline", make=lambda n, p: UniformRandom(n, p.seed)),
+                         "Swayamdipta et al. 2020", axis="low confidence (1 - mean p(true label), 0 to 1)",
+                         make=lambda n, p: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
+    "random": Method((), "a uniform random draw from --seed", "baseline", axis="uniform draw (0 to 1)",
+                     make=lambda n, p: UniformRandom(n, p.seed)),
 }
 
 

@@ -11,11 +11,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileList, read_file_list
-from data.list_lines import count_entries
+from data.file_list_index import FileListIndex, open_index
 from pruning.dynamic_uncertainty import check_fraction
-from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, file_list_fingerprint,
-                             find_history_dir, fingerprint_path, missing_record, record_loader)
+from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, find_history_dir,
+                             fingerprint_path, missing_record, record_loader)
 from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults
 from pruning.select import CCS, Cut, Ranking
 
@@ -114,8 +113,7 @@ def check_flags(args: argparse.Namespace) -> Selection:
 class Plan:
     """What to score and keep, checked against the list and the history before any record is read."""
 
-    list_path: str
-    num_samples: int
+    index: FileListIndex  # the list: its count, labels, identity and bytes
     hdir: str
     prob_paths: List[str]
     methods: List[str]
@@ -125,19 +123,15 @@ class Plan:
     selection: Selection
 
     @property
+    def num_samples(self) -> int:
+        return self.index.count
+
+    @property
     def num_epochs(self) -> int:
         return len(self.prob_paths)
 
     def loader(self, mmap: bool = False) -> Callable[[int, str], np.ndarray]:
         return record_loader(self.hdir, self.prob_paths, self.num_samples, mmap=mmap)
-
-    def read_list(self, root: Optional[str] = None) -> FileList:
-        """The list's entries (labels, paths); ValueError if it changed since it was counted."""
-        file_list = read_file_list(self.list_path, root=root)
-        if len(file_list.labels) != self.num_samples:
-            raise ValueError(f"{self.list_path}: changed while being read ({self.num_samples} lines, now "
-                             f"{len(file_list.labels)})")
-        return file_list
 
     def describe_params(self) -> str:
         """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""
@@ -158,16 +152,15 @@ def _spelled(value) -> str:
     return f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
 
 
-def make_plan(args: argparse.Namespace, selection: Selection) -> Plan:
-    """Count the list, open its history (HistoryError naming both if the list is not the
-    one it was recorded on) and resolve the method flags; --method None: every method
-    whose records the history holds. ValueError / HistoryError naming the flag or file."""
-    n = count_entries(args.dataset_file_list)
-    if n == 0:
-        raise ValueError(f"{args.dataset_file_list}: the file list is empty")
-    keeps = fraction_keeps(args.fraction, n)
+def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None) -> Plan:
+    """Open the list's index (unless given), open its history (HistoryError naming both
+    if the list is not the one it was recorded on) and resolve the method flags; --method
+    None: every method whose records the history holds. ValueError / HistoryError /
+    FileListError naming the flag or file."""
+    index = open_index(args.dataset_file_list) if index is None else index
+    keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
-    if not check_fingerprint(hdir, args.dataset_file_list, file_list_fingerprint(args.dataset_file_list, n)):
+    if not check_fingerprint(hdir, args.dataset_file_list, index.fingerprint()):
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
@@ -189,4 +182,4 @@ def make_plan(args: argparse.Namespace, selection: Selection) -> Plan:
                   "only; ignored", file=sys.stderr)
     if not chosen:
         raise ValueError(f"{hdir}: holds the records of no method (give --method)")
-    return Plan(args.dataset_file_list, n, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
+    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)

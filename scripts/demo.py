@@ -3,11 +3,12 @@
 1. write the 5,000 digits as an image tree with file lists (4,000 train / 1,000 val);
 2. torchrun (2 processes, gloo, DALI CPU) main_and_produce.py: train and record the history;
 3. get_coreset.py, one call: the dynamic-uncertainty coreset and every baseline method's
-   (forgetting, EL2N, AUM, variability, confidence, random) at the same fraction, and
-   report.py: the HTML report that compares them (OUTPUT/report/index.html);
+   (forgetting, EL2N, AUM, variability, confidence, random) at the same fraction;
 4. main.py on the full set, on the dynamic-uncertainty coreset and on the random subset
    (with --train-baselines also on every other baseline's coreset);
-5. print how much each baseline's coreset shares with dynamic uncertainty's, and a table
+5. report.py: the HTML report that compares the methods, with the accuracies of step 4
+   in its decision section (OUTPUT/report/index.html);
+6. print how much each baseline's coreset shares with dynamic uncertainty's, and a table
    of top-1 accuracies.
 
     python scripts/demo.py [--output demo_output] [--fraction 0.5] [--window 4] [--nproc 2] [--train-baselines]
@@ -84,9 +85,6 @@ def main() -> int:
     sh([sys.executable, "get_coreset.py", "--input", produce, "--dataset_file_list", train_list,
         "--fraction", str(args.fraction), "--window", str(args.window), "--method", *METHODS,
         "--output", os.path.join(out, "coreset_{method}.txt")])
-    report = os.path.join(out, "report")
-    sh([sys.executable, "report.py", "--input", produce, "--dataset_file_list", train_list, "--window",
-        str(args.window), "--fraction", *dict.fromkeys(["0.7", str(args.fraction), "0.3"]), "--output", report])
     dynunc = read_kept(coresets["dynunc"])
     size = len(dynunc)
     print("\n| coreset | lines shared with the dynamic-uncertainty coreset |\n|---|---:|")
@@ -100,6 +98,11 @@ def main() -> int:
     torchrun(args.nproc, "main.py", "--config", CONFIG, "--output", runs["full"], *opts)
     for m in trained:
         torchrun(args.nproc, "main.py", "--config", CONFIG, "--coreset", coresets[m], "--output", runs[m], *opts)
+    report = os.path.join(out, "report")
+    accuracy = [f"full={runs['full']}"] + [f"{m}:{args.fraction}={runs[m]}" for m in trained]
+    sh([sys.executable, "report.py", "--input", produce, "--dataset_file_list", train_list, "--window",
+        str(args.window), "--fraction", *dict.fromkeys(["0.7", str(args.fraction), "0.3"]), "--output", report,
+        "--accuracy", *accuracy])
 
     with open(train_list) as f:
         total = sum(1 for line in f if line.strip())

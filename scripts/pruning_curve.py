@@ -36,8 +36,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from data.file_list import read_lines  # noqa: E402
+from data.file_list import read_coreset, read_file_list  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
+from pruning.accuracy import CSV_FIELDS, FULL, Accuracy, summarise  # noqa: E402
+from pruning.report_figures import accuracy_curve  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
@@ -45,8 +47,6 @@ PLAIN_METHODS = ("dynunc", "forgetting", "el2n", "aum", "variability", "confiden
 # Variants that change the selection rule of a method: name -> (method, extra get_coreset flags).
 SELECTION_VARIANTS = {"dynunc-ccs": ("dynunc", ["--ccs", "{ccs_beta}"]),
                       "dynunc-balanced": ("dynunc", ["--class-balanced"])}
-FULL = "full"
-CSV_FIELDS = ["labels", "method", "fraction", "seed", "images", "top1", "top5", "flipped_kept"]
 
 
 @dataclass(frozen=True)
@@ -121,43 +121,18 @@ def train(args, job: Job, train_opts: List[str]) -> dict:
     return record
 
 
-def flipped_share(coreset: Optional[str], index_of: Dict[str, int], flipped: np.ndarray) -> float:
-    if coreset is None:
+def flipped_share(kept: Optional[np.ndarray], flipped: np.ndarray) -> float:
+    """The share of the flipped rows that the coreset's rows `kept` hold (None: the full list)."""
+    if kept is None:
         return 1.0
-    kept = np.array([index_of[line] for line in read_lines(coreset)], dtype=np.int64)
     return float(np.isin(flipped, kept).mean()) if len(flipped) else float("nan")
 
 
 def plot(rows: List[dict], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    full = [r["top1"] for r in rows if r["method"] == FULL]
-    if full:
-        mean, std = float(np.mean(full)), float(np.std(full))
-        ax.axhline(mean, color="black", lw=1, ls="--", label=f"full data ({mean:.2f})")
-        ax.axhspan(mean - std, mean + std, color="black", alpha=0.08)
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != FULL]
-    for k, method in enumerate(methods):
-        fractions = sorted({r["fraction"] for r in rows if r["method"] == method})
-        accs = [[r["top1"] for r in rows if r["method"] == method and r["fraction"] == f] for f in fractions]
-        style = dict(color="grey", ls=":") if method == "random" else {}
-        ax.errorbar(fractions, [np.mean(a) for a in accs], yerr=[np.std(a) for a in accs], marker="o", ms=4,
-                    capsize=3, label=method, **style)
-    ax.set_xlabel("fraction of the training set kept")
-    ax.set_ylabel("top-1 (%) on the validation set")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    """The curve figure (pruning/report_figures.py's, which the report also draws from this CSV)."""
+    runs = [Accuracy(r["method"], float(r["fraction"]), float(r["top1"]), path) for r in rows]
     with atomic_open(path, "wb") as f:
-        f.write(buf.getvalue())
+        f.write(accuracy_curve(summarise(runs), title))
 
 
 def summary(rows: List[dict]) -> str:
@@ -233,11 +208,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(lambda job: train(args, job, opts), jobs))
 
-    index_of = {line: i for i, line in enumerate(read_lines(train_list))}
+    full = len(read_file_list(train_list))
     rows = []
     for job, record in zip(jobs, records):
-        images = len(index_of) if job.coreset is None else len(read_lines(job.coreset))
-        share = flipped_share(job.coreset, index_of, flipped) if len(flipped) else ""
+        kept = None if job.coreset is None else read_coreset(job.coreset, train_list).rows
+        images = full if kept is None else len(kept)
+        share = flipped_share(kept, flipped) if len(flipped) else ""
         rows.append({"labels": labels, "method": job.method, "fraction": job.fraction, "seed": job.seed,
                      "images": images, "top1": round(record["acc1"], 4), "top5": round(record["acc5"], 4),
                      "flipped_kept": "" if share == "" else round(share, 4)})

@@ -49,7 +49,8 @@ def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=
     drawn around `level` (clipped to [0, 1]), correct = p > 0.5, a margin and an EL2N that
     follow p with noise, about 10% of the samples unseen (NaN, -1), and the list's
     fingerprint. `kinds`: which of margin and el2n are written. Returns the history folder."""
-    from pruning.history import file_list_fingerprint, history_dir, write_epoch, write_fingerprint
+    from data.file_list_index import open_index
+    from pruning.history import history_dir, write_epoch, write_fingerprint
 
     n = len(level)
     hdir = history_dir(str(run_dir))
@@ -64,7 +65,7 @@ def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=
         correct[unseen] = -1
         write_epoch(hdir, epoch, prob, correct, margin=margin if "margin" in kinds else None,
                     el2n=el2n if "el2n" in kinds else None)
-    write_fingerprint(hdir, file_list_fingerprint(str(list_path), n))
+    write_fingerprint(hdir, open_index(str(list_path)).fingerprint())
     return hdir
 
 
@@ -81,3 +82,21 @@ def run_main(main, args):
         except SystemExit as e:
             code = e.code
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def restore_root_logging():
+    """The root logger's handlers and level as they were before the test (main.py's
+    commands, run in this process, replace them)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        if handler not in handlers:
+            handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

@@ -10,7 +10,7 @@ from torch import nn
 
 from models.pretrained import adapt_pretrained_state
 from utils.checkpoint import (checkpoint_dir, checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained,
-                              model_state, save_checkpoint)
+                              model_state, prune_checkpoints, save_checkpoint)
 from utils.config import config_to_yaml, load_config
 from utils.io import atomic_open
 
@@ -121,6 +121,55 @@ def test_latest_none(tmp_path):
     with open(checkpoint_path(str(tmp_path), 0), "wb") as f:
         f.write(b"not a checkpoint")
     assert latest_checkpoint(str(tmp_path)) is None  # only an unreadable one
+
+
+def truncate(path):
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[: len(content) // 2])
+
+
+def listing(out):
+    return sorted(os.listdir(checkpoint_dir(out)))
+
+
+def test_prune_keeps_the_newest_by_epoch_number_and_other_files(tmp_path):
+    out = str(tmp_path)
+    for epoch in (0, 1, 2, 9, 10):
+        save_epoch(out, epoch)
+    with open(os.path.join(checkpoint_dir(out), "best.pth"), "wb") as f:
+        f.write(b"not ours")
+    later = os.path.getmtime(checkpoint_path(out, 10)) + 100
+    os.utime(checkpoint_path(out, 1), (later, later))  # newest by time: irrelevant
+    assert prune_checkpoints(out, 2) == [checkpoint_path(out, e) for e in (0, 1, 2)]
+    assert listing(out) == ["best.pth", "ckpt_epoch_10.pth", "ckpt_epoch_9.pth"]
+    assert prune_checkpoints(out, 2) == []  # nothing more to do
+    assert prune_checkpoints(out, 5) == [] and latest_checkpoint(out)[1]["epoch"] == 10
+
+
+def test_prune_counts_only_checkpoints_that_load(tmp_path):
+    """The newest is truncated: it does not count, an older one is kept in its place, and
+    the unreadable file is left for a person to look at (resume skips it)."""
+    out = str(tmp_path)
+    for epoch in range(5):
+        save_epoch(out, epoch)
+    truncate(checkpoint_path(out, 4))
+    truncate(checkpoint_path(out, 1))
+    assert prune_checkpoints(out, 2) == [checkpoint_path(out, e) for e in (0, 1)]
+    assert listing(out) == ["ckpt_epoch_2.pth", "ckpt_epoch_3.pth", "ckpt_epoch_4.pth"]
+    assert latest_checkpoint(out)[1]["epoch"] == 3
+    # None loads: nothing is deleted.
+    out2 = str(tmp_path / "none")
+    for epoch in range(3):
+        save_epoch(out2, epoch)
+        truncate(checkpoint_path(out2, epoch))
+    assert prune_checkpoints(out2, 1) == [] and len(listing(out2)) == 3
+
+
+def test_prune_needs_a_positive_count(tmp_path):
+    with pytest.raises(ValueError, match="KEEP_CHECKPOINTS"):
+        prune_checkpoints(str(tmp_path), 0)
 
 
 def test_failed_save_keeps_the_old_checkpoint(tmp_path):

@@ -134,6 +134,17 @@ def test_unknown_key_names_dotted_key_and_file(tmp_path):
     assert path in message
 
 
+def test_errors_name_the_line_in_one_line(tmp_path):
+    path = write(tmp_path / "c.yaml", "SEED: 1\nTRAIN:\n  OPTIMIZER:\n    NAME: sgd\n    NAMEE: sgd\n")
+    with pytest.raises(KeyError) as info:
+        load_config(path)
+    assert info.value.args[0] == f"{path}:5: unknown config key TRAIN.OPTIMIZER.NAMEE"
+    path = write(tmp_path / "y.yaml", "SEED: 1\nTRAIN: {EPOCHS: [1,\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:3: not valid YAML: ") and "\n" not in str(info.value)
+
+
 def test_unknown_top_level_key(tmp_path):
     # the paper's configs had DATA.TRAIN_SiZE: typos must not pass silently
     path = write(tmp_path / "c.yaml", "DATA:\n  TRAIN_SiZE: 5\n")

@@ -74,8 +74,9 @@ def test_second_run_on_a_live_output_is_refused_and_a_stale_lock_is_not(data):
         holder = worker_pid(first.pid, 0)
         second = subprocess.run([sys.executable, "main.py", "--config", "configs/demo-mnist.yaml", "--output", out,
                                  "--opts", *opts], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-        assert second.returncode != 0
-        assert f"output folder {out} is in use by another run (pid {holder} on host" in second.stderr
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert second.stderr.startswith(f"main.py: error: output folder {out} is in use by another run (pid {holder} "
+                                        f"on host")
         with open(log) as f:
             assert "train on 1 process" not in f.read(), "the refused run wrote into the folder"
         assert first.poll() is None, "the refusal disturbed the live run"

@@ -160,19 +160,29 @@ def test_read_lines_without_bom_and_terminators(tmp_path):
     assert read_lines(str(path)) == ["/a b.jpg 0", "/c.jpg 1", "/d.jpg 2"]
 
 
-def test_get_coreset_counts_like_the_reader(tmp_path):
-    from data.list_lines import count_entries
+def test_fingerprint_is_the_sha256_of_the_bytes(tmp_path):
+    """The identity a history records: the sha256 of every byte (mark and CR included),
+    computed when the index is built and read back from it."""
+    import hashlib
 
     path = tmp_path / "list.txt"
-    path.write_bytes(b"\xef\xbb\xbf\r\n/a.jpg 0\r\n \r\n/b c.jpg 1\r/d.jpg 2")
-    assert count_entries(str(path)) == len(read_file_list(str(path))) == 3
+    raw = b"\xef\xbb\xbf\r\n/a.jpg 0\r\n \r\n/b c.jpg 1\r/d.jpg 2"
+    path.write_bytes(raw)
+    t = path.stat().st_mtime - 60
+    os.utime(path, (t, t))  # old enough to keep its index on disk
+    expected = {"path": str(path), "entries": 3, "sha256": hashlib.sha256(raw).hexdigest()}
+    built = read_file_list(str(path)).index
+    assert built.location == str(path) + ".idx" and built.fingerprint() == expected
+    reread = read_file_list(str(path)).index
+    assert reread.header == built.header and reread.fingerprint() == expected
 
 
 def test_invalid_utf8_names_the_line(tmp_path):
     path = tmp_path / "list.txt"
     path.write_bytes(b"/a.jpg 0\n/b\xff.jpg 1\n")
-    with pytest.raises(FileListError, match=f"{path}:2: the line is not valid UTF-8"):
-        read_file_list(str(path))
+    for reader in (read_file_list, read_lines):
+        with pytest.raises(FileListError, match=f"{path}:2: the line is not valid UTF-8"):
+            reader(str(path))
 
 
 # -----------------------------------------------------------------------------
@@ -430,7 +440,8 @@ def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypa
 def test_index_header_round_trip():
     import data.file_list_index as fli
 
-    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, 2, tuple(range(len(fli.SECTIONS))))
+    header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, 2, tuple(range(len(fli.SECTIONS))),
+                        bytes(range(32)))
     assert fli.Header.unpack(header.pack()) == header
     with pytest.raises(ValueError, match="checksum"):
         fli.Header.unpack(header.pack()[:-1] + b"\0")

@@ -502,6 +502,17 @@ def test_refuse_missing_list(setup):
     assert_refused(s, cli_args(s, dataset_file_list=s["tmp"] / "nope.txt"), "file list not found")
 
 
+def test_refuse_a_malformed_list_naming_its_line(setup):
+    """The list is read through its index, which refuses a line without a label (the
+    copy of kept lines used to carry such a line into the coreset, for main.py to refuse)."""
+    s = setup
+    lines = list(s["lines"])
+    lines[6] = lines[6].rsplit(maxsplit=1)[0]
+    with open(s["list"], "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    assert_refused(s, cli_args(s), f"{s['list']}:7: expected '<relative path> <label>'")
+
+
 def test_blank_lines_in_list_are_not_entries(setup):
     s = setup
     with open(s["list"], "w") as f:  # same 60 entries, with blank lines between

@@ -63,8 +63,9 @@ def test_custom_dataset_needs_a_class_count(image_tree, tmp_path):
 
 
 def test_label_outside_the_class_count_names_the_line(image_tree, tmp_path):
-    from data.file_list import FileListError
+    from main import InputError
 
-    with pytest.raises(FileListError, match=r"file_list.txt:\d+: label 2 is outside \[0, 2\)"):
+    with pytest.raises(InputError, match=r"file_list.txt:\d+: label 2 is outside \[0, 2\)"):
         main(parse_args(["--config", CONFIG, "--output", str(tmp_path / "x"),
                          *opts_for(image_tree, "MODEL.NUM_CLASSES", "2")]))
+    assert not os.path.exists(tmp_path / "x")

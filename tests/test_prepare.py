@@ -239,6 +239,30 @@ def test_check_windows_list_with_byte_order_mark(imagenet, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("OK")
 
 
+def test_check_decode_reads_the_first_line_of_a_list_with_byte_order_mark(imagenet, tmp_path, capsys):
+    """--decode reads the list as the check does: the mark is not part of the first path
+    (the tree's files are empty, so every listed image is undecodable)."""
+    assert main(["file-list", imagenet, "--no-progress"]) == 0
+    with open(os.path.join(imagenet, "file_list.txt"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    saved = tmp_path / "notepad.txt"
+    saved.write_bytes(("\ufeff" + "\r\n".join(lines)).encode("utf-8"))
+    capsys.readouterr()
+    assert main(["check", str(saved), "--root", imagenet, "--decode", "--no-progress", "--workers", "1"]) == 1
+    out = capsys.readouterr().out
+    assert f"decoded {len(lines)} images: 0 fine, {len(lines)} undecodable" in out
+    assert f"{saved}:1: undecodable image {imagenet}{lines[0].rsplit(maxsplit=1)[0]}" in out
+
+
+def test_check_refuses_a_label_too_large_for_training(tmp_path, capsys):
+    """The label rule is the training reader's: int32 labels, so 2**31 is a problem."""
+    root = make_tree(tmp_path / "tree", {"n01": ["a.JPEG"], "n02": ["b.JPEG"]})
+    lst = tmp_path / "list.txt"
+    lst.write_text("/n01/a.JPEG 0\n/n02/b.JPEG 2147483648\n")
+    assert main(["check", str(lst), "--root", root]) == 1
+    assert f"{lst}:2: label 2147483648 is too large (at most 2147483647)" in capsys.readouterr().out
+
+
 def test_check_reports_every_problem_with_line_numbers(imagenet, tmp_path, capsys):
     lst = tmp_path / "list.txt"
     lst.write_text(

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.history import HistoryError, file_list_fingerprint, history_dir, record_path, write_epoch
+from data.file_list_index import open_index
+from pruning.history import HistoryError, history_dir, record_path, write_epoch
 from pruning.recorder import PredictionRecorder, has_batchnorm
 
 
@@ -279,7 +280,7 @@ def test_file_list_fingerprint_written_at_start(tmp_path):
 
     assert recorded == {"path": flist, "entries": 2,
                         "sha256": hashlib.sha256((tmp_path / "train.txt").read_bytes()).hexdigest()}
-    assert recorded == file_list_fingerprint(flist, 2)
+    assert recorded == open_index(flist).fingerprint()
     PredictionRecorder(2, str(tmp_path / "other"), torch.device("cpu"), False, file_list=flist).resume_from(0)
     assert not os.path.exists(history_dir(str(tmp_path / "other")))  # rank 0 only
 
@@ -296,7 +297,7 @@ def test_resume_on_a_different_list_is_refused(tmp_path):
     # starting over (epoch 0) drops the old epochs and records the new list
     PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(0)
     recorded = json.loads((tmp_path / "out" / "pred_prob_history" / "file_list.json").read_text())
-    assert recorded == file_list_fingerprint(flist, 2)
+    assert recorded == open_index(flist).fingerprint()
 
 
 def test_every_record_kind_is_written_and_read_as_its_table_row(tmp_path):

@@ -80,11 +80,16 @@ def test_report_files_numbers_and_html(s):
             assert image.format == "PNG" and image.size == size, name
     assert set(os.listdir(s["out"])) == set(sizes) | {"index.html", "report.json"}
 
-    # The page links only to files beside it, and shows every figure.
+    # The page links only to files beside it and to its own sections, and shows every figure.
     page = (s["out"] / "index.html").read_text()
     linked = set(re.findall(r'(?:src|href)="([^"]*)"', page))
-    assert linked == set(sizes) | {"report.json"}
+    anchors = {link for link in linked if link.startswith("#")}
+    assert linked - anchors == set(sizes) | {"report.json"}
+    assert anchors == {f"#{anchor}" for anchor in re.findall(r' id="([^"]+)"', page)} and len(anchors) >= 6
     assert "http" not in page.lower()
+    # Paths relative to the report folder, never absolute; no negative zero.
+    assert str(s["tmp"]) not in page and "../run" in page and "../data/file_list.txt" in page
+    assert not re.search(r"-0\.0+(?![0-9])", page)
 
     # Kept counts, overlap, per-class fractions and flipped shares from select.top.
     scores = expected_scores(s, methods)
@@ -103,7 +108,8 @@ def test_report_files_numbers_and_html(s):
     for m in methods:
         per_class = {f: np.array([kept[m, f][labels == c].mean() for c in range(CLASSES)]) for f in FRACTIONS}
         hardest = numbers["hardest_hit"][m]
-        assert [c["label"] for c in hardest] == list(np.argsort(per_class[reference], kind="stable"))
+        under = [c for c in np.argsort(per_class[reference], kind="stable") if per_class[reference][c] < 0.5]
+        assert [c["label"] for c in hardest] == under  # under-kept classes only, lowest first
         for c in hardest:
             assert c["class"] == f"c{c['label']:02d}" and c["size"] == PER_CLASS
             for f in FRACTIONS:
@@ -224,3 +230,130 @@ def test_refused_history(s, tmp_path):
                             "--method", "random"])
     assert code == 2 and "is not the file list the history was recorded on" in err
     assert not s["out"].exists()
+
+
+def write_curve_csv(path, rows):
+    with open(path, "w") as f:
+        f.write("labels,method,fraction,seed,images,top1,top5,flipped_kept\n")
+        for method, fraction, seed, top1 in rows:
+            f.write(f"clean,{method},{fraction},{seed},{int(N * fraction)},{top1},99.0,\n")
+
+
+def write_run(folder, acc1s, epochs=None):
+    """A main.py run's output: metrics.jsonl (one record per epoch) and config.yaml."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for epoch, acc1 in enumerate(acc1s):
+            f.write(json.dumps({"epoch": epoch, "acc1": acc1, "acc5": 99.0}) + "\n")
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        f.write(f"TRAIN:\n  EPOCHS: {len(acc1s) if epochs is None else epochs}\n")
+    return folder
+
+
+def test_decision_section_with_accuracies(s):
+    """Top-1 per method and fraction (mean and population std over the runs) beside the
+    full-data line, the best and those within its seed spread, the curve figure; per-class
+    and tie numbers against a direct computation from select.top."""
+    accuracy = s["tmp"] / "curve.csv"
+    curve = [("full", 1.0, seed, 90 + seed) for seed in range(3)]
+    curve += [("forgetting", 0.5, seed, v) for seed, v in enumerate((80.0, 82.0, 84.0))]  # 82 +- 1.63
+    curve += [("confidence", 0.5, seed, v) for seed, v in enumerate((85.0, 85.5, 86.0))]  # 85.5 +- 0.41
+    curve += [("dynunc-ccs", 0.5, seed, v) for seed, v in enumerate((70.0, 71.0, 72.0))]  # not a report method
+    curve += [("confidence", 0.25, 0, 60.0)]
+    write_curve_csv(accuracy, curve)
+    runs = [write_run(s["tmp"] / f"random_s{i}", [50.0, v]) for i, v in enumerate((83.0, 84.0))]  # 83.5 +- 0.5
+    code, _, err = run_cli(base(s, "--method", "forgetting", "confidence", "random", "--fraction", *FRACTIONS,
+                                "--accuracy", accuracy, *(f"random:0.5={r}" for r in runs)))
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
+    rows = {(r["method"], r["fraction"]): r for r in numbers["decision"]}
+    assert numbers["full_top1"] == pytest.approx({"mean": 91.0, "std": np.std([90, 91, 92]), "runs": 3})
+    assert rows["forgetting", "0.5"]["top1"] == pytest.approx({"mean": 82.0, "std": np.std([80, 82, 84]), "runs": 3})
+    assert rows["random", "0.5"]["top1"] == pytest.approx({"mean": 83.5, "std": 0.5, "runs": 2})
+    # best: confidence (85.5 +- 0.41); random reaches 84.0 < 85.09: below; forgetting reaches 83.63: below.
+    assert rows["confidence", "0.5"]["vs_best"] == "best"
+    assert rows["random", "0.5"]["vs_best"] == rows["forgetting", "0.5"]["vs_best"] == "below"
+    assert rows["dynunc-ccs", "0.5"]["in_report"] is False and rows["dynunc-ccs", "0.5"]["vs_best"] == "below"
+    assert rows["confidence", "0.25"]["vs_best"] == "best" and rows["random", "0.25"]["top1"] is None
+    assert ("dynunc-ccs", "0.25") not in rows
+    assert "At keep 0.5, confidence has the best mean top-1 (85.50 ± 0.41 (3 runs))" in numbers["reading"]
+    assert "random and dynunc-ccs fall below it" in numbers["reading"]
+    with Image.open(s["out"] / "accuracy_curve.png") as image:
+        assert image.size == report_figures.accuracy_curve_size()
+    page = (s["out"] / "index.html").read_text()
+    assert 'src="accuracy_curve.png"' in page and "85.50 ± 0.41" in page
+
+    scores = expected_scores(s, ["forgetting", "confidence", "random"])
+    labels = np.repeat(np.arange(CLASSES), PER_CLASS)
+    for (m, f), row in rows.items():
+        if not row["in_report"]:
+            continue
+        keep = int(N * float(f))
+        kept = np.isin(np.arange(N), top(scores[m], keep))
+        per_class = [kept[labels == c].mean() for c in range(CLASSES)]
+        assert row["kept"] == keep
+        assert row["class_min"] == pytest.approx(min(per_class))
+        assert row["class_median"] == pytest.approx(np.median(per_class))
+        lowest_kept = scores[m][kept].min()
+        at_cut = scores[m] == lowest_kept
+        split = kept[at_cut].sum() < at_cut.sum()  # the cut leaves some images at its score out
+        assert row["drawn"] == (kept[at_cut].sum() if split else 0)
+        tie = numbers["ties"][m][f]
+        assert (tie["tied"], tie["drawn"]) == ((at_cut.sum(), kept[at_cut].sum()) if split else (0, 0))
+    assert any(r["drawn"] for r in rows.values() if r["in_report"])  # forgetting's counts tie at the cuts
+
+
+def test_decision_without_accuracies_reads_classes(s):
+    code, _, err = run_cli(base(s, "--method", "confidence", "random", "--fraction", "0.25"))
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
+    assert numbers["reading"].startswith("No accuracies were given (--accuracy)")
+    summary = numbers["class_kept_summary"]["confidence"]["0.25"]
+    assert summary["classes_emptied"] > 0  # the easiest classes are pruned whole by low confidence
+    assert f"confidence empties {summary['classes_emptied']} class" in numbers["reading"]
+    assert not (s["out"] / "accuracy_curve.png").exists()
+    assert "top-1" not in (s["out"] / "index.html").read_text().split('id="histograms"')[0].lower()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_top1", "line 1: no column 'top1'"),
+    ("bad_fraction", "curve.csv line 3: fraction '1.5' is not in (0, 1]"),
+    ("bad_top1", "curve.csv line 2: top-1 'high' is not a number"),
+    ("mixed", "mix label settings (clean, noise0.2)"),
+    ("spec", "expected METHOD:FRACTION=RUN, full=RUN, or a CSV file"),
+    ("unfinished", "the run stopped at epoch 1 of 5"),
+    ("missing", "not found"),
+])
+def test_refused_accuracy(s, case, message):
+    csv_path, run = s["tmp"] / "curve.csv", write_run(s["tmp"] / "run_a", [40.0, 50.0], epochs=5)
+    header = "labels,method,fraction,seed,images,top1,top5,flipped_kept\n"
+    texts = {"no_top1": "method,fraction,seed\nrandom,0.5,0\n",
+             "bad_fraction": header + "clean,random,0.5,0,30,80,99,\nclean,random,1.5,0,30,80,99,\n",
+             "bad_top1": header + "clean,random,0.5,0,30,high,99,\n",
+             "mixed": header + "clean,random,0.5,0,30,80,99,\nnoise0.2,random,0.5,0,30,80,99,\n"}
+    csv_path.write_text(texts.get(case, header + "clean,random,0.5,0,30,80,99,\n"))
+    given = {"spec": ["random=" + str(run)], "unfinished": [f"random:0.5={run}"],
+             "missing": [str(s["tmp"] / "nope.csv")]}.get(case, [csv_path])
+    code, _, err = run_cli(base(s, "--method", "random", "--accuracy", *given))
+    assert code == 2 and message in err, err
+    assert not s["out"].exists()
+
+
+def test_number_never_shows_negative_zero():
+    assert report_figures.number(-0.0001, ".2f") == "0.00" and report_figures.number(-0.0) == "0"
+    assert report_figures.number(-1e-5, ".4g") == "-1e-05" and report_figures.number(-1.25, ".1f") == "-1.2"
+    assert report_figures.number(float("-inf")) == "-inf"
+
+
+def test_every_method_says_what_its_score_is():
+    for name, method in METHODS.items():
+        assert re.fullmatch(r"\S[^()]* \(.+\)", method.axis), name  # "NAME (UNIT, RANGE)"
+
+
+def test_cut_labels_say_what_a_cut_keeps():
+    from pruning.select import Cut
+
+    assert (report_figures.cut_label("0.5", Cut(-0.0, 3057, 1057), "forgetting events")
+            == "keep 0.5: inside a tie of 3057 images at score 0; 1057 kept at random")
+    assert report_figures.cut_label("0.7", Cut(0.35141, 0, 0), "EL2N") == "keep 0.7: EL2N >= 0.3514"
+    assert report_figures.axis_name(METHODS["forgetting"].axis) == "forgetting events"

@@ -1,10 +1,11 @@
 """Checkpoints: plain data only (tensors, numbers, the config as YAML text), so that
 torch.load(weights_only=True) reads them; written atomically by rank 0; resumed from the
-highest complete epoch number, never by file time."""
+highest complete epoch number, never by file time; with TRAIN.KEEP_CHECKPOINTS, the
+newest that load are kept and older ones deleted (prune_checkpoints)."""
 import logging
 import os
 import re
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -57,30 +58,86 @@ def save_checkpoint(path: str, state: Dict) -> None:
         raise named_write_error(keeper.error, path) from e
 
 
-def load_checkpoint(path: str) -> Dict:
+def load_checkpoint(path: str, mmap: bool = False) -> Dict:
+    """The checkpoint's contents on the CPU. With `mmap`, tensors are mapped from the file,
+    not read: the same test that it loads (torch.load checks no checksum of tensor data
+    either way) for the cost of reading its pickle and zip directory."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint not found: {path}") from None
     except Exception as e:  # a truncated or foreign file: say which one
         raise RuntimeError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
 
 
+def _newest_first(output: str) -> List[str]:
+    """The paths of OUTPUT/ckpts/ckpt_epoch_{E}.pth, highest epoch number first."""
+    folder = checkpoint_dir(output)
+    if not os.path.isdir(folder):
+        return []
+    epochs = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := _CKPT.match(name)))
+    return [os.path.join(folder, name) for _, name in reversed(epochs)]
+
+
 def latest_checkpoint(output: str) -> Optional[Tuple[str, Dict]]:
     """(path, contents) of the checkpoint with the highest epoch number that loads;
     unreadable ones are skipped with a warning (atomic writes make them unlikely, but a
     disk can still fail)."""
-    folder = checkpoint_dir(output)
-    if not os.path.isdir(folder):
-        return None
-    epochs = sorted((int(m.group(1)), name) for name in os.listdir(folder) if (m := _CKPT.match(name)))
-    for _, name in reversed(epochs):
-        path = os.path.join(folder, name)
+    for path in _newest_first(output):
         try:
             return path, load_checkpoint(path)
         except RuntimeError as e:
             logger.warning(f"skipping unreadable checkpoint: {e}")
     return None
+
+
+def prune_checkpoints(output: str, keep: int) -> List[str]:
+    """Delete the checkpoints older than the `keep` newest that load; returns the paths
+    deleted, oldest first.
+
+    Called after a new checkpoint is written: it is one of the files checked, so if it
+    does not load, an older one is kept in its place. The folder is synced first, so that
+    the new file's name is on disk before any older file leaves it. Unreadable files newer
+    than the kept ones are left as they are (auto-resume skips them with a warning); a
+    process killed in the middle leaves older files that the next call deletes.
+    """
+    if keep < 1:
+        raise ValueError(f"TRAIN.KEEP_CHECKPOINTS: keep at least 1 checkpoint to prune, got {keep}")
+    paths = _newest_first(output)
+    if len(paths) <= keep:
+        return []
+    _sync_folder(checkpoint_dir(output))
+    loadable = 0
+    for i, path in enumerate(paths):
+        try:
+            load_checkpoint(path, mmap=True)
+        except RuntimeError as e:
+            logger.warning(f"not counted among the {keep} kept: {e}")
+            continue
+        loadable += 1
+        if loadable == keep:
+            older = paths[i + 1:][::-1]
+            for old in older:
+                _delete(old)
+            if older:
+                logger.info(f"deleted {len(older)} older checkpoint(s), kept the newest {keep} that load")
+            return older
+    return []
+
+
+def _sync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _delete(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass  # deleted meanwhile: the result is the same
 
 
 def model_state(checkpoint: Dict) -> Dict[str, torch.Tensor]:

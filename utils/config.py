@@ -8,7 +8,7 @@ error naming the key and the file it came from.
 """
 import ast
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -123,6 +123,9 @@ _C.TRAIN.MIN_LR = 1e-5
 # 0 disables clipping.
 _C.TRAIN.CLIP_GRAD = 5.0
 _C.TRAIN.AUTO_RESUME = True
+# Checkpoints kept in OUTPUT/ckpts: 0 keeps all (the paper's behaviour); N > 0 keeps the
+# newest N that load, deleting older ones only after a new one is written and loads.
+_C.TRAIN.KEEP_CHECKPOINTS = 0
 _C.TRAIN.ACCUMULATION_STEPS = 1
 # Gradient checkpointing, to trade compute for memory.
 _C.TRAIN.USE_CHECKPOINT = False
@@ -201,19 +204,35 @@ def get_defaults() -> CN:
     return _C.clone()
 
 
-def _read_yaml(path: str) -> dict:
+def _read_yaml(path: str) -> Tuple[dict, Dict[str, int]]:
+    """The file's mapping, and the line (1-based) of each dotted key in it, for messages."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = f.read()
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise FileNotFoundError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        problem = getattr(e, "problem", None) or str(e).replace("\n", " ")
+        raise ValueError(f"{where}: not valid YAML: {problem}") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
-    return data
+    return data, _key_lines(yaml.compose(text))
+
+
+def _key_lines(node, prefix: str = "") -> Dict[str, int]:
+    """{dotted key: line} for the nested mappings of a composed YAML node."""
+    lines: Dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            full = f"{prefix}{key.value}"
+            lines[full] = key.start_mark.line + 1
+            lines.update(_key_lines(value, full + "."))
+    return lines
 
 
 def _parse_text(text: str):
@@ -241,32 +260,33 @@ def _coerce(value, original, key: str, source: str):
     raise ValueError(f"{source}: {key} expects {type(original).__name__}, got {value!r}")
 
 
-def _merge_dict(node: CN, data: dict, source: str, prefix: str = "") -> None:
-    """Merge a parsed YAML mapping into the schema, refusing unknown keys by name."""
+def _merge_dict(node: CN, data: dict, source: str, lines: Dict[str, int], prefix: str = "") -> None:
+    """Merge a parsed YAML mapping into the schema, refusing unknown keys by name and line."""
     for key, value in data.items():
         full = f"{prefix}{key}"
+        where = f"{source}:{lines[full]}" if full in lines else source
         if key not in node:
-            raise KeyError(f"{source}: unknown config key {full}")
+            raise KeyError(f"{where}: unknown config key {full}")
         if isinstance(node[key], CN):
             if not isinstance(value, dict):
-                raise ValueError(f"{source}: {full} is a section; got {value!r}")
-            _merge_dict(node[key], value, source, full + ".")
+                raise ValueError(f"{where}: {full} is a section; got {value!r}")
+            _merge_dict(node[key], value, source, lines, full + ".")
         elif isinstance(value, dict):
-            raise KeyError(f"{source}: {full} is a value, not a section")
+            raise KeyError(f"{where}: {full} is a value, not a section")
         else:
-            node[key] = _coerce(value, node[key], full, source)
+            node[key] = _coerce(value, node[key], full, where)
 
 
 def _merge_file(config: CN, path: str, seen: Sequence[str] = ()) -> None:
     path = os.path.abspath(path)
     if path in seen:
         raise ValueError(f"{path}: BASE inheritance loops back to this file")
-    data = _read_yaml(path)
+    data, lines = _read_yaml(path)
     bases = data.pop("BASE", None) or []
     for base in [bases] if isinstance(bases, str) else bases:
         if base:
             _merge_file(config, os.path.join(os.path.dirname(path), base), (*seen, path))
-    _merge_dict(config, data, path)
+    _merge_dict(config, data, path, lines)
     model_cfg = (data.get("MODEL") or {}).get("MODEL_CONFIG_PATH")
     if model_cfg:  # relative to the file that names it (else to the cwd); stored absolute
         config.MODEL.MODEL_CONFIG_PATH = os.path.abspath(_beside(model_cfg, path))

@@ -204,6 +204,16 @@ def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(buf, src)
 
 
+def first_error(error: Optional[str]) -> Optional[str]:
+    """The error of the lowest rank that has one (None: this rank has none), the same on
+    every rank, so that all stop together and one of them can say why."""
+    if not is_distributed():
+        return error
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

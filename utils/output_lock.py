@@ -86,6 +86,26 @@ class OutputLock:
             self._fd = None
 
 
+def in_use(output: str) -> bool:
+    """Whether a live run holds the lock on `output` (or whether it cannot be told, for a
+    lock file this process may not open); creates nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(output, LOCK_NAME), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        return e.errno in _CONFLICT
+    finally:
+        os.close(fd)  # releases the lock if it was taken
+    return False
+
+
 def lock_output(output: str, rank: int) -> OutputLock:
     """Rank 0 locks `output`; every rank raises OutputInUseError if that failed, so the
     whole group stops before writing anything into the folder."""

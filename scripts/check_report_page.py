@@ -1,0 +1,168 @@
+"""Check a pruning report as a person sees it: open its index.html in headless Chromium,
+fail on any image that does not load and on any element wider than the page, and save a
+screenshot of the top of the page.
+
+    python scripts/check_report_page.py REPORT_DIR [--screenshot PNG] [--width 1300] [--height 1600]
+
+Exit code 0: every image loaded and nothing is wider than the window; 1: the problems are
+listed; 2: no Chromium, or no report. The report is not modified: the check runs on a
+copy with a small script added (it writes what it measured into the page, which
+Chromium's --dump-dom prints). Needs Debian's `chromium` (or --chromium PATH); no
+network, no Python package beyond the project's.
+"""
+import argparse
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from utils.io import atomic_open  # noqa: E402
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+RESULT_ID = "page-check-result"
+# Runs after the page and its images have loaded; writes what it found into the page.
+PROBE = """<script>(function () {
+  function describe(el) {
+    var name = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "");
+    var src = el.getAttribute("src");
+    return src ? name + "[src=" + src + "]" : name;
+  }
+  function run() {
+    var width = document.documentElement.clientWidth;
+    var images = Array.prototype.slice.call(document.images);
+    var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                       .map(function (i) { return i.getAttribute("src"); });
+    var wide = [];
+    Array.prototype.forEach.call(document.body.querySelectorAll("*"), function (el) {
+      var r = el.getBoundingClientRect();
+      if (r.width > 0 && (r.right > width + 0.5 || r.left < -0.5)) {
+        wide.push({element: describe(el), left: Math.round(r.left), right: Math.round(r.right)});
+      }
+    });
+    var out = document.createElement("pre");
+    out.id = "%s";
+    out.textContent = JSON.stringify({width: width, scrollWidth: document.documentElement.scrollWidth,
+                                      images: images.length, broken: broken, wide: wide});
+    document.body.appendChild(out);
+  }
+  if (document.readyState === "complete") { run(); } else { window.addEventListener("load", run); }
+})();</script>""" % RESULT_ID
+
+
+class PageCheckError(Exception):
+    """No browser, no page, or the browser did not answer."""
+
+
+def find_browser(explicit: Optional[str] = None) -> Optional[str]:
+    if explicit:
+        return explicit if shutil.which(explicit) else None
+    return next((path for path in map(shutil.which, BROWSERS) if path), None)
+
+
+def _chromium(browser: str, page: str, width: int, height: int, *extra: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--disable-gpu", "--hide-scrollbars", "--no-first-run", "--disable-extensions",
+             f"--window-size={width},{height}", "--virtual-time-budget=10000"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        flags.append("--no-sandbox")  # Chromium refuses to run its sandbox as root (containers, CI)
+    with tempfile.TemporaryDirectory(prefix="check-report-profile-") as profile:
+        try:
+            return subprocess.run([browser, *flags, f"--user-data-dir={profile}", *extra, "file://" + page],
+                                  capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise PageCheckError(f"{browser} did not finish within 120 s on {page}") from None
+
+
+def measure(report_dir: str, browser: str, width: int, height: int) -> dict:
+    """What the probe measured on a copy of the report with the probe added."""
+    with tempfile.TemporaryDirectory(prefix="check-report-") as tmp:
+        copy = os.path.join(tmp, "report")
+        shutil.copytree(report_dir, copy)
+        index = os.path.join(copy, "index.html")
+        with open(index, encoding="utf-8") as f:
+            page = f.read()
+        page = page.replace("</body>", PROBE + "</body>", 1) if "</body>" in page else page + PROBE
+        with open(index, "w", encoding="utf-8") as f:
+            f.write(page)
+        done = _chromium(browser, index, width, height, "--dump-dom")
+    found = re.search(rf'<pre id="{RESULT_ID}">(.*?)</pre>', done.stdout, re.S)
+    if not found:
+        raise PageCheckError(f"{browser} printed no result for {report_dir} (exit {done.returncode}): "
+                             f"{done.stderr.strip()[-500:]}")
+    return json.loads(html.unescape(found.group(1)))
+
+
+def problems(result: dict) -> List[str]:
+    """The problems a person would see, one line each."""
+    found = [f"image does not load: {src}" for src in result["broken"]]
+    found += [f"{w['element']} reaches {w['left']}..{w['right']} px, beyond the {result['width']} px page"
+              for w in result["wide"]]
+    if result["scrollWidth"] > result["width"] and not result["wide"]:
+        found.append(f"the page scrolls sideways: {result['scrollWidth']} px wide in a {result['width']} px window")
+    return found
+
+
+def screenshot(report_dir: str, browser: str, width: int, height: int, output: str, palette: bool) -> None:
+    """The top of the page (width x height), written atomically as PNG (256 colours with
+    `palette`, which keeps a text page small)."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="check-report-shot-") as tmp:
+        shot = os.path.join(tmp, "shot.png")
+        done = _chromium(browser, os.path.abspath(os.path.join(report_dir, "index.html")), width, height,
+                         f"--screenshot={shot}")
+        if not os.path.exists(shot):
+            raise PageCheckError(f"{browser} wrote no screenshot (exit {done.returncode}): "
+                                 f"{done.stderr.strip()[-500:]}")
+        with Image.open(shot) as image:
+            image = image.convert("RGB")
+            if palette:
+                image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=True)
+    with atomic_open(output, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", help="the report folder (report.py --output), or its index.html")
+    parser.add_argument("--screenshot", metavar="PNG", help="where to save the screenshot (default: none)")
+    parser.add_argument("--width", type=int, default=1300, help="window width in pixels (default 1300)")
+    parser.add_argument("--height", type=int, default=1600, help="window and screenshot height (default 1600)")
+    parser.add_argument("--palette", action="store_true", help="save the screenshot with 256 colours (smaller)")
+    parser.add_argument("--chromium", help=f"the browser to run (default: the first of {', '.join(BROWSERS)})")
+    args = parser.parse_args(argv)
+    report_dir = os.path.dirname(args.report) if args.report.endswith(".html") else args.report
+    report_dir = os.path.abspath(report_dir or ".")
+    if not os.path.isfile(os.path.join(report_dir, "index.html")):
+        parser.error(f"{args.report}: no index.html there (give report.py's --output folder)")
+    browser = find_browser(args.chromium)
+    if browser is None:
+        parser.error(f"no browser found ({args.chromium or ', '.join(BROWSERS)}); on Debian: apt-get install chromium")
+    try:
+        result = measure(report_dir, browser, args.width, args.height)
+        if args.screenshot:
+            screenshot(report_dir, browser, args.width, args.height, args.screenshot, args.palette)
+    except PageCheckError as e:
+        parser.error(str(e))
+    found = problems(result)
+    for line in found:
+        print(f"{os.path.join(args.report, 'index.html') if not args.report.endswith('.html') else args.report}: "
+              f"{line}")
+    print(f"{result['images']} images, {len(result['broken'])} not loaded; {len(result['wide'])} elements wider "
+          f"than the {result['width']} px page" + (f"; screenshot {args.screenshot}" if args.screenshot else ""))
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

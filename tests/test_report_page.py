@@ -1,0 +1,75 @@
+"""The report as a person sees it: index.html opened in headless Chromium by
+scripts/check_report_page.py, which fails on an image that does not load or an element
+wider than the page, and saves a screenshot."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, make_image_tree, run_main, write_full_history
+from pruning import report
+
+SCRIPT = os.path.join(ROOT, "scripts", "check_report_page.py")
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="needs a headless browser: Debian's `chromium` package")
+
+
+def check(report_dir, *extra):
+    done = subprocess.run([sys.executable, SCRIPT, str(report_dir), *map(str, extra)], capture_output=True,
+                          text=True, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A report with every section: seven methods, relabelled images, accuracies."""
+    tmp = tmp_path_factory.mktemp("page")
+    make_image_tree(str(tmp / "data"), num_classes=4, per_class=10, size=(24, 20))
+    listing = tmp / "data" / "file_list.txt"
+    rng = np.random.default_rng(5)
+    write_full_history(listing, tmp / "run", np.repeat(np.linspace(0.2, 0.8, 4), 10), 6, rng, noise=0.25)
+    np.save(tmp / "flipped.npy", np.arange(0, 40, 6, dtype=np.int64))
+    curve = tmp / "curve.csv"
+    curve.write_text("labels,method,fraction,seed,images,top1,top5,flipped_kept\n"
+                     + "".join(f"clean,{m},{f},{seed},{int(40 * f)},{70 + 20 * f + seed},99,\n"
+                               for m, fractions in (("full", [1.0]), ("dynunc", [0.5, 0.3]), ("random", [0.5, 0.3]))
+                               for f in fractions for seed in range(2)))
+    out = tmp / "report"
+    code, _, err = run_main(report.main, ["--input", tmp / "run", "--dataset_file_list", listing, "--output", out,
+                                          "--window", 3, "--fraction", 0.5, 0.3, "--flipped", tmp / "flipped.npy",
+                                          "--accuracy", curve])
+    assert code == 0, err
+    return out
+
+
+def test_page_loads_every_image_and_fits(page, tmp_path):
+    shot = tmp_path / "shot.png"
+    code, out = check(page, "--screenshot", shot, "--width", 1000, "--height", 900)
+    assert code == 0, out
+    assert "0 not loaded; 0 elements wider than the 1000 px page" in out
+    with Image.open(shot) as image:
+        assert image.format == "PNG" and image.size == (1000, 900)
+        # the top of the page is drawn: not one flat colour
+        assert len(image.convert("L").getcolors(maxcolors=1 << 16)) > 8
+    assert not any(name.startswith(".") or "check" in name for name in os.listdir(page))  # the report is untouched
+
+
+def test_page_problems_are_found(page, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(page, broken)
+    os.remove(broken / "spearman.png")
+    index = broken / "index.html"
+    index.write_text(index.read_text().replace("</body>", '<div id="too-wide" style="width:3000px">x</div></body>'))
+    code, out = check(broken)
+    assert code == 1, out
+    assert "image does not load: spearman.png" in out
+    assert "div#too-wide reaches" in out and "beyond the 1300 px page" in out
+
+
+def test_no_report_is_refused(tmp_path):
+    code, out = check(tmp_path)
+    assert code == 2 and "no index.html there" in out
