@@ -299,7 +299,8 @@ METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
                      "He et al. 2023, this paper", axis="dynamic uncertainty (unitless: 10 x a std of p(true label))",
                      stream=_dynunc, flags=DYNUNC_FLAGS),
-    "forgetting": Method(("correct",), "forgetting events: epochs going from correct to wrong; +inf if never correct",
+    "forgetting": Method(("correct",), "forgetting events: correct to wrong between consecutive seen presentations; +inf if "
+                         "never correct",
                          "Toneva et al. 2019", axis="forgetting events (count; +inf: never correct)",
                          make=lambda n, p: ForgettingEvents(n)),
     "el2n": Method(("el2n",), "||softmax - one-hot||_2 at epoch K // 10 (the next seen epoch for a sample not "
