@@ -241,9 +241,10 @@ def table(rows: List[dict], fractions: Sequence[float]) -> str:
     return "\n".join(out)
 
 
-def plot(rows: List[dict], path: str, fractions: Sequence[float]) -> None:
+def plot(rows: List[dict], path: str, fractions: Sequence[float], full_data: Dict[str, TopOne]) -> None:
     """Top-1 (mean +- std over the seeds) against the produce cost, one panel per label
-    setting, one series per fraction; the full history's mean +- std as a band."""
+    setting, one series per fraction; the full history's mean +- std as a band, training
+    on the full data as a dashed line."""
     from matplotlib.figure import Figure
 
     points = summarise(rows)
@@ -265,6 +266,9 @@ def plot(rows: List[dict], path: str, fractions: Sequence[float]) -> None:
                 ax.annotate(s.replace("history ", "").replace("proxy ", ""), (c, p.mean), fontsize=7,
                             xytext=(4, 3), textcoords="offset points")
             ax.plot([], [], color=colour, marker="o", label=f"keep {fraction:g} (band: 100% history, +- std)")
+        if labels in full_data:
+            ax.axhline(full_data[labels].mean, color="black", ls="--", lw=1,
+                       label=f"full data, no pruning ({full_data[labels].mean:.2f})")
         ax.set_xlabel("produce cost (s, measured epoch time x epochs)")
         ax.set_ylabel("top-1 (%) of resnet_tiny trained on the coreset")
         ax.set_title(f"MNIST demo, {labels}: circles history prefixes, squares proxies", fontsize=10)
@@ -311,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.output = os.path.abspath(args.output)
     rows: List[dict] = []
     stops = {}
+    full_data: Dict[str, TopOne] = {}  # the curve's runs on the whole training list
     for labels in args.labels:
         curve = Curve.open(os.path.join(os.path.abspath(args.curves), labels))
         out = os.path.join(args.output, labels)
@@ -353,15 +358,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  flipped_kept=round(flipped_share(kept, curve.flipped), 4) if len(curve.flipped)
                                  else "", overlap_with_full=1.0))
         stops[labels] = stopping(curve, full_window, args.fractions)
+        tops = []
+        for seed in args.seeds:
+            record = finished(curve_run(curve, FULL, 1.0, seed), args.epochs)
+            if record is not None:
+                tops.append(record["acc1"])
+        if tops:
+            full_data[labels] = TopOne(float(np.mean(tops)), float(np.std(tops)), len(tops))
     os.makedirs(args.output, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(os.path.join(args.output, "cheaper_scoring.csv"), buf.getvalue())
-    plot(rows, os.path.join(args.output, "cheaper_scoring.png"), args.fractions)
+    plot(rows, os.path.join(args.output, "cheaper_scoring.png"), args.fractions, full_data)
     cheapest, ok = cheapest_within_spread(rows)
-    text = (table(rows, args.fractions) + "\nWithin the seed spread of the 100% history at every fraction and label "
+    text = ("".join(f"Full data, no pruning ({labels}): top-1 {top.text()}\n\n" for labels, top in full_data.items())
+            + table(rows, args.fractions) + "\nWithin the seed spread of the 100% history at every fraction and label "
             "setting: " + ", ".join(f"{s}: {'yes' if v else 'no'}" for s, v in ok.items())
             + f"\n\nCheapest such setting: {cheapest or 'none'}\n\n"
             + stopping_text(stops, window_for(args.epochs, args.window)[0], args.fractions))
