@@ -88,7 +88,7 @@ def setup_config(args: argparse.Namespace):
                          f"N > 0 the newest N")
     problems = check_config(config.PRODUCE)
     if problems:
-        raise ValueError(f"{args.config}: {problems[0]}")
+        raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
