@@ -15,8 +15,10 @@ dynunc and full-data training runs. For each label setting:
    with the full window;
 3. each coreset trained on the target model (the curve's: resnet_tiny, 32 px) with the
    curve's seeds at each fraction, --jobs single-process runs at a time;
-4. each setting's produce cost: its measured epoch times (metrics.jsonl) over the epochs
-   it used;
+4. each setting's produce cost: measured epoch times (metrics.jsonl) over the epochs it
+   used, from timing runs made back to back (a produce run of the curve's setup, for the
+   history prefixes, and one of each proxy): the curve's own produce run was timed while
+   both curves trained at once, so its epoch times do not compare with the proxies';
 5. the stopping rule of PRODUCE.STOP_WHEN_STABLE replayed on the full produce history
    (pruning/stability.py, the tracker produce mode runs): when it would have stopped.
 
@@ -68,6 +70,7 @@ class Setting:
     epochs: int  # produce epochs used (a prefix of the run's)
     window: int
     include_last: bool  # the only window a 2-epoch prefix has ends at its last epoch
+    timing: str  # the produce run whose measured epoch times give its cost
 
 
 @dataclass(frozen=True)
@@ -142,11 +145,27 @@ def settings_of(args, curve: Curve, out: str) -> List[Setting]:
         except ValueError as e:
             log(f"{curve.labels}: history {share:.0%} skipped: {e}")
             continue
-        settings.append(Setting(f"history {share:.0%}", curve.produce, epochs, window, last))
+        settings.append(Setting(f"history {share:.0%}", curve.produce, epochs, window, last, timing_run(out)))
     for name in args.proxies:
-        settings.append(Setting(name, os.path.join(out, "produce_" + slug(name)),
-                                args.epochs, *window_for(args.epochs, args.window)))
+        settings.append(Setting(name, os.path.join(out, "produce_" + slug(name)), args.epochs,
+                                *window_for(args.epochs, args.window), timing_run(out, name)))
     return settings
+
+
+def timing_run(out: str, proxy: Optional[str] = None) -> str:
+    """The produce run whose epoch times price a setting: of the curve's own setup (the
+    history prefixes) or of a proxy, all made back to back on the same machine, so that
+    their costs compare (the curve's produce run was timed while both curves trained at
+    once, a proxy's first run while other jobs came and went)."""
+    return os.path.join(out, "timing_" + (slug(proxy) if proxy else "target"))
+
+
+def run_timing(args, curve: Curve, out: str) -> None:
+    for proxy in [None] + list(args.proxies):
+        if finished(timing_run(out, proxy), args.epochs) is None:
+            sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+                os.path.join(ROOT, "main_and_produce.py"), "--config", CONFIG, "--output", timing_run(out, proxy),
+                "--opts", *curve.opts(args.epochs), *(PROXIES[proxy] if proxy else [])])
 
 
 def run_proxy(args, curve: Curve, setting: Setting) -> None:
@@ -325,6 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                   f"dynunc_{fraction_text(f)}.txt"), curve.train_list).rows
                      for f in args.fractions}
         settings = settings_of(args, curve, out)
+        run_timing(args, curve, out)
         jobs: List[Tuple[Setting, Job]] = []
         for setting in settings:
             if setting.name in PROXIES:
@@ -342,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             kept = read_coreset(job.coreset, curve.train_list).rows
             rows.append(dict(labels=labels, setting=setting.name, produce_epochs=setting.epochs, window=setting.window,
                              include_last=setting.include_last,
-                             produce_seconds=round(epoch_seconds(setting.produce, setting.epochs), 2),
+                             produce_seconds=round(epoch_seconds(setting.timing, setting.epochs), 2),
                              fraction=job.fraction, seed=job.seed, top1=round(record["acc1"], 4),
                              flipped_kept=round(flipped_share(kept, curve.flipped), 4) if len(curve.flipped) else "",
                              overlap_with_full=round(float(np.isin(kept, full_rows[job.fraction]).mean()), 4)))
@@ -353,7 +373,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if record is None:
                     raise SystemExit(f"{curve_run(curve, 'dynunc', fraction, seed)}: the curve's run is missing")
                 rows.append(dict(labels=labels, setting=FULL_HISTORY, produce_epochs=args.epochs, window=full_window,
-                                 include_last=False, produce_seconds=round(epoch_seconds(curve.produce, args.epochs), 2),
+                                 include_last=False,
+                                 produce_seconds=round(epoch_seconds(timing_run(out), args.epochs), 2),
                                  fraction=fraction, seed=seed, top1=round(record["acc1"], 4),
                                  flipped_kept=round(flipped_share(kept, curve.flipped), 4) if len(curve.flipped)
                                  else "", overlap_with_full=1.0))
