@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow curve gpu-checks clean
+.PHONY: demo test test-slow curve cheaper gpu-checks clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ curve: $(STAMP)
 	$(PY) scripts/pruning_curve.py --output curve_output/clean
 	$(PY) scripts/pruning_curve.py --output curve_output/noise0.2 --label-noise 0.2
 
+# Cheaper scores (docs/cheaper_scoring.md): prefixes of the curves' produce runs and cheaper
+# proxies, each coreset trained with 3 seeds; reuses curve_output (make curve first).
+cheaper: $(STAMP)
+	$(PY) scripts/cheaper_scoring.py --curves curve_output --output cheaper_output
+
 # Compiles the fused window-process CUDA extension (needs nvcc; minutes).
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
@@ -33,4 +38,4 @@ gpu-checks: $(STAMP)
 	bash tests/gpu/run_gpu_checks.sh
 
 clean:
-	rm -rf demo_output curve_output
+	rm -rf demo_output curve_output cheaper_output

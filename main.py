@@ -15,7 +15,7 @@ import random
 import sys
 from contextlib import nullcontext
 from functools import partial
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,10 +30,12 @@ from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from pruning.recorder import PredictionRecorder
+from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, effective_window
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
                               save_checkpoint)
 from utils.config import load_config
-from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
+from utils.distributed import (DistInfo, all_reduce_, barrier, broadcast_buffers_, cleanup, first_error,
+                               init_distributed, is_primary)
 from utils.io import atomic_write_text
 from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
 from utils.lr_scheduler import LRScheduler
@@ -84,6 +86,9 @@ def setup_config(args: argparse.Namespace):
     if config.TRAIN.KEEP_CHECKPOINTS < 0:
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
+    problems = check_config(config.PRODUCE)
+    if problems:
+        raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
@@ -160,9 +165,9 @@ def checkpoint_state(config, epoch: int, model: nn.Module, ctx: StepContext, met
     }
 
 
-def resume(config, model: nn.Module, ctx: StepContext) -> int:
+def resume(config, model: nn.Module, ctx: StepContext) -> Tuple[int, dict]:
     """Restore from MODEL.RESUME or the newest complete checkpoint in OUTPUT; returns the
-    first epoch still to run."""
+    first epoch still to run and the metrics record the checkpoint holds ({} if none)."""
     if config.MODEL.RESUME:
         found = (config.MODEL.RESUME, load_checkpoint(config.MODEL.RESUME))
     elif config.TRAIN.AUTO_RESUME:
@@ -170,7 +175,7 @@ def resume(config, model: nn.Module, ctx: StepContext) -> int:
     else:
         found = None
     if found is None:
-        return config.TRAIN.START_EPOCH
+        return config.TRAIN.START_EPOCH, {}
     path, state = found
     model.load_state_dict(state["model"])
     if not config.EVAL_MODE:
@@ -179,7 +184,7 @@ def resume(config, model: nn.Module, ctx: StepContext) -> int:
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
     logger.info(f"resumed from {path} (epoch {state['epoch']})")
-    return int(state["epoch"]) + 1
+    return int(state["epoch"]) + 1, dict(state.get("metrics") or {})
 
 
 def main(args: argparse.Namespace, produce: bool = False) -> dict:
@@ -224,7 +229,7 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
     scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
     ctx = StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
                       config.TRAIN.CLIP_GRAD, mixup)
-    start_epoch = resume(config, model, ctx)
+    start_epoch, resumed = resume(config, model, ctx)
 
     # Training runs through DDP when distributed; the recorder and validation use the
     # model without the DDP wrapper (no collectives there). With COMPILE_ENABLE the DDP
@@ -258,22 +263,65 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
         if dist_info.is_primary:
             atomic_write_text(os.path.join(config.OUTPUT, "eval.json"), json.dumps(metrics, indent=1) + "\n")
         return metrics
-    return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
-               validate)
+    stop_rule = None
+    if produce and config.PRODUCE.STOP_WHEN_STABLE.ENABLE:
+        stop = config.PRODUCE.STOP_WHEN_STABLE
+        stop_rule = StopWhenStable(stop.OVERLAP, stop.PATIENCE, stop.FRACTION)
+        if resumed.get(STOPPED_KEY):
+            # A rerun of the command that stopped (auto-resume): the produce run is done.
+            logger.info(f"this produce run stopped when stable after epoch {resumed['epoch']} (of "
+                        f"{config.TRAIN.EPOCHS}); its history and checkpoint are complete, nothing to do. To train "
+                        f"on, set PRODUCE.STOP_WHEN_STABLE.ENABLE False")
+            return resumed
+    tracker = make_tracker(config, len(data.train)) if produce and dist_info.is_primary else None
+    try:
+        return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
+                   validate, tracker, stop_rule)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
+    """Rank 0's coreset stability tracker (PRODUCE.TRACK_*), None where nothing can be tracked."""
+    produce = config.PRODUCE
+    window = effective_window(produce.TRACK_WINDOW, config.TRAIN.EPOCHS)
+    if not produce.TRACK_FRACTIONS or not window:
+        why = "PRODUCE.TRACK_FRACTIONS is empty" if not produce.TRACK_FRACTIONS else (
+            f"{config.TRAIN.EPOCHS} epochs give no dynamic-uncertainty window")
+        logger.info(f"coreset stability is not tracked: {why}")
+        if produce.STOP_WHEN_STABLE.ENABLE:
+            logger.warning("PRODUCE.STOP_WHEN_STABLE cannot stop a run whose stability is not tracked")
+        return None
+    if window != produce.TRACK_WINDOW:
+        logger.info(f"coreset stability: window {window} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW} is more than "
+                    f"{config.TRAIN.EPOCHS} epochs allow)")
+    return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
+
+
+def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
+    """Rank 0 decides from its metrics (the only rank with the stability keys); every rank
+    learns the decision from one scalar all-reduce."""
+    if stop_rule is None:
+        return False
+    flag = torch.tensor(int(stop_rule.update(record)) if is_primary() else 0, device=device)
+    return bool(all_reduce_(flag).item())
 
 
 def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
-        validate) -> dict:
+        validate, tracker: Optional[StabilityTracker] = None, stop_rule: Optional[StopWhenStable] = None) -> dict:
     metrics_log = MetricsLog(config.OUTPUT)
     recorder = None
     if produce:
         recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
-                                      file_list=data.train.path)
+                                      file_list=data.train.path, tracker=tracker)
         recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:
         earlier = metrics_log.truncate_from(start_epoch)
         best = max([r["acc1"] for r in earlier if "acc1" in r], default=0.0)
+        if stop_rule is not None:
+            stop_rule.replay(earlier)
     barrier()
     record = {}
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
@@ -284,17 +332,24 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
             recorder.start_epoch()
         stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
                                 recorder=recorder, recorder_model=fwd_model)
-        if recorder is not None:
-            recorder.end_epoch(epoch)
+        stability = recorder.end_epoch(epoch) if recorder is not None else {}
         broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
-        record = {"epoch": epoch, **stats}
+        record = {"epoch": epoch, **stats, **stability}
         if val_loader is not None:
             record.update(validate(val_loader()))
             best = max(best, record["acc1"])
             record["best_acc1"] = best
             logger.info(f"epoch {epoch}: top-1 {record['acc1']:.2f}% top-5 {record['acc5']:.2f}% "
                         f"(best {best:.2f}%) on {record['val_samples']} images")
-        last = epoch + 1 == config.TRAIN.EPOCHS
+        stopped = stop_now(stop_rule, record, dist_info.device)
+        if stopped:
+            record[STOPPED_KEY] = True
+            saved = config.TRAIN.EPOCHS - epoch - 1
+            logger.info(f"coreset stable: kept-set overlap at {stop_rule.fraction:g} >= {stop_rule.overlap} for "
+                        f"{stop_rule.patience} consecutive epochs; stopping after epoch {epoch}: {saved} of "
+                        f"{config.TRAIN.EPOCHS} epochs saved ({saved / config.TRAIN.EPOCHS:.0%}); the history of "
+                        f"epochs 0..{epoch} and a checkpoint are kept")
+        last = epoch + 1 == config.TRAIN.EPOCHS or stopped
         if dist_info.is_primary:
             # History and metrics first, checkpoint last: a run killed in between redoes the
             # epoch, and resuming drops its records before writing them again.
@@ -304,6 +359,8 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                 if config.TRAIN.KEEP_CHECKPOINTS:  # older ones go only once the new one loads
                     prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
         barrier()
+        if stopped:
+            break
     return record
 
 

@@ -171,6 +171,101 @@ def _buffer_dtype(prob: np.ndarray) -> type:
     return np.float32 if np.array_equal(prob.astype(np.float32), prob, equal_nan=True) else np.float64
 
 
+class WindowScores:
+    """The streamed computation behind dynamic_uncertainty_scores: fed one epoch's
+    probabilities at a time (`push`), it holds the ring buffer of the last J values per
+    sample and the running sum of window scores, and can give at any point the scores
+    of the epochs fed so far (`scores`), bit for bit what dynamic_uncertainty_scores
+    returns on that prefix of the history. Memory O(N x J); `threads` split the samples
+    (a pool owned by the object: use it as a context manager or call `close`).
+
+    The window ending at epoch k is scored when epoch k+1 arrives (then k is known not
+    to be the last epoch), just before the buffer is updated; the one ending at the last
+    epoch fed is scored only by `scores(include_last=True)`, on a copy of the sum.
+    """
+
+    def __init__(self, num_samples: int, window: int, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 threads: Optional[int] = None):
+        if window < 2:
+            raise ValueError(f"window must be >= 2 (std with ddof=1 of a single value is undefined), got {window}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        threads = default_threads() if threads is None else int(threads)
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.num_samples, self.window, self.chunk_rows = int(num_samples), window, chunk_rows
+        self.total = np.zeros(self.num_samples, dtype=np.float64)  # running sum of the window scores
+        self.buffer: Optional[np.ndarray] = None  # (window, n) ring, allocated with the first epoch
+        self.bounds = np.linspace(0, self.num_samples, threads + 1).astype(np.int64)
+        self.workers: List[_Chunker] = []
+        self.windows = 0  # window scores summed into total
+        self.epochs = 0  # epochs fed
+        self.pending = False  # a window ends at the last epoch fed
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def __enter__(self) -> "WindowScores":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def _run_all(self, oldest: int, score: bool, prob: Optional[np.ndarray], total: np.ndarray) -> List:
+        if total is not self.total:
+            workers = [_Chunker(self.buffer, total, w.lo, w.hi, self.chunk_rows) for w in self.workers]
+        else:
+            workers = self.workers
+        return [self.pool.submit(w.run, oldest, score, prob) for w in workers]
+
+    def begin(self, prob: np.ndarray) -> List:
+        """Start feeding the next epoch (1-D, NaN = unseen); `end` with what it returns
+        once the caller has done whatever it overlaps with (e.g. reading the next file)."""
+        k = self.epochs
+        prob = np.asarray(prob)
+        if prob.shape != (self.num_samples,):
+            raise ValueError(f"epoch {k}: expected {self.num_samples} values, got shape {prob.shape}")
+        dtype = _buffer_dtype(prob)
+        if self.buffer is None or self.buffer.dtype.itemsize < np.dtype(dtype).itemsize:
+            self.buffer = (np.zeros((self.window, self.num_samples), dtype=dtype) if self.buffer is None
+                           else self.buffer.astype(dtype))
+            self.workers = [_Chunker(self.buffer, self.total, int(lo), int(hi), self.chunk_rows)
+                            for lo, hi in zip(self.bounds[:-1], self.bounds[1:])]
+        return self._run_all(k % self.window, self.pending, prob, self.total)
+
+    def end(self, jobs: List) -> None:
+        for job in jobs:
+            job.result()
+        if self.pending:
+            self.windows += 1
+        self.pending = self.epochs >= self.window - 1
+        self.epochs += 1
+
+    def push(self, prob: np.ndarray) -> None:
+        """Feed the next epoch."""
+        self.end(self.begin(prob))
+
+    def count(self, include_last: bool = False) -> int:
+        """The number of window scores that `scores(include_last)` would average."""
+        return self.windows + (1 if include_last and self.pending else 0)
+
+    def scores(self, include_last: bool = False) -> np.ndarray:
+        """Float64 scores of the epochs fed so far. ValueError if they give no window."""
+        if self.count(include_last) == 0:
+            raise ValueError(
+                f"{self.epochs} epochs give no window of {self.window} "
+                f"(need window <= {max_window(self.epochs, include_last)}"
+                f"{'' if include_last else '; the window ending at the last epoch is not used'})"
+            )
+        if include_last and self.pending:
+            total = self.total.copy()
+            for job in self._run_all(self.epochs % self.window, True, None, total):
+                job.result()
+            return total / (self.windows + 1)
+        return self.total / self.windows
+
+
 def dynamic_uncertainty_scores(
     prob_arrays: Iterable[np.ndarray],
     num_samples: int,
@@ -189,65 +284,18 @@ def dynamic_uncertainty_scores(
     < 2, if an array has the wrong shape, or if the history is too short to give a
     single window.
     """
-    if window < 2:
-        raise ValueError(f"window must be >= 2 (std with ddof=1 of a single value is undefined), got {window}")
-    if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    threads = default_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    n = int(num_samples)
-    total = np.zeros(n, dtype=np.float64)  # running sum of the window scores
-    buffer: Optional[np.ndarray] = None  # (window, n) ring, allocated with the first epoch
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-    workers: List[_Chunker] = []
-    # The window ending at epoch k is scored when epoch k+1 arrives (then k is known
-    # not to be the last epoch), just before the buffer is updated; the last one is
-    # scored after the loop only with include_last. This keeps the pass single and
-    # the input a plain stream whose length need not be known in advance.
-    windows = 0
-    epochs = 0
-    pending = False
-    stream = iter(prob_arrays)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-
-        def run_all(oldest: int, score: bool, prob: Optional[np.ndarray]) -> List:
-            return [pool.submit(w.run, oldest, score, prob) for w in workers]
-
-        prob = next(stream, None)
+    with WindowScores(num_samples, window, chunk_rows, threads) as stream:
+        # The stream's length need not be known in advance: a single pass.
+        source = iter(prob_arrays)
+        prob = next(source, None)
         while prob is not None:
-            k = epochs
-            prob = np.asarray(prob)
-            if prob.shape != (n,):
-                raise ValueError(f"epoch {k}: expected {n} values, got shape {prob.shape}")
-            dtype = _buffer_dtype(prob)
-            if buffer is None or buffer.dtype.itemsize < np.dtype(dtype).itemsize:
-                buffer = (np.zeros((window, n), dtype=dtype) if buffer is None
-                          else buffer.astype(dtype))
-                workers = [_Chunker(buffer, total, int(lo), int(hi), chunk_rows)
-                           for lo, hi in zip(bounds[:-1], bounds[1:])]
-            jobs = run_all(k % window, pending, prob)
+            jobs = stream.begin(prob)
             try:
-                following = next(stream, None)  # read while the workers compute
+                following = next(source, None)  # read while the workers compute
             finally:
-                for job in jobs:
-                    job.result()
-            if pending:
-                windows += 1
-            pending = k >= window - 1
-            epochs = k + 1
+                stream.end(jobs)
             prob = following
-        if include_last and pending:
-            for job in run_all(epochs % window, True, None):
-                job.result()
-            windows += 1
-    if windows == 0:
-        raise ValueError(
-            f"{epochs} epochs give no window of {window} "
-            f"(need window <= {max_window(epochs, include_last)}"
-            f"{'' if include_last else '; the window ending at the last epoch is not used'})"
-        )
-    return total / windows
+        return stream.scores(include_last)
 
 
 def check_fraction(num_samples: int, fraction: float) -> int:

@@ -6,14 +6,16 @@ logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
 import logging
 import os
 from contextlib import nullcontext
-from typing import ContextManager, Optional
+from typing import ContextManager, Dict, Optional
 
 import torch
 from torch import nn
 
 from data.file_list_index import open_index
-from pruning.history import (RECORD_KINDS, HistoryError, fingerprint_path, history_dir, list_epoch_files,
-                             read_fingerprint, remove_epochs_from, write_epoch, write_fingerprint)
+from pruning.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
+                             list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
+                             write_fingerprint)
+from pruning.stability import StabilityTracker, describe
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ class PredictionRecorder:
     synchronisation per step."""
 
     def __init__(self, num_samples: int, output: str, device: torch.device, is_primary: bool,
-                 eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None):
+                 eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None,
+                 tracker: Optional[StabilityTracker] = None):
         self.num_samples = num_samples
         self.dir = history_dir(output)
         self.is_primary = is_primary
@@ -61,6 +64,8 @@ class PredictionRecorder:
         self.records = torch.full((len(ROWS), num_samples), _UNSEEN, dtype=torch.float32, device=device)
         # None: decided on the first batch (eval() for models with BatchNorm).
         self.eval_mode_forward = eval_mode_forward
+        # Rank 0's coreset stability tracking (pruning/stability.py), fed each written epoch.
+        self.tracker = tracker if is_primary else None
 
     def resume_from(self, epoch: int) -> None:
         """Called once as a run (re)starts at `epoch`: the history is rewritten from there
@@ -71,6 +76,13 @@ class PredictionRecorder:
         removed = remove_epochs_from(self.dir, epoch)
         if removed:
             logger.info(f"history of epochs {removed} is newer than the checkpoint: it will be rewritten")
+        if self.tracker is not None and epoch > 0:
+            # The tracker's state is the history's: rebuilt from the epochs kept.
+            paths = contiguous_epoch_files(self.dir)
+            if len(paths) != epoch:
+                raise HistoryError(f"{self.dir} holds {len(paths)} epochs, the checkpoint resumes at epoch {epoch}: "
+                                   "cannot rebuild the coreset stability tracking")
+            self.tracker.replay(load_epoch_prob(path, self.num_samples) for path in paths)
         if self.file_list is None:
             return
         fingerprint = open_index(self.file_list).fingerprint()
@@ -107,14 +119,24 @@ class PredictionRecorder:
                 model.train(was_training)
         self.records.index_copy_(1, indices, batch_records(logits, labels))
 
-    def end_epoch(self, epoch: int) -> None:
-        """Gather across ranks and, on rank 0, write the epoch's files (history.py)."""
+    def end_epoch(self, epoch: int) -> Dict[str, float]:
+        """Gather across ranks and, on rank 0, write the epoch's files (history.py);
+        returns rank 0's coreset stability metrics of the epoch ({} elsewhere, or before
+        the tracker has two scores to compare)."""
         all_reduce_(self.records, op=torch.distributed.ReduceOp.MAX)
         if not self.is_primary:
-            return
+            return {}
         records = self.records.cpu()
         seen = records[ROWS.index("prob")] > _UNSEEN
         written = {kind: torch.where(seen, row, float(RECORD_KINDS[kind].unseen)).numpy().astype(
             RECORD_KINDS[kind].dtype, copy=False) for kind, row in zip(ROWS, records)}
         write_epoch(self.dir, epoch, **written)
         logger.info(f"recorded epoch {epoch}: {int(seen.sum())} of {self.num_samples} samples seen -> {self.dir}")
+        if self.tracker is None:
+            return {}
+        # The array just written: the tracked coreset is get_coreset's on these files.
+        metrics = self.tracker.push(epoch, written["prob"])
+        if metrics:
+            logger.info(f"coreset stability after epoch {epoch} (dynunc, window {self.tracker.window}) "
+                        f"{describe(metrics, list(self.tracker.keeps))}")
+        return metrics

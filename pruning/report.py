@@ -26,6 +26,7 @@ import numpy as np
 from data.file_list import FileList, FileListError, read_file_list
 from pruning import report_figures as figures
 from pruning.accuracy import FULL, TopOne, read_accuracies, summarise
+from pruning.report_cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
 from pruning.report_decision import decision_rows, reading
 from pruning.history import HistoryError
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
              "(scripts/pruning_curve.py's curve.csv), or a main.py run as METHOD:FRACTION=RUN (e.g. "
              "dynunc:0.5=runs/dynunc_s0) or full=RUN for the full training set, RUN being the run's output "
              "folder or its metrics.jsonl (the last epoch's acc1; runs of one method and fraction are seeds)")
+    add_flag(p, "--produce-overhead", type=float, default=DEFAULT_PRODUCE_OVERHEAD, metavar="R",
+             help="produce-mode epoch time / plain epoch time, to estimate a full training run's cost from the "
+             f"produce run's when no --accuracy full=RUN gives one (default {DEFAULT_PRODUCE_OVERHEAD}, the demo's)")
     return p
 
 
@@ -155,6 +159,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
                                                  for f in fractions} for m in methods}}
     add_decision(files, numbers, accuracy)
+    add_cost(files, numbers, args)
     curves_started = time.perf_counter()
     add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
     curves_done = time.perf_counter()
@@ -209,6 +214,17 @@ def add_decision(files: Dict[str, bytes], numbers: dict, accuracy: Optional[dict
     if accuracy:
         files["accuracy_curve.png"] = figures.accuracy_curve(accuracy, "top-1 of networks trained on each coreset "
                                                              "(mean ± std over runs)")
+
+
+def add_cost(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace) -> None:
+    """The cost section's numbers and the stability figure (report_cost.py)."""
+    cost = cost_numbers(args.input, numbers["fractions"], args.accuracy, args.produce_overhead)
+    if cost is not None:
+        cost["metrics"] = shown_path(cost["metrics"], args.output)
+        if cost["stability"] is not None:
+            files["stability.png"] = figures.stability_curve(
+                cost["stability"], "coreset stability against produce epochs (dynunc, as logged by produce mode)")
+    numbers["cost"] = cost
 
 
 def add_curves(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keep: int, fraction: str,
@@ -293,7 +309,8 @@ nav ul{columns:2;max-width:700px}tr.best td{font-weight:bold}tr.full td{backgrou
 tr.first td{border-top:2px solid #888}td{white-space:nowrap}"""
 
 LEFT = ' class="l"'
-SECTIONS = (("decision", "Which method, which fraction"), ("histograms", "Score histograms"),
+SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against produce epochs"),
+            ("histograms", "Score histograms"),
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
             ("curves", "p(true label) over epochs"), ("images", "Images"))
 
@@ -373,6 +390,31 @@ def decision_html(numbers: dict) -> List[str]:
     return out
 
 
+def cost_html(cost: Optional[dict]) -> List[str]:
+    """The cost table (per fraction: a later run's cost, its saving, the runs to pay off)
+    and the stability figure."""
+    out = [_heading("cost")]
+    if cost is None:
+        return out + ["<p>No metrics.jsonl beside the history: the produce run's cost is unknown.</p>"]
+    out += [f"<p class=\"reading\">{html.escape(cost_reading(cost))}</p>",
+            _table(["keep", "later run (s)", "saved per later run (s)", "pays off after (later runs)"],
+                   [[r["fraction"], f"{r['later_run_seconds']:.0f}", f"{r['saving_seconds']:.0f}",
+                     r["pays_off_after"] if r["pays_off_after"] is not None else "never"] for r in cost["rows"]]),
+            f"<p class=\"note\">Produce cost: the sum of the measured epoch times in "
+            f"{html.escape(cost['metrics'])}. A later run on a fraction f costs about f of a full run. Pays off "
+            "after: the produce cost over the saving per later run, rounded up (the whole produce run charged to "
+            "pruning; if its trained model is used too, only its overhead is, and pruning pays off sooner).</p>"]
+    if cost["stability"] is None:
+        out.append("<p>The produce run logged no coreset stability (PRODUCE.TRACK_FRACTIONS; runs of earlier "
+                   "versions, or too few epochs for a window).</p>")
+    else:
+        out += [_img("stability.png", "coreset stability against produce epochs"),
+                "<p class=\"note\">After each produce epoch with a score, the coreset get_coreset.py would select "
+                "from the epochs so far against the one from the earlier epoch: the share of kept images both keep, "
+                "and the Spearman coefficient of the two score vectors.</p>"]
+    return out
+
+
 def render_html(args: argparse.Namespace, numbers: dict) -> str:
     """index.html: the figures and the tables of `numbers`; links only to the files
     written beside it; paths shown relative to the report folder."""
@@ -388,6 +430,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
            "<nav><ul>" + "".join(f"<li><a href=\"#{a}\">{html.escape(t)}</a></li>" for a, t in sections)
            + "</ul></nav>"]
     out += decision_html(numbers)
+    out += cost_html(numbers["cost"])
     out += [_heading("histograms"), "<p class=\"note\">Highest scores are kept first; each line is where one "
             "fraction cuts: the images at or right of it are kept. A cut inside a tie keeps some of the images at "
             "that score, drawn at random; the legend says how many.</p>"]

@@ -260,3 +260,30 @@ def accuracy_curve(points: Dict[Tuple[str, float], TopOne], title: str) -> bytes
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return _png(fig)
+
+
+def stability_curve_size() -> Tuple[int, int]:
+    return 960, 520
+
+
+def stability_curve(series: dict, title: str) -> bytes:
+    """Coreset stability against produce epochs (pruning/report_cost.py's series): the
+    kept-set overlap with the earlier epoch's coreset at each tracked fraction, and the
+    Spearman coefficient of the two score vectors; the epoch the run stopped at, if it did."""
+    fig = _figure(stability_curve_size())
+    ax = fig.add_subplot()
+    epochs = series["epochs"]
+    for (fraction, values), colour in zip(series["overlap"].items(), FRACTION_COLOURS):
+        ax.plot(epochs, [np.nan if v is None else v for v in values], marker="o", ms=4, color=colour,
+                label=f"kept-set overlap at {fraction}")
+    ax.plot(epochs, [np.nan if v is None else v for v in series["spearman"]], marker="s", ms=4, color="black",
+            ls="--", label="Spearman of the scores")
+    if series.get("stopped_after") is not None:
+        ax.axvline(series["stopped_after"], color="grey", ls=":", label=f"stopped after epoch {series['stopped_after']}")
+    ax.set_xlabel("produce epoch (scores from epochs 0..epoch, against the earlier epoch's)")
+    ax.set_ylabel("overlap / Spearman")
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

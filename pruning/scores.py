@@ -244,7 +244,7 @@ class Method:
     score: str  # what it computes, for --help and the README
     paper: str
     axis: str  # "NAME (UNIT, RANGE)": what the score measures; the report's axis label and image captions
-    make: Optional[Callable[[int, ScoreParams], Accumulator]] = None
+    make: Optional[Callable[[int, ScoreParams, int], Accumulator]] = None  # (N, parameters, K)
     # A method scored by a function that pulls the probability arrays itself (dynunc).
     stream: Optional[Callable[[Iterable[np.ndarray], int, ScoreParams], np.ndarray]] = None
     flags: Tuple[MethodFlag, ...] = ()
@@ -255,23 +255,56 @@ class Method:
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
 
 
+def _epochs(value: Optional[str], given: Mapping[str, object], num_epochs: int, where: str) -> Optional[range]:
+    """--epochs: the slice given (a range of the recorded epochs), None if not given."""
+    return None if value is None else value if isinstance(value, range) else parse_epoch_slice(value, num_epochs)
+
+
+def _dynunc_epochs(given: Mapping[str, object], num_epochs: int, where: str) -> Tuple[range, str, str]:
+    """The epochs dynunc scores (all, or --epochs: consecutive ones), and two ways to name
+    them: '{where} holds K epochs' and 'K epochs in {where}'."""
+    chosen = _epochs(given.get("epochs"), given, num_epochs, where)
+    if chosen is None:
+        return range(num_epochs), f"{where} holds {num_epochs} epochs", f"{num_epochs} epochs in {where}"
+    if chosen.step != 1:
+        raise ValueError(f"--epochs {_slice_text(chosen)}: dynunc's windows are consecutive epochs; give STEP 1")
+    text = _slice_text(chosen)
+    return (chosen, f"--epochs {text} selects {len(chosen)} of the {num_epochs} epochs in {where}",
+            f"the {len(chosen)} epochs that --epochs {text} selects in {where}")
+
+
+def _slice_text(epochs: range) -> str:
+    return f"{epochs.start}:{epochs.stop}" + (f":{epochs.step}" if epochs.step != 1 else "")
+
+
 def _window(value: Optional[int], given: Mapping[str, object], num_epochs: int, where: str) -> int:
-    """--window: the paper's 10 when not given and the history is long enough for it."""
+    """--window: the paper's 10 when not given and the history (or the --epochs slice) is
+    long enough for it."""
     include_last = bool(given.get("include_last_window"))
-    largest = max_window(num_epochs, include_last)
+    epochs, holds, named = _dynunc_epochs(given, num_epochs, where)
+    largest = max_window(len(epochs), include_last)
     unused = "" if include_last else " (the window ending at the last epoch is not used)"
     if value is None:
         if PAPER_WINDOW <= largest:
             return PAPER_WINDOW
-        raise ValueError(f"--window is required by method dynunc: {where} holds {num_epochs} epochs, too few for "
-                         f"the paper's window of {PAPER_WINDOW}{unused}; give --window J with 2 <= J <= {largest}")
+        raise ValueError(f"--window is required by method dynunc: {holds}, too few for the paper's window of "
+                         f"{PAPER_WINDOW}{unused}; give --window J with 2 <= J <= {largest}")
     if value < 2:
         raise ValueError(f"--window must be >= 2, got {value}")
     if value > largest:
-        raise ValueError(f"--window {value} is too large for {num_epochs} epochs in {where}: at most {largest}{unused}")
+        raise ValueError(f"--window {value} is too large for {named}: at most {largest}{unused}")
     return value
 
 
+# One flag, two methods: score from the recorded epochs START..STOP-1 only. Not given, it
+# resolves to None: dynunc then reads every epoch, el2n the single epoch K // 10.
+EPOCHS_FLAG = MethodFlag(
+    "--epochs", "epochs", "dynunc and el2n: score from these recorded epochs only, a Python slice of 0..K-1 "
+    "(e.g. 0:30, the first 30). dynunc: consecutive epochs (STEP 1), its windows inside the slice, as if the "
+    "history held those epochs alone; default every epoch. el2n: the mean EL2N over the slice; default EL2N of "
+    "the single epoch K//10 (at least 1), about 10%% into training, as Paul et al. score one early checkpoint (a "
+    "sample not seen in that epoch takes its next seen epoch's)",
+    _epochs, {"metavar": "START:STOP"})
 DYNUNC_FLAGS = (
     MethodFlag("--window", "window", f"dynunc: window length J, >= 2 (the paper's: {PAPER_WINDOW}, the default "
                f"where the history has at least {PAPER_WINDOW + 1} epochs; at most the number of epochs - 1)",
@@ -279,18 +312,16 @@ DYNUNC_FLAGS = (
     MethodFlag("--include-last-window", "include_last_window", "dynunc: also score the window ending at the last "
                "epoch (the paper's code does not; then window may be up to the number of epochs)",
                lambda value, given, num_epochs, where: bool(value), {"action": "store_true"}),
+    EPOCHS_FLAG,
 )
-EL2N_FLAGS = (
-    # the default resolves to one epoch (an int: FirstSeen from it), a given slice to a range (SeenMean over it)
-    MethodFlag("--epochs", "el2n_epochs", "el2n: average EL2N over these epochs, a Python slice of the recorded "
-               "epochs 0..K-1. Default: EL2N of the single epoch K//10 (at least 1), about 10%% into training, as "
-               "Paul et al. score one early checkpoint; a sample not seen in that epoch takes its next seen epoch's",
-               lambda value, given, k, where: default_el2n_epoch(k) if value is None else parse_epoch_slice(value, k),
-               {"metavar": "START:STOP"}),
-)
+EL2N_FLAGS = (EPOCHS_FLAG,)
 
 
-def _dynunc(probs: Iterable[np.ndarray], n: int, params: ScoreParams) -> np.ndarray:
+def _dynunc(probs: Iterable[Optional[np.ndarray]], n: int, params: ScoreParams) -> np.ndarray:
+    """`probs` has one item per recorded epoch (None where nobody loaded it); --epochs keeps its slice."""
+    if params.epochs is not None:
+        wanted = params.epochs
+        probs = (prob for epoch, prob in enumerate(probs) if epoch in wanted)
     return dynamic_uncertainty_scores(probs, n, params.window, params.include_last_window)
 
 
@@ -298,28 +329,29 @@ DEFAULT_METHOD = "dynunc"  # the paper's
 METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
                      "He et al. 2023, this paper", axis="dynamic uncertainty (unitless: 10 x a std of p(true label))",
-                     stream=_dynunc, flags=DYNUNC_FLAGS),
+                     stream=_dynunc, flags=DYNUNC_FLAGS,
+                     epochs=lambda p, k: range(k) if p.epochs is None else p.epochs),
     "forgetting": Method(("correct",), "forgetting events: correct to wrong between consecutive seen presentations; +inf if "
                          "never correct",
                          "Toneva et al. 2019", axis="forgetting events (count; +inf: never correct)",
-                         make=lambda n, p: ForgettingEvents(n)),
+                         make=lambda n, p, k: ForgettingEvents(n)),
     "el2n": Method(("el2n",), "||softmax - one-hot||_2 at epoch K // 10 (the next seen epoch for a sample not "
                    "seen then); with --epochs, its mean over that slice",
                    "Paul et al. 2021", axis="EL2N (distance of the softmax to the one-hot label, 0 to 1.41)",
-                   make=lambda n, p: (FirstSeen(n, "el2n", p.el2n_epochs) if isinstance(p.el2n_epochs, int)
-                                      else SeenMean(n, "el2n", p.el2n_epochs)), flags=EL2N_FLAGS,
-                   epochs=lambda p, k: range(p.el2n_epochs, k) if isinstance(p.el2n_epochs, int) else p.el2n_epochs),
+                   make=lambda n, p, k: (FirstSeen(n, "el2n", default_el2n_epoch(k)) if p.epochs is None
+                                         else SeenMean(n, "el2n", p.epochs)), flags=EL2N_FLAGS,
+                   epochs=lambda p, k: range(default_el2n_epoch(k), k) if p.epochs is None else p.epochs),
     "aum": Method(("margin",), "minus the mean margin (true logit - largest other logit)",
                   "Pleiss et al. 2020", axis="negated AUM (minus the mean margin, in logits)",
-                  make=lambda n, p: SeenMean(n, "margin", finish=np.negative)),
+                  make=lambda n, p, k: SeenMean(n, "margin", finish=np.negative)),
     "variability": Method(("prob",), "std of p(true label) over epochs (ddof 0)",
                           "Swayamdipta et al. 2020", axis="variability (std of p(true label), 0 to 0.5)",
-                          make=lambda n, p: SeenStd(n, "prob")),
+                          make=lambda n, p, k: SeenStd(n, "prob")),
     "confidence": Method(("prob",), "1 - mean p(true label) over epochs",
                          "Swayamdipta et al. 2020", axis="low confidence (1 - mean p(true label), 0 to 1)",
-                         make=lambda n, p: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
+                         make=lambda n, p, k: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
     "random": Method((), "a uniform random draw from --seed", "baseline", axis="uniform draw (0 to 1)",
-                     make=lambda n, p: UniformRandom(n, p.seed)),
+                     make=lambda n, p, k: UniformRandom(n, p.seed)),
 }
 
 
@@ -358,10 +390,12 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     params = resolve_defaults(names, params, num_epochs)
-    accumulators = {name: METHODS[name].make(num_samples, params) for name in names if METHODS[name].make}
+    accumulators = {name: METHODS[name].make(num_samples, params, num_epochs) for name in names
+                    if METHODS[name].make}
     streams = [name for name in names if METHODS[name].stream]
     if len(streams) > 1:
         raise ValueError(f"at most one stream method per pass, got {streams}")
+    streamed = frozenset(epochs_read(streams[0], params, num_epochs)) if streams else frozenset()
 
     chunks = _chunks(num_samples)
 
@@ -369,7 +403,7 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
         for epoch in range(num_epochs):
             fed = [(name, acc) for name, acc in accumulators.items() if acc.wants(epoch)]
             kinds = {kind for name, _ in fed for kind in METHODS[name].needs}
-            if streams:
+            if epoch in streamed:
                 kinds.add("prob")
             records = {kind: np.asarray(load(epoch, kind)) for kind in sorted(kinds)}  # a memmap as a plain array
 

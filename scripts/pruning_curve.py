@@ -82,6 +82,12 @@ def finished(output: str, epochs: int) -> Optional[dict]:
     return records[-1] if records and records[-1]["epoch"] == epochs - 1 else None
 
 
+def training_opts(data: str, train_list: str, epochs: int) -> List[str]:
+    """The --opts of every run of a curve (produce and training): its data, list and epochs."""
+    return ["DATA.DATA_PATH_TRAIN", os.path.join(data, "train"), "DATA.DATA_PATH_VAL", os.path.join(data, "val"),
+            "DATA.TRAIN_FILE_LIST", train_list, "TRAIN.EPOCHS", str(epochs), "DATA.NUM_WORKERS", "1"]
+
+
 def fraction_text(fraction: float) -> str:
     return repr(float(fraction))
 
@@ -190,8 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "--seed", "0", "--output", noisy])
         train_list = noisy
         flipped = np.load(flipped_path(noisy))
-    opts = ["DATA.DATA_PATH_TRAIN", os.path.join(data, "train"), "DATA.DATA_PATH_VAL", os.path.join(data, "val"),
-            "DATA.TRAIN_FILE_LIST", train_list, "TRAIN.EPOCHS", str(args.epochs), "DATA.NUM_WORKERS", "1"]
+    opts = training_opts(data, train_list, args.epochs)
 
     produce = os.path.join(args.output, "produce")
     if finished(produce, args.epochs) is None:

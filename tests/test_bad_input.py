@@ -63,6 +63,11 @@ CASES = {
     "unknown --opts key": (None, [], ["TRAIN.EPOCHZ", "3"], "--opts: unknown config key TRAIN.EPOCHZ"),
     "negative KEEP_CHECKPOINTS": (
         None, [], ["TRAIN.KEEP_CHECKPOINTS", "-1"], "TRAIN.KEEP_CHECKPOINTS is -1: 0 keeps every checkpoint"),
+    "PRODUCE.TRACK_DELTA below 1": (
+        None, [], ["PRODUCE.TRACK_DELTA", "0"], "PRODUCE.TRACK_DELTA must be >= 1, got 0"),
+    "STOP_WHEN_STABLE on an untracked fraction": (
+        None, [], ["PRODUCE.STOP_WHEN_STABLE.ENABLE", "True", "PRODUCE.STOP_WHEN_STABLE.FRACTION", "0.3"],
+        "PRODUCE.STOP_WHEN_STABLE.FRACTION 0.3 is not one of PRODUCE.TRACK_FRACTIONS [0.5, 0.75]"),
     "--resume file missing": (
         None, ["--resume", "{root}/gone.pth"], [], "MODEL.RESUME: checkpoint not found: {root}/gone.pth"),
 }

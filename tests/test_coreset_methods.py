@@ -2,6 +2,7 @@
 fingerprint, and the refusals."""
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_one_call_equals_separate_calls(s, rule):
     fractions = ["0.3", "0.5", "0.75"]
     out = s["tmp"] / "all"
     code, stdout, err = run_cli(base(s, out / "{method}_{fraction}.txt", "--method", *ALL, "--fraction", *fractions,
-                                     "--window", "3", "--epochs", "1:4", *rule))
+                                     "--window", "3", "--epochs", "1:5", *rule))
     assert code == 0, err
     assert len(stdout.splitlines()) == len(ALL) * len(fractions)
     # one scores file per method, not per fraction
@@ -69,7 +70,7 @@ def test_one_call_equals_separate_calls(s, rule):
         for f in fractions:
             single = s["tmp"] / "single" / f"{m}_{f}.txt"
             code, _, err = run_cli(base(s, single, "--method", m, "--fraction", f, "--window", "3",
-                                        "--epochs", "1:4", *rule))
+                                        "--epochs", "1:5", *rule))
             assert code == 0, err
             assert read(out / f"{m}_{f}.txt") == read(single), (m, f)
             assert read(out / f"{m}_all.txt.scores.npy") == read(str(single) + ".scores.npy"), m
@@ -178,6 +179,40 @@ def test_refuse_el2n_epochs_only_the_slice_is_needed(s):
                    "el2n_6.npy is missing: method el2n")
 
 
+def test_dynunc_epochs_scores_the_slice_as_if_the_history_held_it_alone(s):
+    """--epochs A:B for dynunc: the windows lie inside epochs A..B-1, exactly as on a history
+    that holds those epochs alone (renumbered from 0); epochs outside are not used."""
+    alone = s["tmp"] / "alone"
+    os.makedirs(alone)
+    for new, old in enumerate(range(2, 7)):
+        shutil.copy(os.path.join(s["hdir"], f"prob_{old}.npy"), alone / f"prob_{new}.npy")
+    shutil.copy(os.path.join(s["hdir"], "file_list.json"), alone)
+    os.remove(os.path.join(s["hdir"], "prob_7.npy"))  # the last epoch, outside the slice
+    np.save(os.path.join(s["hdir"], "prob_7.npy"), np.full(N, np.nan, dtype=np.float32))  # unseen: would change scores
+    for extra in ([], ["--include-last-window"]):
+        code, _, err = run_cli(base(s, s["tmp"] / "sliced.txt", "--fraction", "0.5", "--window", "3", "--epochs", "2:7",
+                                    *extra))
+        assert code == 0, err
+        code, _, err = run_cli(["--input", alone, "--dataset_file_list", s["list"], "--output", s["tmp"] / "alone.txt",
+                                "--fraction", "0.5", "--window", "3", *extra])
+        assert code == 0, err
+        assert read(s["tmp"] / "sliced.txt.scores.npy") == read(s["tmp"] / "alone.txt.scores.npy")
+        assert read(s["tmp"] / "sliced.txt") == read(s["tmp"] / "alone.txt")
+    # Not the same as the whole history: the slice did leave epochs out.
+    code, _, err = run_cli(base(s, s["tmp"] / "whole.txt", "--fraction", "0.5", "--window", "3"))
+    assert read(s["tmp"] / "whole.txt.scores.npy") != read(s["tmp"] / "alone.txt.scores.npy")
+
+
+def test_dynunc_epochs_refusals(s):
+    assert_refused(s, base(s, s["tmp"] / "c.txt", "--fraction", "0.5", "--window", "3", "--epochs", "0:8:2"),
+                   "--epochs 0:8:2: dynunc's windows are consecutive epochs; give STEP 1")
+    assert_refused(s, base(s, s["tmp"] / "c.txt", "--fraction", "0.5", "--window", "4", "--epochs", "4:8"),
+                   "--window 4 is too large for the 4 epochs that --epochs 4:8 selects in", "at most 3")
+    assert_refused(s, base(s, s["tmp"] / "c.txt", "--fraction", "0.5", "--epochs", "0:6"),
+                   "--window is required by method dynunc: --epochs 0:6 selects 6 of the 8 epochs in",
+                   "2 <= J <= 5")
+
+
 REFUSALS = {
     "unknown_method": (["--method", "dynunc", "bogus", "--fraction", "0.5", "--window", "3"],
                        "out/{method}.txt", "--method: unknown method 'bogus'"),
@@ -222,4 +257,4 @@ def test_output_collisions_refused(s):
 
 def test_epochs_without_el2n_is_ignored_with_a_warning(s):
     code, _, err = run_cli(base(s, s["tmp"] / "a.txt", "--method", "aum", "--fraction", "0.5", "--epochs", "0:99"))
-    assert code == 0 and "--epochs is used by method el2n only; ignored" in err
+    assert code == 0 and "--epochs is used by methods dynunc, el2n only; ignored" in err

@@ -70,6 +70,15 @@ def test_resnet_tiny_is_registered_and_small():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_resnet_micro_is_resnet_tiny_at_half_width():
+    micro, tiny = timm.create_model("resnet_micro", num_classes=10), timm.create_model("resnet_tiny", num_classes=10)
+    # every stage at half the width (timm's plain stem stays 64 channels wide in both)
+    assert [m.out_channels for m in micro.modules() if isinstance(m, torch.nn.Conv2d)][1:] == [
+        m.out_channels // 2 for m in tiny.modules() if isinstance(m, torch.nn.Conv2d)][1:]
+    assert n_params(micro) < n_params(tiny) / 3
+    assert micro(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_unknown_type_names_key_and_known_types():
     config = load_config(None, ["MODEL.TYPE", "mystery", "MODEL.NUM_CLASSES", "10"])
     with pytest.raises(ValueError, match=r"MODEL\.TYPE 'mystery'.*swin.*convnext.*timm"):

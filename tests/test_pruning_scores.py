@@ -68,7 +68,7 @@ def test_aum_is_minus_the_mean_margin():
 
 
 def test_el2n_over_an_epoch_slice_and_the_default():
-    s, loads = score(["el2n"], el2n_epochs=range(0, 2))
+    s, loads = score(["el2n"], epochs=range(0, 2))
     np.testing.assert_allclose(s["el2n"], [(1.0 + f32(0.6)) / 2, f32(0.1), nan, f32(0.8)], rtol=1e-12)
     assert sorted(loads) == [(0, "el2n"), (1, "el2n")]  # epoch 2 is not read
     # default for K = 3: epoch max(1, 3 // 10) = 1; sample 1, unseen then, takes epoch 2;
@@ -131,7 +131,7 @@ def test_all_methods_in_one_pass_equal_each_alone():
     for kind in ("prob", "margin", "el2n"):
         records[kind][unseen] = nan
     records["correct"][unseen] = -1
-    params = dict(window=3, el2n_epochs=range(1, 5), seed=2)
+    params = dict(window=3, epochs=range(1, 5), seed=2)
     together, loads = score(list(METHODS), records=records, **params)
     assert len(loads) == len(set(loads))  # every file read at most once
     for name in METHODS:
@@ -145,7 +145,7 @@ def test_unknown_method():
 
 
 def test_epochs_read():
-    params = ScoreParams(el2n_epochs=range(2, 5))
+    params = ScoreParams(epochs=range(2, 5))
     assert list(epochs_read("el2n", params, 10)) == [2, 3, 4]
     assert list(epochs_read("aum", params, 10)) == list(range(10))
     assert list(epochs_read("random", params, 10)) == []

@@ -95,7 +95,7 @@ def _one_epoch(value, given, num_epochs, where):
 
 
 TOY = Method(("prob",), "p(true label) in the epoch --toy-epoch", "a toy for the tests", "p(true label) (0 to 1)",
-             make=lambda n, p: SeenMean(n, "prob", [p.toy_epoch]), epochs=lambda p, k: [p.toy_epoch],
+             make=lambda n, p, k: SeenMean(n, "prob", [p.toy_epoch]), epochs=lambda p, k: [p.toy_epoch],
              flags=(MethodFlag("--toy-epoch", "toy_epoch", "toy: the epoch scored", _one_epoch, {"type": int}),))
 
 

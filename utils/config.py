@@ -183,6 +183,29 @@ _C.ACCELERATION.FUSED_WINDOW_PROCESS = False
 _C.ACCELERATION.FUSED_LAYERNORM = False
 
 # -----------------------------------------------------------------------------
+# Produce mode (main_and_produce.py): coreset stability while producing
+# (pruning/stability.py; README, "Stability while producing")
+# -----------------------------------------------------------------------------
+_C.PRODUCE = CN()
+# After each epoch with a dynamic-uncertainty score, rank 0 compares the coreset of the
+# epochs so far with the one from TRACK_DELTA epochs earlier, at each of these fractions
+# (kept-set overlap), and the two score vectors (Spearman). [] switches tracking off.
+_C.PRODUCE.TRACK_FRACTIONS = [0.5, 0.75]
+# 1: consecutive epochs, the finest resolution for the stopping rule and the least state
+# (one earlier score vector); PATIENCE then asks for that many quiet steps in a row.
+_C.PRODUCE.TRACK_DELTA = 1
+# The dynunc window of the tracked coresets: the paper's 10 (get_coreset's default), cut
+# to TRAIN.EPOCHS - 1 for shorter runs; select with the same --window to get them.
+_C.PRODUCE.TRACK_WINDOW = 10
+_C.PRODUCE.STOP_WHEN_STABLE = CN()
+# End the produce run once the overlap at FRACTION (one of TRACK_FRACTIONS) has stayed
+# >= OVERLAP for PATIENCE consecutive epochs; a checkpoint and the history so far are kept.
+_C.PRODUCE.STOP_WHEN_STABLE.ENABLE = False
+_C.PRODUCE.STOP_WHEN_STABLE.OVERLAP = 0.95
+_C.PRODUCE.STOP_WHEN_STABLE.PATIENCE = 3
+_C.PRODUCE.STOP_WHEN_STABLE.FRACTION = 0.5
+
+# -----------------------------------------------------------------------------
 # Misc
 # -----------------------------------------------------------------------------
 # Mixed precision on CUDA (always off on CPU).
