@@ -111,6 +111,8 @@ def read_inputs(args: argparse.Namespace, dist_info: DistInfo):
     config = data = error = None
     try:
         config = setup_config(args)
+        if os.path.exists(config.OUTPUT) and not os.path.isdir(config.OUTPUT):
+            raise ValueError(f"{config.OUTPUT}: the output folder exists as a file; give another --output")
         data = load_file_lists(config, coreset=args.coreset)
     except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

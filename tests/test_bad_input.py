@@ -93,6 +93,15 @@ def test_bad_input_in_one_process(trees, tmp_path, name):
     assert not os.path.exists(out)
 
 
+def test_an_output_that_is_a_file_is_refused_and_left_as_it_was(trees, tmp_path):
+    out = tmp_path / "out"
+    out.write_bytes(b"not a folder\n")
+    root, opts = trees
+    code, stdout, stderr = run_main(cli, ["--config", CONFIG, "--output", str(out), "--opts", *opts])
+    assert code == 2 and stderr == f"main.py: error: {out}: the output folder exists as a file; give another --output\n"
+    assert "Traceback" not in stdout and out.read_bytes() == b"not a folder\n"
+
+
 def test_produce_refuses_too(trees, tmp_path):
     out = str(tmp_path / "out")
     args, expected = case_args(trees, "coreset line not in the list", out)
