@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         for o in outputs:
             if o.method == method:
                 try:
-                    indices = selection.select(ranking, o.keep)
+                    indices, cuts[o] = selection.choose(ranking, o.keep)
                 except ValueError as e:
                     if selection.ccs is None:
                         raise
@@ -152,7 +152,6 @@ def run(args: argparse.Namespace) -> int:
                                      f"{e}") from None
                 kept[o] = np.zeros(n, dtype=bool)
                 kept[o][indices] = True
-                cuts[o] = selection.cut(ranking, o.keep)
     elapsed = time.perf_counter() - t0
     t1 = time.perf_counter()
     for path in written:

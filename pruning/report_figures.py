@@ -29,7 +29,7 @@ def _figure(size: Tuple[int, int]) -> Figure:
     return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)  # no bbox_inches="tight": the size stays the one asked for
     return buffer.getvalue()
@@ -101,7 +101,7 @@ def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[T
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def class_kept_size(num_methods: int, num_fractions: int) -> Tuple[int, int]:
@@ -129,7 +129,7 @@ def class_kept_boxes(methods: Sequence[str], fractions: Sequence[str],
     axes[0].invert_yaxis()
     fig.suptitle("per-class kept fraction (one value per class)", fontsize=11)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def heatmap_size(num_methods: int) -> Tuple[int, int]:
@@ -154,7 +154,7 @@ def heatmap(matrix: np.ndarray, methods: Sequence[str], title: str, low: float, 
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def curves_size() -> Tuple[int, int]:
@@ -187,7 +187,7 @@ def epoch_curves_figure(method: str, fraction: str, kept: np.ndarray, pruned: np
     left.legend(fontsize=8, loc="lower right")
     right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 CELL_WIDTH, CELL_HEIGHT, CAPTION = 150, 150, 34  # pixels per thumbnail cell, caption band on top
@@ -224,7 +224,7 @@ def image_grid(title: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.nda
             below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
             fig.figimage(pixels, xo=left, yo=below, origin="upper")
         top += rows * CELL_HEIGHT
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def accuracy_curve_size() -> Tuple[int, int]:
@@ -259,7 +259,7 @@ def accuracy_curve(points: Dict[Tuple[str, float], TopOne], title: str) -> bytes
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def stability_curve_size() -> Tuple[int, int]:
@@ -286,4 +286,4 @@ def stability_curve(series: dict, title: str) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)

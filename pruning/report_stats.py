@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from pruning.select import Cut, rank, top_cut
+from pruning.select import Cut, rank, tie_group_starts, top_cut
 
 DECILES = 10
 CHUNK = 1 << 20  # elements per chunk of the dot products (small float64 temporaries)
@@ -60,10 +60,8 @@ def tie_twice_ranks(scores: np.ndarray, order: np.ndarray, dtype=np.int64) -> np
     """Twice the average 0-based position in `order` of each sample's group of equal
     scores (NaNs are one group): ties share (first + last) positions, an integer, so
     ranks stay exact in an integer array."""
-    ordered = scores[order]
-    n = len(ordered)
-    both_nan = np.isnan(ordered[1:]) & np.isnan(ordered[:-1])
-    starts = np.flatnonzero(np.concatenate([[True], (ordered[1:] != ordered[:-1]) & ~both_nan]))
+    n = len(order)
+    starts = np.flatnonzero(tie_group_starts(scores[order]))
     ends = np.append(starts[1:], n) - 1
     twice = np.empty(n, dtype=dtype)
     twice[order] = np.repeat((starts + ends).astype(dtype), ends - starts + 1)

@@ -87,12 +87,9 @@ class Selection:
     def ranking(self, scores: np.ndarray, labels: Optional[np.ndarray]) -> Ranking:
         return Ranking(scores, labels, self.seed)  # the seed breaks ties at a cut
 
-    def select(self, ranking: Ranking, keep: int) -> np.ndarray:
-        return ranking.select(keep, class_balanced=self.class_balanced, ccs=self.ccs)
-
-    def cut(self, ranking: Ranking, keep: int) -> Optional[Cut]:
-        """How the cut meets ties (None under CCS, which samples within score bins)."""
-        return None if self.ccs else ranking.cut(keep, class_balanced=self.class_balanced)
+    def choose(self, ranking: Ranking, keep: int) -> Tuple[np.ndarray, Optional[Cut]]:
+        """(kept indices, how the cut meets ties: None under CCS, which samples within score bins)."""
+        return ranking.choose(keep, class_balanced=self.class_balanced, ccs=self.ccs)
 
     def describe(self) -> str:
         return (", class-balanced" if self.class_balanced else "") + (f", ccs {self.ccs.beta}" if self.ccs else "")

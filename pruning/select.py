@@ -24,7 +24,7 @@ Every selection returns the kept indices in ascending order and depends only on
 (scores, keep, labels, rule, seed).
 """
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -81,12 +81,12 @@ class CCS:
             raise ValueError(f"--ccs-bins must be >= 1, got {self.bins}")
 
 
-def _tie_groups(ordered: np.ndarray) -> np.ndarray:
-    """For scores in rank order: True at each position that starts a new group of equal
-    scores (NaNs are one group)."""
+def tie_group_starts(ordered: np.ndarray) -> np.ndarray:
+    """For values in sorted order: True at each position that starts a new group of
+    equal values (NaNs are one group)."""
     same = ordered[1:] == ordered[:-1]
     same |= np.isnan(ordered[1:]) & np.isnan(ordered[:-1])
-    return np.concatenate([[True], ~same])
+    return np.concatenate([[True], ~same])[:len(ordered)]
 
 
 def rank(scores: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -96,7 +96,7 @@ def rank(scores: np.ndarray, seed: int = 0) -> np.ndarray:
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {scores.shape}")
     order = np.argsort(-scores, kind="stable")
-    starts = _tie_groups(scores[order])
+    starts = tie_group_starts(scores[order])
     in_tie = ~starts
     in_tie[:-1] |= ~starts[1:]  # every member of a group of two or more
     tied = np.flatnonzero(in_tie)
@@ -117,22 +117,30 @@ def _partition_cut(scores: np.ndarray, keep: int):
     return kth, np.flatnonzero(neg < kth), np.flatnonzero(neg == kth)
 
 
+def _cut(kth: float, above: np.ndarray, at: np.ndarray, keep: int) -> Cut:
+    need = keep - len(above)
+    return Cut(float(-kth), len(at), need) if need < len(at) else Cut(float(-kth), 0, 0)
+
+
+def _top(scores: np.ndarray, keep: int, seed: int) -> Tuple[np.ndarray, Cut]:
+    """top() and its Cut from one partition."""
+    kth, above, at = _partition_cut(scores, keep)
+    cut = _cut(kth, above, at, keep)
+    if cut.tied:
+        at = at[np.argsort(tie_priority(at, seed), kind="stable")[:cut.drawn]]
+    return np.sort(np.concatenate([above, at])), cut
+
+
 def top(scores: np.ndarray, keep: int, seed: int = 0) -> np.ndarray:
     """The first `keep` of rank(scores, seed), ascending, in O(N): a partition finds the
     keep-th score, then every score above it and the ties at it with the lowest
     priority are kept (NaN, partitioned last, only if needed)."""
-    _, above, at = _partition_cut(scores, keep)
-    need = keep - len(above)
-    if need < len(at):
-        at = at[np.argsort(tie_priority(at, seed), kind="stable")[:need]]
-    return np.sort(np.concatenate([above, at]))
+    return _top(scores, keep, seed)[0]
 
 
 def top_cut(scores: np.ndarray, keep: int) -> Cut:
     """The Cut of top(scores, keep, seed) (it does not depend on the seed)."""
-    kth, above, at = _partition_cut(scores, keep)
-    need = keep - len(above)
-    return Cut(float(-kth), len(at), need) if need < len(at) else Cut(float(-kth), 0, 0)
+    return _cut(*_partition_cut(scores, keep), keep)
 
 
 def class_quotas(labels: np.ndarray, keep: int) -> np.ndarray:
@@ -216,43 +224,53 @@ class Ranking:
             self._by_class = grouped, np.concatenate([[0], np.cumsum(sizes)])
         return self._by_class
 
-    def select(self, keep: int, class_balanced: bool = False, ccs: Optional[CCS] = None) -> np.ndarray:
-        n = len(self.scores)
-        if not 1 <= keep <= n:
-            raise ValueError(f"keep must be in [1, {n}], got {keep}")
-        if not class_balanced:
-            if ccs is None:
-                return top(self.scores, keep, self.seed)
-            return ccs_select(self.scores, self.order, keep, ccs, np.random.default_rng(ccs.seed))
+    def _class_top(self, keep: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Class-balanced top selection: (kept indices ascending, each class's quota)."""
         grouped, starts = self._grouped()
         quotas = class_quotas(self.labels, keep)
-        if ccs is None:
-            label_of = self.labels[grouped]
-            rank_in_class = np.arange(n) - starts[label_of]
-            return np.sort(grouped[rank_in_class < quotas[label_of]])
-        rng = np.random.default_rng(ccs.seed)
-        parts = [ccs_select(self.scores, grouped[starts[c]:starts[c + 1]], int(quotas[c]), ccs, rng,
-                            what=f"samples of class {c}")
-                 for c in range(len(quotas)) if quotas[c] > 0]
-        return np.sort(np.concatenate(parts))
+        label_of = self.labels[grouped]
+        rank_in_class = np.arange(len(grouped)) - starts[label_of]
+        return np.sort(grouped[rank_in_class < quotas[label_of]]), quotas
 
-    def cut(self, keep: int, class_balanced: bool = False) -> Cut:
-        """How the top / class-balanced selection of `keep` meets ties (not CCS, which
-        samples within score bins)."""
-        if not class_balanced:
-            return top_cut(self.scores, keep)
-        grouped, starts = self._grouped()
-        quotas = class_quotas(self.labels, keep)
+    def _class_cut(self, kept: np.ndarray, quotas: np.ndarray) -> Cut:
+        """The Cut of a class-balanced selection: ties at each class's lowest kept score."""
         classes = np.flatnonzero(quotas)
+        grouped, starts = self._grouped()
         last = grouped[starts[classes] + quotas[classes] - 1]  # each class's lowest kept sample
         cut = np.full(len(quotas), np.nan)
         cut[classes] = self.scores[last]
         member_cut = cut[self.labels]
         at = (self.scores == member_cut) | (np.isnan(self.scores) & np.isnan(member_cut) & (quotas[self.labels] > 0))
         tied = np.bincount(self.labels[at], minlength=len(quotas))
-        label_of = self.labels[grouped]
-        kept_rows = np.zeros(len(self.scores), dtype=bool)
-        kept_rows[grouped[(np.arange(len(grouped)) - starts[label_of]) < quotas[label_of]]] = True
-        kept_at = np.bincount(self.labels[at & kept_rows], minlength=len(quotas))
+        kept_at = np.bincount(self.labels[kept[at[kept]]], minlength=len(quotas))
         broken = kept_at < tied
         return Cut(None, int(tied[broken].sum()), int(kept_at[broken].sum()))
+
+    def choose(self, keep: int, class_balanced: bool = False,
+               ccs: Optional[CCS] = None) -> Tuple[np.ndarray, Optional[Cut]]:
+        """(kept indices ascending, how the cut meets ties); the Cut is None under CCS,
+        which samples within score bins."""
+        n = len(self.scores)
+        if not 1 <= keep <= n:
+            raise ValueError(f"keep must be in [1, {n}], got {keep}")
+        if ccs is None:
+            if not class_balanced:
+                return _top(self.scores, keep, self.seed)
+            kept, quotas = self._class_top(keep)
+            return kept, self._class_cut(kept, quotas)
+        if not class_balanced:
+            return ccs_select(self.scores, self.order, keep, ccs, np.random.default_rng(ccs.seed)), None
+        grouped, starts = self._grouped()
+        quotas = class_quotas(self.labels, keep)
+        rng = np.random.default_rng(ccs.seed)
+        parts = [ccs_select(self.scores, grouped[starts[c]:starts[c + 1]], int(quotas[c]), ccs, rng,
+                            what=f"samples of class {c}")
+                 for c in range(len(quotas)) if quotas[c] > 0]
+        return np.sort(np.concatenate(parts)), None
+
+    def select(self, keep: int, class_balanced: bool = False, ccs: Optional[CCS] = None) -> np.ndarray:
+        return self.choose(keep, class_balanced, ccs)[0]
+
+    def cut(self, keep: int, class_balanced: bool = False) -> Cut:
+        """How the top / class-balanced selection of `keep` meets ties."""
+        return self.choose(keep, class_balanced)[1]

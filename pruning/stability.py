@@ -24,7 +24,7 @@ from typing import Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tup
 import numpy as np
 
 from pruning.dynamic_uncertainty import WindowScores, check_fraction
-from pruning.select import top
+from pruning.select import tie_group_starts, top
 
 OVERLAP_KEY = "stability_overlap_{fraction}"
 SPEARMAN_KEY = "stability_spearman"
@@ -47,12 +47,7 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
     (what Spearman's coefficient ranks by); NaN ranks after every number, as one group."""
     values = np.asarray(values, dtype=np.float64)
     order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.ones(len(values), dtype=bool)
-    if len(values) > 1:
-        same = ordered[1:] == ordered[:-1]
-        same |= np.isnan(ordered[1:]) & np.isnan(ordered[:-1])
-        starts[1:] = ~same
+    starts = tie_group_starts(values[order])
     group = np.cumsum(starts) - 1
     first = np.flatnonzero(starts)  # 0-based position where each group starts
     last = np.append(first[1:], len(values)) - 1

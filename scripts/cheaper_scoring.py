@@ -28,8 +28,6 @@ within the seed spread of the full history, the stopping rule's epochs). Finishe
 existing coresets are kept: rerunning continues where it stopped.
 """
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -46,11 +44,12 @@ if ROOT not in sys.path:
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from pruning_curve import (CONFIG, FULL, Job, finished, flipped_share, fraction_text, log, sh, train,  # noqa: E402
-                           training_opts)
+                           training_opts, write_csv)
 from data.file_list import read_coreset  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
 from pruning.accuracy import TopOne, within_spread  # noqa: E402
 from pruning.history import contiguous_epoch_files, history_dir, load_epoch_prob  # noqa: E402
+from pruning.report_figures import png_bytes  # noqa: E402
 from pruning.stability import StabilityTracker, StopWhenStable, overlap_key  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
@@ -294,10 +293,8 @@ def plot(rows: List[dict], path: str, fractions: Sequence[float], full_data: Dic
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
     with atomic_open(path, "wb") as f:
-        f.write(buffer.getvalue())
+        f.write(png_bytes(fig))
 
 
 def stopping_text(stops: Dict[str, dict], window: int, fractions: Sequence[float]) -> str:
@@ -387,11 +384,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if tops:
             full_data[labels] = TopOne(float(np.mean(tops)), float(np.std(tops)), len(tops))
     os.makedirs(args.output, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(args.output, "cheaper_scoring.csv"), buf.getvalue())
+    write_csv(os.path.join(args.output, "cheaper_scoring.csv"), rows, FIELDS)
     plot(rows, os.path.join(args.output, "cheaper_scoring.png"), args.fractions, full_data)
     cheapest, ok = cheapest_within_spread(rows)
     text = ("".join(f"Full data, no pruning ({labels}): top-1 {top.text()}\n\n" for labels, top in full_data.items())

@@ -134,6 +134,15 @@ def flipped_share(kept: Optional[np.ndarray], flipped: np.ndarray) -> float:
     return float(np.isin(flipped, kept).mean()) if len(flipped) else float("nan")
 
 
+def write_csv(path: str, rows: List[dict], fields: Sequence[str]) -> None:
+    """`rows` as CSV with the columns `fields` (other keys left out), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def plot(rows: List[dict], path: str, title: str) -> None:
     """The curve figure (pruning/report_figures.py's, which the report also draws from this CSV)."""
     runs = [Accuracy(r["method"], float(r["fraction"]), float(r["top1"]), path) for r in rows]
@@ -222,11 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append({"labels": labels, "method": job.method, "fraction": job.fraction, "seed": job.seed,
                      "images": images, "top1": round(record["acc1"], 4), "top5": round(record["acc5"], 4),
                      "flipped_kept": "" if share == "" else round(share, 4)})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(os.path.join(args.output, "curve.csv"), buf.getvalue())
+    write_csv(os.path.join(args.output, "curve.csv"), rows, CSV_FIELDS)
     title = "MNIST demo, clean labels" if not len(flipped) else f"MNIST demo, {args.label_noise:.0%} labels flipped"
     plot(rows, os.path.join(args.output, "curve.png"), f"{title} ({len(args.seeds)} seeds, {args.epochs} epochs)")
     table = summary(rows)
