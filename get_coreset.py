@@ -138,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
     labels = plan.index.labels if selection.class_balanced else None
     n = plan.num_samples
     t0 = time.perf_counter()
-    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
+    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params,
+                           embedded=plan.embedded)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     for method in plan.methods:
