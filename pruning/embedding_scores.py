@@ -111,21 +111,30 @@ def greedy_kcenter(points: np.ndarray, first: int, priority: np.ndarray):
     """(order, radius): every row of `points` (float64) in greedy k-center order, from
     row `first`: each next pick is the row farthest (Euclidean) from those picked
     (equal distances: the lowest `priority`), and `radius` its distance then (+inf for
-    the first). O(n^2 D)."""
+    the first). O(n^2 D): one matrix-vector product per pick, squared distances as
+    |x|^2 - 2 x.y + |y|^2 (float64)."""
     n = len(points)
+    norms = np.einsum("ij,ij->i", points, points)
     order = np.empty(n, dtype=np.int64)
     radius = np.empty(n, dtype=np.float64)
-    nearest = np.full(n, np.inf)
+    nearest = np.full(n, np.inf)  # squared distance to the nearest pick
+    squared = np.empty(n, dtype=np.float64)
     pick, farthest = first, np.inf
     for step in range(n):
-        order[step], radius[step] = pick, farthest
-        np.minimum(nearest, np.sqrt(np.square(points - points[pick]).sum(axis=1)), out=nearest)
-        nearest[pick] = -1.0  # picked: never again
+        order[step], radius[step] = pick, math.sqrt(max(farthest, 0.0))
+        np.dot(points, points[pick], out=squared)
+        squared *= -2.0
+        squared += norms
+        squared += norms[pick]
+        np.minimum(nearest, squared, out=nearest)
+        nearest[pick] = -np.inf  # picked: never again
         if step + 1 == n:
             break
-        farthest = nearest.max()
-        tied = np.flatnonzero(nearest == farthest)
-        pick = int(tied[np.argmin(priority[tied])]) if len(tied) > 1 else int(tied[0])
+        pick = int(np.argmax(nearest))
+        farthest = nearest[pick]
+        if np.count_nonzero(nearest == farthest) > 1:
+            tied = np.flatnonzero(nearest == farthest)
+            pick = int(tied[np.argmin(priority[tied])])
     return order, radius
 
 

@@ -10,6 +10,12 @@ in a statistic's range scores NaN, which ranks below every number (select.py).
 A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
 and one row in METHODS; a flag of its own is a MethodFlag in that row (get_coreset.py
 and report.py take it through pruning/scoring_plan.py, which names no method).
+
+A method of the embeddings (needs ("embed",): moderate, prototype, kcenter, d2) is a row
+with `embed`, a function of (embeddings, labels, parameters, other methods' scores)
+(pruning/embedding_scores.py), and `uses`, the methods whose scores it reads (d2's
+--d2-score): those are scored in the same pass, and the embeddings are loaded once, by
+the caller's `embedded()`, for every such method, after the pass.
 """
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor

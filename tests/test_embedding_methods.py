@@ -208,10 +208,10 @@ def test_exact_knn_graph_is_brute_force():
     np.testing.assert_allclose(distances, np.sort(d, axis=1)[:, :7], rtol=1e-5)
 
 
-def test_ivf_knn_graph_recall():
+def test_cell_knn_graph_recall():
     rng = np.random.default_rng(11)
     x, _ = blobs(6000, 16, 40, rng, spread=0.5)
-    approximate, _ = knn.knn_graph(x, 10, seed=0, exact_max=0)  # the inverted file, as above 20,000 rows
+    approximate, _ = knn.knn_graph(x, 10, seed=0, exact_max=0)  # the cell search, as above 20,000 rows
     exact, _ = knn.knn_graph(x, 10, seed=0)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approximate.tolist(), exact.tolist())])
     assert recall >= 0.9, recall
