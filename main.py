@@ -314,10 +314,10 @@ def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> O
     if produce.STOP_WHEN_STABLE.ENABLE:
         logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
                     f"stable before them has none")
-    rest = partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id)
     return embeddings.EmbeddingRecorder(
         model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
-        dist_info.device, forward_model=fwd_model, rest_loader=lambda order: rest(order=order),
+        dist_info.device, forward_model=fwd_model,
+        rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
         autocast=ctx.autocast)
 
 

@@ -37,7 +37,7 @@ def assert_same_history(out, reference):
         np.testing.assert_array_equal(history(out, epoch, "correct"), history(reference, epoch, "correct"))
     assert [r["epoch"] for r in metrics(out)] == list(range(EPOCHS))
     assert not [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp") or ".part" in n]
-    assert_same_embeddings(out, produced)
+    assert_same_embeddings(out, reference)
 
 
 def test_elastic_restart_after_a_killed_worker_resumes_to_the_same_history(data, produced):
