@@ -133,31 +133,52 @@ def remove_parts(hdir: str, epoch: str = "*", kind: str = "*") -> None:
             os.remove(path)
 
 
+class _PartRows:
+    """A part file's rows read block by block through the file (not mapped: the merge's
+    resident memory stays one block, whatever N is)."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "rb")
+        version = np.lib.format.read_magic(self.file)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(self.file)
+        self.offset, self.dtype, self.row = self.file.tell(), dtype, shape[1:]
+
+    def read(self, lo: int, hi: int) -> np.ndarray:
+        row_bytes = self.dtype.itemsize * int(np.prod(self.row))
+        self.file.seek(self.offset + lo * row_bytes)
+        return np.fromfile(self.file, dtype=self.dtype, count=(hi - lo) * int(np.prod(self.row))).reshape(
+            (hi - lo, *self.row))
+
+
 def merge_parts(hdir: str, epoch: int, kind: str, num_samples: int, dim: int, world_size: int) -> str:
     """Rank 0: the parts of ``{kind}_{epoch}.npy`` (each rank's sorted rows) merged into
     that file, block by block (bounded memory), atomically; the parts are then removed.
     RuntimeError naming the first row no rank holds (the file is then not written)."""
     path = embed_path(hdir, epoch, kind)
-    parts = []
-    for rank in range(world_size):
-        ipath, rpath = part_paths(hdir, epoch, kind, rank)
-        parts.append((np.load(ipath, mmap_mode="r"), np.load(rpath, mmap_mode="r")))
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(EMBED_DTYPE)), "fortran_order": False,
               "shape": (num_samples, dim)}
-    with atomic_open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
-        for start in range(0, num_samples, _MERGE_ROWS):
-            stop = min(num_samples, start + _MERGE_ROWS)
-            block = np.zeros((stop - start, dim), EMBED_DTYPE)
-            filled = np.zeros(stop - start, bool)
-            for indices, rows in parts:
-                lo, hi = np.searchsorted(indices, [start, stop])
-                block[indices[lo:hi] - start] = rows[lo:hi]
-                filled[indices[lo:hi] - start] = True
-            if not filled.all():
-                raise RuntimeError(f"{path}: no process recorded the embedding of sample "
-                                   f"{start + int(np.flatnonzero(~filled)[0])}")
-            f.write(block.tobytes())
+    with contextlib.ExitStack() as stack:
+        parts = []
+        for rank in range(world_size):
+            ipath, rpath = part_paths(hdir, epoch, kind, rank)
+            rows = _PartRows(rpath)
+            stack.callback(rows.file.close)
+            parts.append((np.load(ipath, mmap_mode="r"), rows))
+        with atomic_open(path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for start in range(0, num_samples, _MERGE_ROWS):
+                stop = min(num_samples, start + _MERGE_ROWS)
+                block = np.zeros((stop - start, dim), EMBED_DTYPE)
+                filled = np.zeros(stop - start, bool)
+                for indices, rows in parts:
+                    lo, hi = (int(i) for i in np.searchsorted(indices, [start, stop]))
+                    block[indices[lo:hi] - start] = rows.read(lo, hi)
+                    filled[indices[lo:hi] - start] = True
+                if not filled.all():
+                    raise RuntimeError(f"{path}: no process recorded the embedding of sample "
+                                       f"{start + int(np.flatnonzero(~filled)[0])}")
+                f.write(block.tobytes())
     remove_parts(hdir, epoch, kind)
     return path
 
