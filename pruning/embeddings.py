@@ -1,10 +1,16 @@
 """Produce mode's embeddings (PRODUCE.EMBED_DIM, PRODUCE.EMBED_EPOCHS): the input of the
-model's classifier on the forwards that already run (the recorder's eval view; the
-validation pass), randomly projected to D and stored float16 as history.py lays out
+model's classifier, randomly projected to D and stored float16 as history.py lays out
 (``embed_{epoch}.npy``, ``val_embed_{epoch}.npy``; read them with history.load_embeddings).
 
-- Captured by a forward pre-hook on the classifier, armed only around those forwards
-  (the training forward passes the hook unarmed).
+- One model for every row: at the end of an embedding epoch (after its last update),
+  an eval-view pass in eval mode (BatchNorm's running statistics, no drop-path) over
+  every training sample, split across ranks; the validation rows come from the
+  validation pass of the same epoch, which already runs with those weights. Taking the
+  rows from the recorder's forwards during training instead would cost nothing extra,
+  but each row would come from the weights of its own step: two identical images
+  would not get the same embedding (measured: a cosine of 0.88 between exact copies in
+  a demo run), which defeats deduplication and every distance-based method.
+- Captured by a forward pre-hook on the classifier, armed only around those forwards.
 - Projected by a fixed Gaussian matrix (C x D, entries N(0, 1/D)) drawn from its own
   seeded generator: recording draws nothing from the training's random streams.
 - Each rank keeps its own rows (float16, host memory) and writes them as a part file;
@@ -187,8 +193,8 @@ class EmbeddingRecorder:
     """Captures, projects and stores the embeddings of produce mode (see the module).
 
     `model`: the module whose classifier is hooked (the one without DDP or compile
-    wrappers); `forward_model`: what runs the extra eval-view pass over the samples a
-    training epoch did not see; `rest_loader(indices)`: an eval-view loader over them."""
+    wrappers); `forward_model`: what runs the end-of-epoch eval-view pass;
+    `rest_loader(indices)`: an eval-view loader over those samples."""
 
     def __init__(self, model: nn.Module, dim: int, epochs: Iterable[int], hdir: str, rank: int, world_size: int,
                  device: torch.device, forward_model: Optional[nn.Module] = None,
@@ -247,17 +253,16 @@ class EmbeddingRecorder:
         store.add(indices, (features @ self.projection).to(torch.float16))
 
     @torch.no_grad()
-    def embed_rest(self, seen: np.ndarray, to_eval: bool) -> int:
-        """The eval-view pass over the samples that no rank saw this epoch (`seen`: the
-        same boolean mask on every rank), split across ranks, in the model mode of the
-        recorded forwards (`to_eval`). Returns this rank's count."""
-        mine = np.flatnonzero(~seen)[self.rank::self.world_size]
+    def embed_all(self, num_samples: int) -> int:
+        """The eval-view pass over every training sample with the current weights, in eval
+        mode, split across ranks (rank r takes samples r, r + W, ...). Returns this rank's
+        count."""
+        mine = np.arange(self.rank, num_samples, self.world_size)
         if len(mine) == 0 or "embed" not in self.stores:
             return 0
         model = self.forward_model
         was_training = model.training
-        if to_eval:
-            model.eval()
+        model.eval()
         try:
             for batch in self.rest_loader(mine):
                 images = batch["images"].to(self.device, non_blocking=True)
@@ -265,8 +270,7 @@ class EmbeddingRecorder:
                 with self.capture("embed", indices), self.autocast():
                     model(images)
         finally:
-            if to_eval:
-                model.train(was_training)
+            model.train(was_training)
         return len(mine)
 
     def finish(self, epoch: int, kind: str, num_samples: int) -> Optional[str]:

@@ -3,7 +3,7 @@ view and with the weights as they are before the step's update (docs/semantics.m
 each kind of history.py's RECORD_KINDS, i.e. the softmax
 probability of its true label, whether the top-1 prediction is right, the margin (true
 logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2); and, in the
-epochs that ask for them, the embeddings of that forward (pruning/embeddings.py)."""
+epochs that ask for them, after the epoch, the embeddings (pruning/embeddings.py)."""
 import logging
 import os
 from contextlib import nullcontext
@@ -118,7 +118,7 @@ class PredictionRecorder:
         if to_eval:
             model.eval()
         try:
-            with self.embeddings.capture("embed", indices) if self.embeddings is not None else nullcontext(), autocast:
+            with autocast:
                 logits = model(images)
         finally:
             if to_eval:
@@ -132,9 +132,9 @@ class PredictionRecorder:
         all_reduce_(self.records, op=torch.distributed.ReduceOp.MAX)
         seen = self.records[ROWS.index("prob")] > _UNSEEN
         if self.embeddings is not None and self.embeddings.collecting("embed"):
-            # Every rank holds the gathered mask: the samples no rank saw get an extra
-            # eval-view pass; the embeddings go before prob, which marks the epoch complete.
-            self.embeddings.embed_rest(seen.cpu().numpy(), to_eval=bool(self.eval_mode_forward))
+            # One pass with the epoch's final weights (pruning/embeddings.py); the
+            # embeddings go before prob, which marks the epoch complete.
+            self.embeddings.embed_all(self.num_samples)
             self.embeddings.finish(epoch, "embed", self.num_samples)
         if not self.is_primary:
             return {}

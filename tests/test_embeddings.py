@@ -104,7 +104,7 @@ def test_recorder_writes_every_row_and_leaves_prob_as_without_embeddings(tmp_pat
     features = torch.randn(n, 5)
     model = TableModel(features)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0])
-    seen = [torch.tensor([5, 1]), torch.tensor([3, 0])]  # 2, 4, 6 unseen: the extra pass embeds them
+    seen = [torch.tensor([5, 1]), torch.tensor([3, 0])]  # the end-of-epoch pass embeds all 7
     outputs = {}
     for name, with_embed in (("plain", False), ("embed", True)):
         out = str(tmp_path / name)
