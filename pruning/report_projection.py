@@ -103,7 +103,7 @@ def panel_caption(method: str, kept: int, pruned: int) -> str:
 def figure_size(num_methods: int) -> Tuple[int, int]:
     columns = min(COLUMNS, max(1, num_methods))
     rows = -(-max(1, num_methods) // COLUMNS)
-    return 90 + PANEL * columns, 120 + PANEL * rows
+    return 90 + PANEL * columns, 100 + PANEL * rows
 
 
 def projection_figure(projection: Projection, kept: Dict[str, np.ndarray], title: str, seed: int) -> bytes:
@@ -135,9 +135,10 @@ def projection_figure(projection: Projection, kept: Dict[str, np.ndarray], title
             ax.set_ylabel(f"PC 2 ({100 * projection.explained[1]:.1f}% of variance)", fontsize=9)
     handles = [Line2D([], [], ls="", marker="o", ms=6, color=c, label=label)
                for c, label in ((KEPT_COLOUR, "kept"), (PRUNED_COLOUR, "pruned"))]
-    fig.suptitle(title, fontsize=11)
-    fig.legend(handles=handles, loc="upper right", ncol=2, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 45 / height))
+    fig.suptitle(title, fontsize=11, y=1 - 10 / height, va="top")
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - 48 / height), ncol=2, fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 40 / height))
     return figures.png_bytes(fig)
 
 
@@ -174,12 +175,11 @@ def add_projection(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Met
     projection = project(shown.embeddings, shown.seed, POINTS)
     kept = {m: o.position[projection.indices] < shown.keep for m, o in orders.items()}
     count = len(projection.indices)
-    title = (f"{shown.file} (D = {dim}) by PCA: {count:,} of {n:,} images drawn at random, kept and pruned at "
-             f"keep {shown.fraction}")
+    title = f"PCA of {shown.file}, {count:,} images\nkept and pruned at keep {shown.fraction}"  # fits one panel
     files["projection.png"] = projection_figure(projection, kept, title, shown.seed)
     numbers["projection"] = {
         "file": shown.file, "epoch": shown.epoch, "dim": int(dim), "fraction": shown.fraction, "keep": shown.keep,
-        "seed": shown.seed, "points": count, "explained": [float(v) for v in projection.explained],
+        "seed": shown.seed, "points": count, "of": int(n), "explained": [float(v) for v in projection.explained],
         "panels": {m: {"kept": int(k.sum()), "pruned": int((~k).sum()),
                        "caption": panel_caption(m, int(k.sum()), int((~k).sum()))} for m, k in kept.items()},
         "indices": projection.indices.tolist()}
@@ -195,10 +195,10 @@ def projection_html(projection: Optional[dict], heading: str) -> List[str]:
     first, second = (f"{100 * v:.1f}%" for v in p["explained"])
     return [heading, f"<p class=\"note\">PCA (principal component analysis, numpy's SVD) of the embeddings in "
             f"{html.escape(p['file'])} (epoch {p['epoch']}, D = {p['dim']}), fitted on the {p['points']:,} images "
-            f"shown, drawn at random once (seed {p['seed']}) and the same in every panel: the two axes explain "
-            f"{first} and {second} of their variance. Blue: kept at keep {html.escape(p['fraction'])} (each method "
-            f"keeps {p['keep']:,} images in all); red: pruned. Two axes of a "
-            "projection lose most of the geometry: a method that covers the data keeps points across the whole "
-            "cloud, one that keeps a corner of it leaves the rest red.</p>",
+            f"shown, drawn at random once (seed {p['seed']}) from the {p['of']:,} and the same in every panel: the two "
+            f"axes explain {first} and {second} of their variance. Blue: kept at keep {html.escape(p['fraction'])} (each method "
+            f"keeps {p['keep']:,} images in all); red: pruned. The two axes hold only that share of the "
+            "geometry: a method that covers the data keeps points across the whole cloud, one that keeps a corner "
+            "of it leaves the rest red.</p>",
             f"<img src=\"projection.png\" alt=\"kept and pruned images in 2-D, per method, at "
             f"{html.escape(p['fraction'])}\">"]
