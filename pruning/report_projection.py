@@ -75,7 +75,8 @@ def pca_2d(rows: np.ndarray) -> Tuple[np.ndarray, Tuple[float, float]]:
     """The rows' coordinates along their first two principal components (each axis's sign
     set so that its largest loading is positive, the same on any BLAS) and the share of
     the rows' variance each explains (0 for an axis the data lacks)."""
-    centred = rows.astype(np.float64) - rows.astype(np.float64).mean(axis=0)
+    values = np.asarray(rows, dtype=np.float64)
+    centred = values - values.mean(axis=0)
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)
     axes = axes[:2]
     largest = axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)]
@@ -92,7 +93,7 @@ def project(embeddings: np.ndarray, seed: int, points: int = POINTS) -> Projecti
     """Draw the shown images, read only their rows (`embeddings` may be a memory map of
     any N), and project them with PCA fitted on those rows."""
     indices = draw_points(len(embeddings), seed, points)
-    coords, explained = pca_2d(np.asarray(embeddings[indices], dtype=np.float32))
+    coords, explained = pca_2d(embeddings[indices])  # float16 rows: 5,000 x D, a few MB
     return Projection(indices, coords, explained)
 
 
@@ -195,10 +196,10 @@ def projection_html(projection: Optional[dict], heading: str) -> List[str]:
     first, second = (f"{100 * v:.1f}%" for v in p["explained"])
     return [heading, f"<p class=\"note\">PCA (principal component analysis, numpy's SVD) of the embeddings in "
             f"{html.escape(p['file'])} (epoch {p['epoch']}, D = {p['dim']}), fitted on the {p['points']:,} images "
-            f"shown, drawn at random once (seed {p['seed']}) from the {p['of']:,} and the same in every panel: the two "
-            f"axes explain {first} and {second} of their variance. Blue: kept at keep {html.escape(p['fraction'])} (each method "
-            f"keeps {p['keep']:,} images in all); red: pruned. The two axes hold only that share of the "
-            "geometry: a method that covers the data keeps points across the whole cloud, one that keeps a corner "
-            "of it leaves the rest red.</p>",
+            f"shown, drawn at random once (seed {p['seed']}) from the {p['of']:,} and the same in every panel: "
+            f"the two axes explain {first} and {second} of their variance. Blue: kept at keep "
+            f"{html.escape(p['fraction'])} (each method keeps {p['keep']:,} images in all); red: pruned. The two "
+            "axes hold only that share of the geometry: a method that covers the data keeps points across the "
+            "whole cloud, one that keeps a corner of it leaves the rest red.</p>",
             f"<img src=\"projection.png\" alt=\"kept and pruned images in 2-D, per method, at "
             f"{html.escape(p['fraction'])}\">"]
