@@ -25,6 +25,7 @@ import numpy as np
 
 from data.file_list import FileList, FileListError, read_file_list
 from pruning import report_figures as figures
+from pruning import report_projection as projection
 from pruning.accuracy import FULL, TopOne, read_accuracies, summarise
 from pruning.report_cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
 from pruning.report_decision import decision_rows, reading
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--produce-overhead", type=float, default=DEFAULT_PRODUCE_OVERHEAD, metavar="R",
              help="produce-mode epoch time / plain epoch time, to estimate a full training run's cost from the "
              f"produce run's when no --accuracy full=RUN gives one (default {DEFAULT_PRODUCE_OVERHEAD}, the demo's)")
+    projection.add_flag(p)
     return p
 
 
@@ -135,6 +137,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     accuracy = summarise(read_accuracies(args.accuracy)) if args.accuracy else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     labels, class_dirs = class_labels(file_list)
+    shown = projection.prepare(plan.hdir, n, args.projection_fraction, fractions, plan.selection.seed)
 
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params)
@@ -155,6 +158,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
         files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()))
     add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)
     add_agreement(files, numbers, orders, keeps)
+    if shown is not None:
+        projection.add_projection(files, numbers, orders, shown)
     if flipped is not None:
         numbers["flipped"] = {"file": shown_path(args.flipped, args.output), "count": len(flipped),
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
@@ -313,6 +318,7 @@ LEFT = ' class="l"'
 SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against produce epochs"),
             ("histograms", "Score histograms"),
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
+            ("projection", "Kept and pruned images in embedding space"),
             ("curves", "p(true label) over epochs"), ("images", "Images"))
 
 
@@ -462,6 +468,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
                                                    for v in row] for a, row in zip(methods, numbers["spearman"])]),
             "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
     out += [_img(f"overlap_{f}.png", f"overlap at {f}") for f in fractions]
+    out += projection.projection_html(numbers.get("projection"), _heading("projection"))
     out += [_heading("curves"), f"<p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the "
             f"kept and from the pruned side at {html.escape(ref)}. Right: the mean over each tenth of the images "
             "ranked by score.</p>"]
