@@ -193,3 +193,20 @@ def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 <<
         sims, rows = index.search(normalised(queries[start:start + chunk]), 1)
         found[start:start + len(rows)], cosine[start:start + len(rows)] = rows[:, 0], sims[:, 0]
     return found, cosine
+
+
+GROUPS_HEADER = ("group", "index", "line", "path", "cosine_to_kept", "kept")
+
+
+def write_groups(f, duplicates: Duplicates, index) -> None:
+    """The groups as tab-separated text (GROUPS_HEADER, one row per member, the kept one
+    first in its group): `index` the entry (row of the embeddings, 0-based), `line` its
+    line in the list (1-based), `path` as written in the list. `index`: the list's
+    FileListIndex. `f`: a text file opened with newline=''."""
+    import csv
+
+    out = csv.writer(f, delimiter="\t", lineterminator="\n")
+    out.writerow(GROUPS_HEADER)
+    for g, i, cosine, kept in zip(duplicates.group.tolist(), duplicates.index.tolist(),
+                                  duplicates.cosine_to_kept.tolist(), duplicates.kept.tolist()):
+        out.writerow((g, i, int(index.lines[i]), index.name(i), f"{cosine:.4f}", "yes" if kept else "no"))

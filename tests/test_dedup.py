@@ -163,3 +163,139 @@ def test_default_clusters_is_sqrt_n():
     assert dedup.default_clusters(1) == 1
     assert dedup.default_clusters(4000) == 63
     assert dedup.default_clusters(1_281_167) == 1132
+
+
+# -----------------------------------------------------------------------------
+# get_coreset.py --dedup
+# -----------------------------------------------------------------------------
+CLASSES, PER_CLASS, EPOCHS = 4, 15, 5
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A list of 60 images, a history of 5 epochs and embeddings (epoch 4) in which 12
+    lines are near-copies of 12 others (well-separated clusters, so that SemDeDup finds
+    exactly brute force's groups)."""
+    from conftest import make_image_tree, write_full_history
+
+    data = tmp_path / "data"
+    make_image_tree(str(data), num_classes=CLASSES, per_class=PER_CLASS)
+    listing = data / "file_list.txt"
+    rng = np.random.default_rng(0)
+    n = CLASSES * PER_CLASS
+    hdir = write_full_history(listing, tmp_path / "run", rng.random(n), EPOCHS, rng)
+    dim = 16
+    x = np.repeat(np.eye(dim)[:CLASSES] * 8, PER_CLASS, axis=0) + rng.normal(0, 1.0, (n, dim))
+    copies = rng.choice(n, 12, replace=False)
+    sources = rng.choice(np.setdiff1d(np.arange(n), copies), 12, replace=False)
+    x[copies] = x[sources] + rng.normal(0, 0.02, (12, dim))
+    np.save(f"{hdir}/embed_{EPOCHS - 1}.npy", x.astype(np.float16))
+    return dict(tmp=tmp_path, run=tmp_path / "run", hdir=hdir, list=listing, x=x.astype(np.float16), n=n,
+                out=tmp_path / "out")
+
+
+def coreset_cli(run, *extra, output=None):
+    import get_coreset
+    from conftest import run_main
+
+    output = output or run["out"] / "coreset.txt"
+    return run_main(get_coreset.main, ["--input", run["run"], "--dataset_file_list", run["list"], "--window", "2",
+                                       "--output", output, "--dedup-clusters", CLASSES, *extra])
+
+
+def read_groups(path):
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert tuple(rows[0]) == dedup.GROUPS_HEADER
+    return rows[1:]
+
+
+def kept_indices(run, path):
+    from data.file_list import read_file_list
+
+    names = {read_file_list(str(run["list"])).name(i): i for i in range(run["n"])}
+    return sorted(names[line.rsplit(" ", 1)[0]] for line in open(path).read().splitlines())
+
+
+def test_get_coreset_dedup_writes_groups_and_selects_from_the_rest(run):
+    code, out, err = coreset_cli(run, "--fraction", "0.5", "--dedup", "0.98")
+    assert code == 0, err
+    groups_path = run["out"] / "coreset.txt.dedup_groups.tsv"
+    rows = read_groups(groups_path)
+    lines = open(run["list"]).read().splitlines()
+    found = {}
+    for group, index, line, path, cosine, kept in rows:
+        i = int(index)
+        assert lines[int(line) - 1].rsplit(" ", 1)[0] == path  # line is 1-based, path as written
+        found.setdefault(int(group), []).append((i, kept, float(cosine)))
+    expected = reference_groups(run["x"], 0.98)
+    assert len(expected) == 12
+    assert {frozenset(i for i, _, _ in members) for members in found.values()} == set(expected)
+    x64 = unit64(run["x"])
+    removed = set()
+    for members in found.values():
+        assert members[0][1] == "yes" and all(k == "no" for _, k, _ in members[1:])
+        for i, _, cosine in members[1:]:
+            assert abs(cosine - float(x64[i] @ x64[members[0][0]])) < 1e-3
+            removed.add(i)
+    # the coreset: the top half of the scores among the lines left (no ties in float scores)
+    scores = np.load(str(run["out"] / "coreset.txt.scores.npy"))
+    pool = [i for i in range(run["n"]) if i not in removed]
+    expected_kept = sorted(sorted(pool, key=lambda i: -scores[i])[:run["n"] // 2])
+    assert kept_indices(run, run["out"] / "coreset.txt") == expected_kept
+    assert "12 duplicate groups at cosine >= 0.98" in out and f"the other {len(pool)}" in out
+
+
+def test_dedup_budget_beyond_the_pool_keeps_the_whole_pool(run):
+    code, out, err = coreset_cli(run, "--fraction", "1", "0.5", "--dedup", "0.98",
+                                 output=run["out"] / "c_{fraction}.txt")
+    assert code == 0, err
+    rows = read_groups(run["out"] / "c_all.txt.dedup_groups.tsv")
+    removed = {int(r[1]) for r in rows if r[5] == "no"}
+    assert kept_indices(run, run["out"] / "c_1.txt") == [i for i in range(run["n"]) if i not in removed]
+    assert f"int(N * fraction) = {run['n']} exceeds the {run['n'] - len(removed)} lines left after --dedup: all kept" \
+        in out
+
+
+def test_dedup_class_balanced_keeps_class_shares_of_the_pool(run):
+    code, _, err = coreset_cli(run, "--fraction", "0.5", "--dedup", "0.98", "--class-balanced")
+    assert code == 0, err
+    removed = {int(r[1]) for r in read_groups(run["out"] / "coreset.txt.dedup_groups.tsv") if r[5] == "no"}
+    kept = kept_indices(run, run["out"] / "coreset.txt")
+    assert not removed & set(kept) and len(kept) == run["n"] // 2
+
+
+def test_dedup_with_nothing_above_the_threshold_changes_no_coreset(run):
+    assert coreset_cli(run, "--fraction", "0.5", output=run["out"] / "plain.txt")[0] == 0
+    assert coreset_cli(run, "--fraction", "0.5", "--dedup", "1", output=run["out"] / "d.txt")[0] == 0
+    assert open(run["out"] / "plain.txt").read() == open(run["out"] / "d.txt").read()
+    assert read_groups(run["out"] / "d.txt.dedup_groups.tsv") == []
+
+
+@pytest.mark.parametrize("case, message", [
+    ("threshold0", "--dedup: the cosine-similarity threshold must be in (0, 1], got 0.0"),
+    ("threshold2", "--dedup: the cosine-similarity threshold must be in (0, 1], got 1.5"),
+    ("clusters", "--dedup-clusters must be >= 1, got 0"),
+    ("missing", "PRODUCE.EMBED_DIM"),
+    ("rows", "has 59 rows but the training file list has 60 lines"),
+    ("nan", "row 7 holds a NaN value"),
+])
+def test_dedup_refusals_write_nothing(run, case, message):
+    import os
+
+    extra = {"threshold0": ["--dedup", "0"], "threshold2": ["--dedup", "1.5"],
+             "clusters": ["--dedup", "0.9", "--dedup-clusters", "0"]}.get(case, ["--dedup", "0.9"])
+    embed = f"{run['hdir']}/embed_{EPOCHS - 1}.npy"
+    if case == "missing":
+        os.remove(embed)
+    elif case == "rows":
+        np.save(embed, run["x"][:-1])
+    elif case == "nan":
+        bad = run["x"].copy()
+        bad[7, 3] = np.nan
+        np.save(embed, bad)
+    code, _, err = coreset_cli(run, "--fraction", "0.5", *extra)
+    assert code == 2 and message in err
+    assert not run["out"].exists() or os.listdir(run["out"]) == []
