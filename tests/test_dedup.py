@@ -299,3 +299,110 @@ def test_dedup_refusals_write_nothing(run, case, message):
     code, _, err = coreset_cli(run, "--fraction", "0.5", *extra)
     assert code == 2 and message in err
     assert not run["out"].exists() or os.listdir(run["out"]) == []
+
+
+# -----------------------------------------------------------------------------
+# report.py --dedup, --leakage
+# -----------------------------------------------------------------------------
+LEAKED = 5
+
+
+@pytest.fixture
+def val(run):
+    """A validation tree of 4 x 5 images whose first LEAKED embeddings are near-copies of
+    training rows (the others drawn apart from every training row)."""
+    from conftest import make_image_tree
+
+    data = run["tmp"] / "val"
+    make_image_tree(str(data), num_classes=CLASSES, per_class=5, seed=1)
+    rng = np.random.default_rng(9)
+    v = rng.normal(0, 1.0, (CLASSES * 5, run["x"].shape[1]))
+    v[:, -1] += 12  # a direction no training row has
+    sources = rng.choice(run["n"], LEAKED, replace=False)
+    v[:LEAKED] = run["x"][sources].astype(np.float64) + rng.normal(0, 0.02, (LEAKED, v.shape[1]))
+    np.save(f"{run['hdir']}/val_embed_{EPOCHS - 1}.npy", v.astype(np.float16))
+    return dict(list=data / "file_list.txt", v=v.astype(np.float16), sources=sources)
+
+
+def report_cli(run, *extra):
+    from conftest import run_main
+    from pruning import report
+
+    return run_main(report.main, ["--input", run["run"], "--dataset_file_list", run["list"], "--window", "2",
+                                  "--method", "dynunc", "--fraction", "0.5", "--output", run["out"],
+                                  "--dedup-clusters", CLASSES, *extra])
+
+
+def test_report_shows_duplicate_groups_and_leaked_pairs(run, val):
+    import csv
+    import json
+
+    from PIL import Image
+
+    from pruning import report_dedup, report_figures
+
+    code, _, err = report_cli(run, "--dedup", "0.98", "--leakage", "0.95", "--val_file_list", val["list"])
+    assert code == 0, err
+    out = run["out"]
+    numbers = json.load(open(out / "report.json"))
+    # the groups file is get_coreset's
+    assert coreset_cli(run, "--fraction", "0.5", "--dedup", "0.98", output=run["tmp"] / "c.txt")[0] == 0
+    assert open(out / "dedup_groups.tsv").read() == open(run["tmp"] / "c.txt.dedup_groups.tsv").read()
+    d = numbers["dedup"]
+    assert (d["groups"], d["removed"], d["epoch"], d["clusters"]) == (12, 12, EPOCHS - 1, CLASSES)
+    assert d["removed_share"] == 12 / run["n"] and len(d["shown"]) == 12
+    assert Image.open(out / "dedup_groups.png").size == report_figures.image_grid_size(8, 12)
+    # leakage: brute force nearest training row of every validation row
+    sims = unit64(val["v"]) @ unit64(run["x"]).T
+    nearest, best = sims.argmax(axis=1), sims.max(axis=1)
+    expected = sorted(np.flatnonzero(best >= 0.95).tolist(), key=lambda v: -best[v])
+    assert sorted(expected) == list(range(LEAKED))  # the planted leaks, and only they
+    rows = list(csv.reader(open(out / "leakage.csv")))
+    assert tuple(rows[0]) == report_dedup.LEAKAGE_HEADER
+    assert [int(r[0]) for r in rows[1:]] == expected
+    assert [int(r[3]) for r in rows[1:]] == nearest[expected].tolist() == [int(s) for s in
+                                                                           val["sources"][expected]]
+    np.testing.assert_allclose([float(r[6]) for r in rows[1:]], best[expected], atol=1e-3)
+    leak = numbers["leakage"]
+    assert (leak["pairs"], leak["val_images"], leak["share"]) == (LEAKED, CLASSES * 5, LEAKED / (CLASSES * 5))
+    assert Image.open(out / "leakage.png").size == report_figures.image_grid_size(8, 2)
+    page = open(out / "index.html").read()
+    for text in ('id="dedup"', 'id="leakage"', 'href="dedup_groups.tsv"', 'href="leakage.csv"',
+                 'src="dedup_groups.png"', 'src="leakage.png"', "removes 12 images, 20.0% of the list",
+                 "5 of 20 validation images (25.0%)"):
+        assert text in page
+
+
+def test_report_without_the_flags_has_no_such_sections(run):
+    import os
+
+    assert report_cli(run)[0] == 0
+    assert not {"dedup_groups.tsv", "leakage.csv"} & set(os.listdir(run["out"]))
+    assert 'href="#dedup"' not in open(run["out"] / "index.html").read()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no_list", "--leakage needs --val_file_list"),
+    ("threshold", "--leakage: the cosine-similarity threshold must be in (0, 1], got 0.0"),
+    ("no_val_embed", "val_embed_<epoch>.npy is missing"),
+    ("val_rows", "has 19 rows but the validation file list has 20 lines"),
+    ("dedup_threshold", "--dedup: the cosine-similarity threshold must be in (0, 1], got 2.0"),
+])
+def test_report_refusals_write_nothing(run, val, case, message):
+    import os
+
+    extra = ["--leakage", "0.0" if case == "threshold" else "0.9"]
+    if case != "no_list":
+        extra += ["--val_file_list", val["list"]]
+    if case == "dedup_threshold":
+        extra += ["--dedup", "2"]
+    path = f"{run['hdir']}/val_embed_{EPOCHS - 1}.npy"
+    if case == "no_val_embed":
+        os.remove(path)
+    elif case == "val_rows":
+        np.save(path, val["v"][:-1])
+    code, _, err = report_cli(run, *extra)
+    assert code == 2 and message in err, err
+    if case == "no_val_embed":
+        assert "PRODUCE.EMBED_DIM" in err
+    assert not run["out"].exists()
