@@ -41,6 +41,7 @@ from pruning.dedup import deduplicate, write_groups
 from pruning.history import HistoryError, load_embeddings
 from pruning.scores import DEFAULT_METHOD, METHODS, score_history
 from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
+from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 
 METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
@@ -85,6 +86,7 @@ def render(template: str, method: str, fraction: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    deliver_interrupts_to_main_thread()
     try:
         return run(args)
     except (HistoryError, FileListError, ValueError) as e:
