@@ -20,6 +20,11 @@ int(N * fraction) highest scores are kept, ties going to the lower line index
 (pruning/scores.py: the methods; pruning/scoring_plan.py: the flags; pruning/select.py:
 the selection rules).
 
+With --dedup THRESHOLD, near-duplicates (recorded embeddings, pruning/dedup.py) are
+removed before any method selects: the fractions stay fractions of the full list, a
+budget beyond the lines left keeps them all, and the groups go to
+OUTPUT.dedup_groups.tsv.
+
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
 in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
 any refusal nothing is written and the exit code is 2; an interrupted run leaves the
