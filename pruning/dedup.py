@@ -59,7 +59,9 @@ def kmeans(x: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.
     import faiss
 
     clusters = min(clusters, len(x))
-    km = faiss.Kmeans(x.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True, verbose=False)
+    # min_points_per_centroid 1: FAISS would print a warning to stdout below 39 rows per centroid
+    km = faiss.Kmeans(x.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True, verbose=False,
+                      min_points_per_centroid=1)
     km.train(x)
     _, assigned = km.index.search(x, 1)
     return assigned[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32)
