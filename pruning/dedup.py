@@ -8,9 +8,11 @@ are the duplicate groups. One image per group is kept: the one least similar to 
 cluster's centroid (ties: the lower line), as SemDeDup keeps it, the least prototypical
 member, which keeps the cluster's spread rather than another copy of its centre. Pairs
 in different clusters are not compared: that is what makes the cost
-O(N x (N / clusters) x D) instead of O(N^2 x D). Memory stays O(N x D): a cluster's
+O(N x (N / clusters) x D) instead of O(N^2 x D). Memory is never N x N: a cluster's
 similarities are computed `block` values at a time (a huge cluster in row blocks), and
-its groups are merged block by block.
+its groups are merged block by block. The embeddings themselves are read a block or a
+cluster at a time (a float16 memory map is never copied whole), so memory beyond the
+file's pages is O(N) plus one cluster.
 
 The leakage check is an exact nearest-neighbour search (inner product of normalised
 rows, FAISS's flat index): for each validation image, its most similar training image.
@@ -23,6 +25,7 @@ import numpy as np
 
 DEFAULT_BLOCK = 1 << 24  # similarities computed at a time: 64 MiB of float32
 KMEANS_ITERATIONS = 20
+MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many rows per centroid (FAISS's default)
 NORMALISE_ROWS = 1 << 16  # rows converted to float32 at a time
 
 
@@ -52,19 +55,26 @@ def normalised(embeddings: np.ndarray) -> np.ndarray:
     return out
 
 
-def kmeans(x: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+def kmeans(embeddings: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """(cluster of each row, int64; unit-norm centroids, float32) by spherical k-means on
-    unit rows `x`; FAISS trains on at most 256 rows per centroid, then every row is
-    assigned to its nearest centroid."""
+    the normalised rows, trained by FAISS on a seeded sample of at most
+    MAX_POINTS_PER_CENTROID rows per centroid; then every row, NORMALISE_ROWS at a time,
+    goes to its nearest centroid. No float32 copy of all the rows is made."""
     import faiss
 
-    clusters = min(clusters, len(x))
+    n = len(embeddings)
+    clusters = min(clusters, n)
+    sample = min(n, MAX_POINTS_PER_CENTROID * clusters)
+    rows = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False)) if sample < n else slice(None)
     # min_points_per_centroid 1: FAISS would print a warning to stdout below 39 rows per centroid
-    km = faiss.Kmeans(x.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)
-    km.train(x)
-    _, assigned = km.index.search(x, 1)
-    return assigned[:, 0].astype(np.int64), np.asarray(km.centroids, dtype=np.float32)
+    km = faiss.Kmeans(embeddings.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
+                      verbose=False, min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID)
+    km.train(normalised(embeddings[rows]))
+    assigned = np.empty(n, dtype=np.int64)
+    for start in range(0, n, NORMALISE_ROWS):
+        _, found = km.index.search(normalised(embeddings[start:start + NORMALISE_ROWS]), 1)
+        assigned[start:start + len(found)] = found[:, 0]
+    return assigned, np.asarray(km.centroids, dtype=np.float32)
 
 
 def merge_components(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -130,53 +140,52 @@ class Duplicates:
                 f"clusters): {self.num_removed} of {n} lines removed ({100 * self.num_removed / max(n, 1):.2f}%)")
 
 
-def duplicate_groups(x: np.ndarray, assigned: np.ndarray, centroids: np.ndarray, threshold: float,
+def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np.ndarray, threshold: float,
                      block: int = DEFAULT_BLOCK) -> Duplicates:
-    """The duplicate groups of unit rows `x` given their clusters (see the module)."""
-    n = len(x)
+    """The duplicate groups of the rows of `embeddings` given their clusters (see the
+    module). One cluster's rows are read and normalised at a time."""
+    n = len(embeddings)
+    centroids = np.asarray(centroids, dtype=np.float64)
     order = np.argsort(assigned, kind="stable")  # members of a cluster in line order
     bounds = np.flatnonzero(np.diff(assigned[order])) + 1
-    members_of, roots_of = [], []
+    members_of, kept_of, cosine_of = [], [], []
     for members in np.split(order, bounds):
         if len(members) < 2:
             continue
-        roots = cluster_components(x[members], threshold, block)
+        rows = normalised(embeddings[members])
+        roots = cluster_components(rows, threshold, block)
         grouped = np.flatnonzero(np.bincount(roots, minlength=len(members))[roots] > 1)
-        if len(grouped):
-            members_of.append(members[grouped])
-            roots_of.append(members[roots[grouped]])  # the root as a line: unique across clusters
+        if not len(grouped):
+            continue
+        to_centroid = rows[grouped].astype(np.float64) @ centroids[assigned[members[0]]]
+        # within each component: least similar to the centroid first, then the lower line
+        ranked = grouped[np.lexsort((grouped, to_centroid, roots[grouped]))]
+        first = np.concatenate([[True], roots[ranked][1:] != roots[ranked][:-1]])
+        kept = ranked[first][np.cumsum(first) - 1]  # each member's kept one, as a position in the cluster
+        members_of.append(members[ranked])
+        kept_of.append(members[kept])
+        cosine_of.append(np.einsum("ij,ij->i", rows[ranked], rows[kept]))
     if not members_of:
         empty = np.empty(0, dtype=np.int64)
         return Duplicates(threshold, int(len(centroids)), empty, empty, np.empty(0, dtype=bool),
                           np.empty(0, dtype=np.float32), np.zeros(n, dtype=bool))
-    members = np.concatenate(members_of)
-    roots = np.concatenate(roots_of)
-    to_centroid = np.einsum("ij,ij->i", x[members].astype(np.float64), centroids[assigned[members]].astype(np.float64))
-    # within each root's group: least similar to the centroid first, then the lower line
-    order = np.lexsort((members, to_centroid, roots))
-    members, roots = members[order], roots[order]
-    first = np.concatenate([[True], roots[1:] != roots[:-1]])
-    kept_line = members[first][np.cumsum(first) - 1]
-    # groups numbered in the order of their kept line; the kept one first within its group
-    group_rank = np.empty(int(first.sum()), dtype=np.int64)
-    group_rank[np.argsort(members[first], kind="stable")] = np.arange(len(group_rank))
-    group = group_rank[np.cumsum(first) - 1]
+    members, kept_line, cosine = (np.concatenate(v) for v in (members_of, kept_of, cosine_of))
+    group = np.searchsorted(np.unique(kept_line), kept_line)  # numbered in the order of the kept line
     kept = members == kept_line
-    final = np.lexsort((members, ~kept, group))
-    group, members, kept, kept_line = group[final], members[final], kept[final], kept_line[final]
-    cosine = np.einsum("ij,ij->i", x[members], x[kept_line]).astype(np.float32)
+    final = np.lexsort((members, ~kept, group))  # the kept one first within its group
+    group, members, kept, cosine = group[final], members[final], kept[final], cosine[final].astype(np.float32)
     cosine[kept] = 1.0
     removed = np.zeros(n, dtype=bool)
     removed[members[~kept]] = True
-    return Duplicates(threshold, int(len(centroids)), group, members, kept, cosine, removed)
+    return Duplicates(threshold, int(len(centroids)), group.astype(np.int64), members, kept, cosine, removed)
 
 
 def deduplicate(embeddings: np.ndarray, threshold: float, clusters: Optional[int] = None, seed: int = 0,
                 block: int = DEFAULT_BLOCK) -> Duplicates:
-    """SemDeDup on (N, D) embeddings (any float dtype, memory-mapped is fine)."""
-    x = normalised(embeddings)
-    assigned, centroids = kmeans(x, default_clusters(len(x)) if clusters is None else clusters, seed)
-    return duplicate_groups(x, assigned, centroids, threshold, block)
+    """SemDeDup on (N, D) embeddings (any float dtype; a float16 memory map is read in
+    blocks, never copied whole)."""
+    assigned, centroids = kmeans(embeddings, default_clusters(len(embeddings)) if clusters is None else clusters, seed)
+    return duplicate_groups(embeddings, assigned, centroids, threshold, block)
 
 
 def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 << 14) -> Tuple[np.ndarray, np.ndarray]:
