@@ -12,7 +12,10 @@ N(0, 0.02) noise per dimension: cosine ~0.9998). The child runs the three stages
 assigning every row; the groups) and prints
 their times, the groups, and how many planted copies ended in their source's group.
 With several sizes, the time is fitted as c * N^a and extrapolated to ImageNet-21K's
-13,153,500 rows. Nothing is asserted.
+13,153,500 rows, beside the bound N^1.5 from the largest size (with sqrt(N) clusters,
+assigning N rows to k centroids and comparing N rows with the N / k of their cluster
+both cost N^1.5 D; training k-means on 256 rows per centroid costs N D). Nothing is
+asserted.
 """
 import argparse
 import json
@@ -112,8 +115,11 @@ def main() -> None:
         sizes, walls, rss = (np.array(v, dtype=np.float64) for v in zip(*measured))
         slope, intercept = np.polyfit(np.log(sizes), np.log(walls), 1)
         rss_slope, rss_intercept = np.polyfit(sizes, rss, 1)
+        bound = walls[-1] * (IMAGENET_21K / sizes[-1]) ** 1.5
         print(f"fit: wall ~ N^{slope:.2f}; at N = {IMAGENET_21K:,}: about "
-              f"{np.exp(intercept) * IMAGENET_21K ** slope / 60:.0f} min wall and "
+              f"{np.exp(intercept) * IMAGENET_21K ** slope / 60:.0f} min wall by the fit, at most "
+              f"{bound / 60:.0f} min if every stage grew as N^1.5 (the assignment and the pairs do; k-means "
+              f"training, on 256 rows per centroid, grows as N), and "
               f"{(rss_intercept + rss_slope * IMAGENET_21K) / 1024:.1f} GiB peak RSS (RSS fitted linear in N)")
 
 
