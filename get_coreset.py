@@ -42,8 +42,8 @@ import numpy as np
 
 from data.file_list import FileListError
 from data.list_lines import write_entries
-from pruning.dedup import deduplicate, write_groups
-from pruning.history import HistoryError, load_embeddings
+from pruning.dedup import deduplicate, latest_embeddings, write_groups
+from pruning.history import HistoryError
 from pruning.scores import DEFAULT_METHOD, METHODS, score_history
 from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
 from utils.interrupt import deliver_interrupts_to_main_thread
@@ -149,11 +149,16 @@ def run(args: argparse.Namespace) -> int:
     check_output_paths(args, written + ([groups_path] if groups_path else []))
     labels = plan.index.labels if selection.class_balanced else None
     n = plan.num_samples
-    embeddings = load_embeddings(plan.hdir, n) if args.dedup is not None else None  # refused before any scoring
+    # the embeddings are checked before any scoring
+    embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
     t0 = time.perf_counter()
     scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
-    duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed) if embeddings is not None else None
-    pool = None if duplicates is None else np.flatnonzero(~duplicates.removed)  # the lines methods select from
+    duplicates, pool = None, None  # pool: the lines methods select from (all when None)
+    if embeddings is not None:
+        dedup_started = time.perf_counter()
+        duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed)
+        dedup_seconds = time.perf_counter() - dedup_started
+        pool = np.flatnonzero(~duplicates.removed)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     for method in plan.methods:
@@ -191,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(written[:len(plan.methods)])}", file=sys.stderr)
     rule = selection.describe()
     if duplicates is not None:
-        print(f"{duplicates.describe()}; methods select from the other {len(pool)} -> {groups_path}")
+        print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}, in {dedup_seconds:.1f}s; methods select "
+              f"from the other {len(pool)} -> {groups_path}")
     for o in outputs:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
         ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""

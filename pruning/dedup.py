@@ -29,6 +29,17 @@ MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many rows per ce
 NORMALISE_ROWS = 1 << 16  # rows converted to float32 at a time
 
 
+def latest_embeddings(hdir: str, num_samples: int, kind: str = "embed") -> Tuple[int, np.ndarray]:
+    """(epoch, embeddings) of the latest epoch with `kind` files in the history folder,
+    read by history.load_embeddings (HistoryError naming the file and PRODUCE.EMBED_DIM
+    when there is none, and for a wrong row count, dtype or a non-finite value)."""
+    from pruning.history import list_embed_epochs, load_embeddings
+
+    epochs = list_embed_epochs(hdir, kind)
+    embeddings = load_embeddings(hdir, num_samples, epochs[-1] if epochs else None, kind=kind)
+    return epochs[-1], embeddings
+
+
 def check_threshold(flag: str, value: float) -> float:
     """A cosine-similarity threshold in (0, 1]; ValueError naming `flag` otherwise."""
     if not (0.0 < value <= 1.0):  # NaN fails too

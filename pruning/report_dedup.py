@@ -17,8 +17,8 @@ import numpy as np
 
 from data.file_list import FileList, read_file_list
 from pruning import report_figures as figures
-from pruning.dedup import check_threshold, deduplicate, nearest_neighbours, write_groups
-from pruning.history import list_embed_epochs, load_embeddings
+from pruning.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
+from pruning.history import load_embeddings
 
 SHOWN_GROUPS = 12
 SHOWN_PAIRS = 24
@@ -65,8 +65,7 @@ def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namesp
                    labels: np.ndarray, class_dirs: Dict[int, str], thumbnail: Thumbnail) -> None:
     """--dedup: the groups file, the figure of the largest groups, numbers['dedup']."""
     n = len(file_list)
-    epochs = list_embed_epochs(hdir)
-    embeddings = load_embeddings(hdir, n, epochs[-1] if epochs else None)
+    epoch, embeddings = latest_embeddings(hdir, n)
     duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed)
     text = io.StringIO(newline="")
     write_groups(text, duplicates, file_list.index)
@@ -94,7 +93,7 @@ def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namesp
         files[GROUPS_FIGURE] = figures.image_grid(
             f"near-duplicates at cosine >= {args.dedup:g}: the kept image (least similar to its cluster's centroid) "
             "and the removed ones", blocks, figures.GRID_COLUMNS)
-    numbers["dedup"] = {"threshold": args.dedup, "clusters": duplicates.clusters, "epoch": epochs[-1],
+    numbers["dedup"] = {"threshold": args.dedup, "clusters": duplicates.clusters, "epoch": epoch,
                         "groups": duplicates.num_groups, "removed": duplicates.num_removed,
                         "removed_share": duplicates.num_removed / n, "file": GROUPS_FILE,
                         "figure": GROUPS_FIGURE if blocks else None, "shown": listed, "unreadable": unreadable}
@@ -104,9 +103,8 @@ def add_leakage(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace
                 thumbnail: Thumbnail) -> None:
     """--leakage: the pairs file, the figure of the most similar pairs, numbers['leakage']."""
     val_list = read_file_list(args.val_file_list, root=args.val_data_root)
-    epochs = list_embed_epochs(hdir, "val_embed")
-    val = load_embeddings(hdir, len(val_list), epochs[-1] if epochs else None, kind="val_embed")
-    train = load_embeddings(hdir, len(file_list), epochs[-1])  # the same epoch's training embeddings
+    epoch, val = latest_embeddings(hdir, len(val_list), kind="val_embed")
+    train = load_embeddings(hdir, len(file_list), epoch)  # the same epoch's training embeddings
     found, cosine = nearest_neighbours(train, val)
     above = np.flatnonzero(cosine >= args.leakage)
     above = above[np.lexsort((above, -cosine[above]))]  # highest first, then the lower validation line
@@ -137,7 +135,7 @@ def add_leakage(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace
         files[LEAKAGE_FIGURE] = figures.image_grid(
             f"validation images whose nearest training image has cosine >= {args.leakage:g}", blocks,
             figures.GRID_COLUMNS)
-    numbers["leakage"] = {"threshold": args.leakage, "epoch": epochs[-1], "val_images": len(val_list),
+    numbers["leakage"] = {"threshold": args.leakage, "epoch": epoch, "val_images": len(val_list),
                           "pairs": int(len(above)), "share": len(above) / max(len(val_list), 1),
                           "max_cosine": float(cosine.max()) if len(cosine) else None,
                           "median_cosine": float(np.median(cosine)) if len(cosine) else None,

@@ -246,6 +246,7 @@ def test_get_coreset_dedup_writes_groups_and_selects_from_the_rest(run):
     expected_kept = sorted(sorted(pool, key=lambda i: -scores[i])[:run["n"] // 2])
     assert kept_indices(run, run["out"] / "coreset.txt") == expected_kept
     assert "12 duplicate groups at cosine >= 0.98" in out and f"the other {len(pool)}" in out
+    assert f"embeddings of epoch {EPOCHS - 1}" in out
 
 
 def test_dedup_budget_beyond_the_pool_keeps_the_whole_pool(run):
