@@ -25,10 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
+from data.reader import shard_length
 from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
+from pruning.dynamic_prune import DynamicPruner
+from pruning.dynamic_prune import check_config as check_prune_config
 from pruning.recorder import PredictionRecorder
 from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, effective_window
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
@@ -86,7 +89,7 @@ def setup_config(args: argparse.Namespace):
     if config.TRAIN.KEEP_CHECKPOINTS < 0:
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
-    problems = check_config(config.PRODUCE)
+    problems = check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -164,6 +167,7 @@ def checkpoint_state(config, epoch: int, model: nn.Module, ctx: StepContext, met
         "epoch": epoch,
         "config": config.dump(),
         "metrics": metrics,
+        **({"dynamic_prune": ctx.pruner.state_dict()} if ctx.pruner is not None else {}),
     }
 
 
@@ -185,6 +189,12 @@ def resume(config, model: nn.Module, ctx: StepContext) -> Tuple[int, dict]:
         ctx.scheduler.load_state_dict(state["lr_scheduler"])
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
+        if ctx.pruner is not None:
+            if "dynamic_prune" in state:
+                ctx.pruner.load_state_dict(state["dynamic_prune"], path)
+            else:
+                logger.warning(f"{path} holds no dynamic-pruning scores (a run without TRAIN.DYNAMIC_PRUNE): "
+                               f"scores start from the resumed epoch")
     logger.info(f"resumed from {path} (epoch {state['epoch']})")
     return int(state["epoch"]) + 1, dict(state.get("metrics") or {})
 
@@ -229,8 +239,10 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
     batches = (len(data.train) // dist_info.world_size) // config.DATA.BATCH_SIZE_TRAIN
     updates_per_epoch = -(-batches // config.TRAIN.ACCUMULATION_STEPS)
     scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
+    pruner = DynamicPruner(config.TRAIN.DYNAMIC_PRUNE, len(data.train), config.TRAIN.EPOCHS, config.SEED,
+                           device) if config.TRAIN.DYNAMIC_PRUNE.ENABLE else None
     ctx = StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
-                      config.TRAIN.CLIP_GRAD, mixup)
+                      config.TRAIN.CLIP_GRAD, mixup, pruner)
     start_epoch, resumed = resume(config, model, ctx)
 
     # Training runs through DDP when distributed; the recorder and validation use the
@@ -328,15 +340,22 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     record = {}
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         seed_everything(config.SEED, epoch, dist_info.rank)
+        plan = plan_pruned_epoch(config, ctx, epoch, len(data.train), dist_info.world_size)
         loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
-                                    dist_info.device_id, eval_view=produce)
+                                    dist_info.device_id, eval_view=produce,
+                                    epoch_order=plan.order if plan is not None else None)
         if recorder is not None:
             recorder.start_epoch()
         stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
                                 recorder=recorder, recorder_model=fwd_model)
+        if ctx.pruner is not None:
+            ctx.pruner.end_epoch()
         stability = recorder.end_epoch(epoch) if recorder is not None else {}
         broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
         record = {"epoch": epoch, **stats, **stability}
+        if plan is not None:
+            record.update(images_seen=plan_images(config, plan, dist_info.world_size),
+                          prune_candidates=plan.candidates, prune_dropped=plan.dropped)
         if val_loader is not None:
             record.update(validate(val_loader()))
             best = max(best, record["acc1"])
@@ -364,6 +383,33 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
         if stopped:
             break
     return record
+
+
+def plan_images(config, plan, world_size: int) -> int:
+    """The images an epoch of `plan` trains on, over all ranks."""
+    return world_size * shard_length(len(plan.order), world_size, config.DATA.BATCH_SIZE_TRAIN)
+
+
+def plan_pruned_epoch(config, ctx: StepContext, epoch: int, num_samples: int, world_size: int):
+    """With dynamic pruning: the epoch's plan (logged), and the learning-rate schedule told
+    how many updates the epoch takes; None without it."""
+    if ctx.pruner is None:
+        return None
+    plan = ctx.pruner.plan(epoch)
+    images = plan_images(config, plan, world_size)
+    updates = -(-(images // world_size // config.DATA.BATCH_SIZE_TRAIN) // config.TRAIN.ACCUMULATION_STEPS)
+    ctx.scheduler.start_epoch(epoch, updates)
+    if plan.dropped:
+        logger.info(f"epoch {epoch}: dynamic pruning ({ctx.pruner.kind}): {plan.candidates} of {num_samples} samples "
+                    f"score below the mean {plan.threshold:.4g}, {plan.dropped} of them dropped "
+                    f"({plan.dropped / plan.candidates:.2%}), the other {plan.candidates - plan.dropped} weighted "
+                    f"x{plan.scale:.4f}; {len(plan.order)} samples, {images} images seen, {updates} updates")
+    else:
+        why = ("epoch 0" if epoch == 0 else "anneal: full data" if epoch >= ctx.pruner.anneal_from else
+               "RATIO 0" if ctx.pruner.ratio == 0 else "no sample scored below the mean" if not plan.candidates
+               else f"round(RATIO x {plan.candidates} candidates) is 0")
+        logger.info(f"epoch {epoch}: dynamic pruning off ({why}): {images} images seen, {updates} updates")
+    return plan
 
 
 def cli(argv: Optional[Sequence[str]] = None, produce: bool = False) -> int:
