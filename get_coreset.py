@@ -40,6 +40,7 @@ from data.list_lines import write_entries
 from pruning.history import HistoryError
 from pruning.scores import DEFAULT_METHOD, METHODS, score_history
 from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
+from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 
 METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
@@ -84,6 +85,7 @@ def render(template: str, method: str, fraction: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    deliver_interrupts_to_main_thread()
     try:
         return run(args)
     except (HistoryError, FileListError, ValueError) as e:

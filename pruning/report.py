@@ -33,6 +33,7 @@ from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curve
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
 from pruning.scores import METHODS, score_history
 from pruning.scoring_plan import add_flag, add_plan_flags, check_flags, make_plan
+from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
@@ -495,6 +496,7 @@ def write_report(output: str, files: Dict[str, bytes]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    deliver_interrupts_to_main_thread()
     try:
         files, numbers = build_report(args)
         write_report(args.output, files)
