@@ -92,8 +92,11 @@ def per_step(args, device: torch.device) -> None:
 
                 calls[score] = pruned
             times = {name: [] for name in calls}
-            for _ in range(args.rounds):
+            for round_ in range(args.rounds + 1):  # round 0 warms the allocator and caches, and is dropped
                 for name, fn in calls.items():
+                    if round_ == 0:
+                        cpu_us_per_call(fn, 0, args.iters)
+                        continue
                     if device.type == "cpu":
                         times[name].append(cpu_us_per_call(fn, 5, args.iters))
                     else:
