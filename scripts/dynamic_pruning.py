@@ -14,7 +14,13 @@ config, 8 epochs, resnet_tiny, seeds 0 1 2), from a curve's finished output.
 3. the full-data runs are the curve's own (CURVE/runs/full_s<seed>), not repeated;
 4. OUT/dynamic.csv (one row per run) and OUT/dynamic.md: images seen, training wall time
    (the sum of the epochs' epoch_time in metrics.jsonl: the training loop only) and
-   top-1, mean +- std over the seeds.
+   top-1, mean +- std over the seeds;
+5. with --timing, the cost on equal terms: the full data, each dynamic run and the random
+   coreset at its images seen, seed 0, run again one at a time, back to back, each whole
+   process measured (benchmarks/measure.py: wall and CPU seconds) into OUT/timing.csv
+   and a second table. The runs above share the machine with each other and with
+   whatever else runs, and the full-data runs are the curve's, made at another time, so
+   their wall times compare only roughly.
 
 Finished runs are not repeated: rerunning the script after an interruption continues.
 """
@@ -37,6 +43,7 @@ for folder in (ROOT, os.path.join(ROOT, "scripts")):
         sys.path.insert(0, folder)
 
 from data.file_list import read_coreset, read_file_list  # noqa: E402
+from benchmarks.measure import run_child  # noqa: E402
 from data.reader import shard_length  # noqa: E402
 from pruning.accuracy import FULL  # noqa: E402
 from pruning_curve import (Job, finished, fraction_text, log, make_coresets, train,  # noqa: E402
@@ -83,6 +90,57 @@ def row(labels: str, method: str, ratio: float, fraction: float, seed: int, imag
             "top1": round(rs[-1]["acc1"], 4), "top5": round(rs[-1]["acc5"], 4)}
 
 
+def timed_run(output: str, argv: List[str]) -> dict:
+    """Wall and CPU seconds of `argv`, a whole training run into `output`, measured once:
+    a run without its usage file (never run, or interrupted) starts again from nothing."""
+    usage_path = os.path.join(output, "usage.json")
+    if not os.path.exists(usage_path):
+        shutil.rmtree(output, ignore_errors=True)
+        log("+ timing " + os.path.basename(output))
+        usage = run_child(argv + ["--output", output], cwd=ROOT)
+        atomic_write_text(usage_path, json.dumps({"wall_s": round(usage.wall_s, 2), "cpu_s": round(usage.cpu_s, 2)}))
+    with open(usage_path) as f:
+        return json.load(f)
+
+
+def timing_rows(output: str, opts: List[str], ratios: Sequence[float], coresets: Dict[float, str],
+                train_list: str, batch: int) -> List[dict]:
+    """The --timing runs (seed 0), one at a time: full data, then per ratio the dynamic run
+    and the random coreset at its images seen."""
+    base = [sys.executable, os.path.join(ROOT, "main.py"), "--config", CONFIG]
+    runs = [("full data", FULL, [], None)]
+    for ratio in ratios:
+        runs.append((f"dynamic, RATIO {ratio}", f"dynamic_{ratio!r}",
+                     ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.RATIO", str(ratio)], None))
+        runs.append(("random coreset at its images seen", f"random_{ratio!r}", [], coresets[ratio]))
+    rows = []
+    for label, name, extra, coreset in runs:
+        run_dir = os.path.join(output, "timing", name)
+        argv = base + (["--coreset", coreset] if coreset else [])
+        usage = timed_run(run_dir, argv + ["--opts", *opts, *extra, "SEED", "0"])
+        rs = records(run_dir)
+        if "images_seen" in rs[-1]:
+            images = sum(r["images_seen"] for r in rs)
+        else:
+            size = len(read_coreset(coreset, train_list).rows) if coreset else len(read_file_list(train_list))
+            images = shard_length(size, 1, batch) * len(rs)
+        rows.append({"run": label, "images_seen": images, "wall_s": usage["wall_s"], "cpu_s": usage["cpu_s"],
+                     "train_wall_s": round(sum(r["epoch_time"] for r in rs), 2), "top1": rs[-1]["acc1"]})
+    return rows
+
+
+def timing_table(rows: List[dict]) -> str:
+    full = rows[0]
+    lines = ["Cost on equal terms: seed 0, one run at a time, back to back; wall and CPU seconds of the whole "
+             "process (benchmarks/measure.py), the training loop's wall seconds (sum of epoch_time)", "",
+             "| run | images seen | wall s | CPU s | CPU vs full | train-loop wall s | top-1 (%) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['images_seen']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+                     f"{r['cpu_s'] / full['cpu_s']:.3f} | {r['train_wall_s']:.1f} | {r['top1']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary(rows: List[dict], title: str) -> str:
     """One markdown table: per method and ratio, the mean +- std (population) over the seeds."""
     groups: Dict[tuple, List[dict]] = {}
@@ -102,8 +160,8 @@ def summary(rows: List[dict], title: str) -> str:
         name = {FULL: "full data", "dynamic": f"dynamic, RATIO {ratio}"}.get(
             method, f"{method} coreset, fraction {rs[0]['fraction']} (as RATIO {ratio})")
         images = np.mean([float(r["images_seen"]) for r in rs])
-        lines.append(f"| {name} | {images:,.0f} | {images / full_images:.3f} | {stat(rs, 'train_wall_s', '{:.1f} +- {:.1f}')}"
-                     f" | {stat(rs, 'top1', '{:.2f} +- {:.2f}')} |")
+        wall, top1 = stat(rs, "train_wall_s", "{:.1f} +- {:.1f}"), stat(rs, "top1", "{:.2f} +- {:.2f}")
+        lines.append(f"| {name} | {images:,.0f} | {images / full_images:.3f} | {wall} | {top1} |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,6 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--window", type=int, default=3, help="dynamic-uncertainty window of the static coresets")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
+    parser.add_argument("--timing", action="store_true", help="also the back-to-back timing runs (seed 0)")
     args = parser.parse_args(argv)
     start = time.time()
     curve, output = os.path.abspath(args.curve), os.path.abspath(args.output)
@@ -133,8 +192,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_all(dynamic, {job.output: ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.RATIO",
                                    str(job.fraction)] for job in dynamic})
     seen = {job.output: sum(r["images_seen"] for r in records(job.output)) for job in dynamic}
-    fractions = {ratio: round(float(np.mean([seen[j.output] for j in dynamic if j.fraction == ratio])) / (n * epochs), 4)
+    mean_seen = {ratio: float(np.mean([seen[j.output] for j in dynamic if j.fraction == ratio]))
                  for ratio in args.ratios}
+    fractions = {ratio: round(mean_seen[ratio] / (n * epochs), 4) for ratio in args.ratios}
     log(f"{labels}: static fractions at the dynamic runs' images seen: {fractions}")
 
     produce = copy_history(curve, output)
@@ -165,6 +225,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         shard_length(size, 1, batch) * epochs, job.output))
     write_csv(os.path.join(output, "dynamic.csv"), rows, FIELDS)
     table = summary(rows, f"MNIST demo, {labels} labels, {epochs} epochs")
+    if args.timing:
+        random_at = {static_ratio[j.output]: j.coreset for j in static if j.method == "random" and j.seed == 0}
+        timed = timing_rows(output, opts, args.ratios, random_at, train_list, batch)
+        write_csv(os.path.join(output, "timing.csv"), timed, list(timed[0]))
+        table += "\n" + timing_table(timed)
     atomic_write_text(os.path.join(output, "dynamic.md"), table)
     print(table)
     log(f"wrote {os.path.join(output, 'dynamic.csv')} and dynamic.md; wall time {time.time() - start:.0f} s")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
 from data.reader import shard
 from pruning.dynamic_prune import LossScore, plan_epoch
 from test_end_to_end import EPOCHS, data, history, kill_and_resume, metrics, run, torchrun  # noqa: F401
