@@ -151,13 +151,15 @@ def _stop_if_diverged(first_bad: torch.Tensor, epoch: int, num_steps: int) -> No
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], device: torch.device,
              autocast: Callable[[], object] = nullcontext, logit_columns: Optional[torch.Tensor] = None,
-             real_labels=None) -> Dict[str, float]:
+             real_labels=None, capture: Optional[Callable[[torch.Tensor], object]] = None) -> Dict[str, float]:
     """Top-1/top-5 (and loss) over the loader; sums and counts are reduced across ranks,
     so every validation image counts exactly once.
 
     `logit_columns`: restrict the logits to these classes first (a 21K model on 1K val).
     `real_labels`: an object with ``hits(indices, top5_predictions) -> (top1_hits,
     top5_hits, counted)`` tensors for ImageNet-ReaL.
+    `capture`: ``capture(indices)`` is a context around each forward (produce mode's
+    validation embeddings, pruning/embeddings.py).
     """
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")
@@ -165,7 +167,7 @@ def evaluate(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], device
     for batch in loader:
         images = batch["images"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
-        with autocast():
+        with capture(batch["indices"]) if capture is not None else nullcontext(), autocast():
             logits = model(images)
         logits = logits.float()
         if logit_columns is not None:

@@ -20,6 +20,11 @@ int(N * fraction) highest scores are kept, ties going to the lower line index
 (pruning/scores.py: the methods; pruning/scoring_plan.py: the flags; pruning/select.py:
 the selection rules).
 
+With --dedup THRESHOLD, near-duplicates (recorded embeddings, pruning/dedup.py) are
+removed before any method selects: the fractions stay fractions of the full list, a
+budget beyond the lines left keeps them all, and the groups go to
+OUTPUT.dedup_groups.tsv.
+
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
 in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
 any refusal nothing is written and the exit code is 2; an interrupted run leaves the
@@ -37,6 +42,7 @@ import numpy as np
 
 from data.file_list import FileListError
 from data.list_lines import write_entries
+from pruning.dedup import deduplicate, latest_embeddings, write_groups
 from pruning.history import HistoryError
 from pruning.scores import DEFAULT_METHOD, METHODS, score_history
 from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
@@ -112,6 +118,11 @@ def method_scores_path(template: str, method: str) -> str:
     return scores_path(render(template, method, SCORES_FRACTION))
 
 
+def dedup_groups_path(template: str) -> str:
+    """--dedup's groups file: OUTPUT.dedup_groups.tsv, {method} written 'dedup' and {fraction} 'all'."""
+    return render(template, "dedup", SCORES_FRACTION) + ".dedup_groups.tsv"
+
+
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
     listed = os.path.realpath(args.dataset_file_list)
     seen: Dict[str, str] = {}
@@ -134,29 +145,41 @@ def run(args: argparse.Namespace) -> int:
     plan = make_plan(args, selection)
     outputs = plan_outputs(args.output, plan)
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
-    check_output_paths(args, written)
+    groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
+    check_output_paths(args, written + ([groups_path] if groups_path else []))
     labels = plan.index.labels if selection.class_balanced else None
     n = plan.num_samples
+    # the embeddings are checked before any scoring
+    embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
     t0 = time.perf_counter()
     scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
+    duplicates, pool = None, None  # pool: the lines methods select from (all when None)
+    if embeddings is not None:
+        dedup_started = time.perf_counter()
+        duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed)
+        dedup_seconds = time.perf_counter() - dedup_started
+        pool = np.flatnonzero(~duplicates.removed)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     for method in plan.methods:
-        ranking = selection.ranking(scores[method], labels)
+        if pool is None:
+            ranking = selection.ranking(scores[method], labels)
+        else:
+            ranking = selection.ranking(scores[method][pool], None if labels is None else labels[pool])
         for o in outputs:
             if o.method == method:
                 try:
-                    indices, cuts[o] = selection.choose(ranking, o.keep)
+                    indices, cuts[o] = selection.choose(ranking, o.keep if pool is None else min(o.keep, len(pool)))
                 except ValueError as e:
                     if selection.ccs is None:
                         raise
                     raise ValueError(f"--ccs {selection.ccs.beta} with --fraction {o.fraction} ({method}): "
                                      f"{e}") from None
                 kept[o] = np.zeros(n, dtype=bool)
-                kept[o][indices] = True
+                kept[o][indices if pool is None else pool[indices]] = True
     elapsed = time.perf_counter() - t0
     t1 = time.perf_counter()
-    for path in written:
+    for path in written + ([groups_path] if groups_path else []):
         remove_stale_temporaries(path)  # left by a run of this command killed while writing
     with atomic_group() as group:
         for method in plan.methods:
@@ -164,15 +187,23 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as files:
             targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
             write_entries(plan.index, targets)
+        if duplicates is not None:
+            with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
+                write_groups(f, duplicates, plan.index)
     size = sum(os.path.getsize(path) for path in written)
     print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
           f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(written[:len(plan.methods)])}", file=sys.stderr)
     rule = selection.describe()
+    if duplicates is not None:
+        print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}, in {dedup_seconds:.1f}s; methods select "
+              f"from the other {len(pool)} -> {groups_path}")
     for o in outputs:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
         ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""
-        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}) -> {o.path}")
+        whole = (f"; int(N * fraction) = {o.keep} exceeds the {len(pool)} lines left after --dedup: all kept"
+                 if pool is not None and o.keep > len(pool) else "")
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}{whole}) -> {o.path}")
     return 0
 
 

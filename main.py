@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.build import build_train_loader, build_val_loader, load_file_lists
+from data.build import build_eval_view_loader, build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
 from data.reader import shard_length
@@ -30,8 +30,10 @@ from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
+from pruning import embeddings
 from pruning.dynamic_prune import DynamicPruner
 from pruning.dynamic_prune import check_config as check_prune_config
+from pruning.history import history_dir
 from pruning.recorder import PredictionRecorder
 from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, effective_window
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
@@ -63,8 +65,9 @@ def parse_args(argv: Optional[Sequence[str]] = None, produce: bool = False) -> a
     return parser.parse_args(argv)
 
 
-def setup_config(args: argparse.Namespace):
-    """The run's config: file, --opts, then the command-line flags and the derived class count."""
+def setup_config(args: argparse.Namespace, produce: bool = False):
+    """The run's config: file, --opts, then the command-line flags and the derived class
+    count. PRODUCE.EMBED_* are checked in produce mode only (main.py does not read them)."""
     opts = list(args.opts)
     opts += ["OUTPUT", args.output]
     if args.pretrain:
@@ -89,7 +92,8 @@ def setup_config(args: argparse.Namespace):
     if config.TRAIN.KEEP_CHECKPOINTS < 0:
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
-    problems = check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
+    problems = (check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
+                + (embeddings.check_config(config) if produce else []))
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -108,12 +112,12 @@ class InputError(ValueError):
         self.primary = primary
 
 
-def read_inputs(args: argparse.Namespace, dist_info: DistInfo):
+def read_inputs(args: argparse.Namespace, dist_info: DistInfo, produce: bool = False):
     """(config, file lists), read and checked on every rank; if any rank finds a problem,
     every rank raises InputError with the message of the lowest such rank."""
     config = data = error = None
     try:
-        config = setup_config(args)
+        config = setup_config(args, produce)
         if os.path.exists(config.OUTPUT) and not os.path.isdir(config.OUTPUT):
             raise ValueError(f"{config.OUTPUT}: the output folder exists as a file; give another --output")
         data = load_file_lists(config, coreset=args.coreset)
@@ -203,7 +207,7 @@ def main(args: argparse.Namespace, produce: bool = False) -> dict:
     dist_info: DistInfo = init_distributed()
     try:
         start_logging(dist_info.rank)  # held in memory until OUTPUT may be written
-        config, data = read_inputs(args, dist_info)
+        config, data = read_inputs(args, dist_info, produce)
         try:
             output_lock = lock_output(config.OUTPUT, dist_info.rank)  # before anything is written into OUTPUT
         except OutputInUseError as e:
@@ -313,6 +317,23 @@ def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
     return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
 
 
+def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> Optional[embeddings.EmbeddingRecorder]:
+    """Produce mode's embedding recorder (PRODUCE.EMBED_DIM, PRODUCE.EMBED_EPOCHS), None
+    for EMBED_DIM 0."""
+    produce = config.PRODUCE
+    if not produce.EMBED_DIM:
+        return None
+    epochs = embeddings.embed_epochs(produce.EMBED_EPOCHS, config.TRAIN.EPOCHS)
+    if produce.STOP_WHEN_STABLE.ENABLE:
+        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
+                    f"stable before them has none")
+    return embeddings.EmbeddingRecorder(
+        model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
+        dist_info.device, forward_model=fwd_model,
+        rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
+        autocast=ctx.autocast)
+
+
 def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
     """Rank 0 decides from its metrics (the only rank with the stability keys); every rank
     learns the decision from one scalar all-reduce."""
@@ -325,10 +346,11 @@ def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.de
 def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
         validate, tracker: Optional[StabilityTracker] = None, stop_rule: Optional[StopWhenStable] = None) -> dict:
     metrics_log = MetricsLog(config.OUTPUT)
-    recorder = None
+    recorder = embedder = None
     if produce:
+        embedder = make_embedder(config, data, model, fwd_model, ctx, dist_info)
         recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
-                                      file_list=data.train.path, tracker=tracker)
+                                      file_list=data.train.path, tracker=tracker, embeddings=embedder)
         recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:
@@ -345,19 +367,26 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                                     dist_info.device_id, eval_view=produce,
                                     epoch_order=plan.order if plan is not None else None)
         if recorder is not None:
-            recorder.start_epoch()
+            recorder.start_epoch(epoch)
         stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
                                 recorder=recorder, recorder_model=fwd_model)
         if ctx.pruner is not None:
             ctx.pruner.end_epoch()
-        stability = recorder.end_epoch(epoch) if recorder is not None else {}
         broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
-        record = {"epoch": epoch, **stats, **stability}
+        # Validation before the history is written: its embeddings go before prob_{epoch}.
+        val_metrics = {}
+        if val_loader is not None:
+            embedding_val = embedder is not None and embedder.start(epoch, "val_embed")
+            val_metrics = validate(val_loader(), capture=partial(embedder.capture, "val_embed") if embedding_val
+                                   else None)
+            if embedding_val:
+                embedder.finish(epoch, "val_embed", len(data.val))
+        stability = recorder.end_epoch(epoch) if recorder is not None else {}
+        record = {"epoch": epoch, **stats, **stability, **val_metrics}
         if plan is not None:
             record.update(images_seen=plan_images(config, plan, dist_info.world_size),
                           prune_candidates=plan.candidates, prune_dropped=plan.dropped)
         if val_loader is not None:
-            record.update(validate(val_loader()))
             best = max(best, record["acc1"])
             record["best_acc1"] = best
             logger.info(f"epoch {epoch}: top-1 {record['acc1']:.2f}% top-5 {record['acc5']:.2f}% "

@@ -2,7 +2,8 @@
 
     python report.py --input OUTPUT --dataset_file_list LIST --output DIR \
         [--method NAME ...] [--fraction F ...] [--window J] [--epochs START:STOP] [--seed S] \
-        [--flipped LIST.flipped.npy] [--data_root ROOT] [--accuracy CURVE.csv | METHOD:FRACTION=RUN ...]
+        [--flipped LIST.flipped.npy] [--data_root ROOT] [--accuracy CURVE.csv | METHOD:FRACTION=RUN ...] \
+        [--projection-fraction F] [--dedup THRESHOLD] [--leakage THRESHOLD --val_file_list VAL_LIST]
 
 Writes DIR/index.html (opens from disk, no server, no network), the PNG figures beside
 it and DIR/report.json (the numbers shown): first, which method at which fraction (per
@@ -13,7 +14,12 @@ histograms with each fraction's cut,
 per-class kept fractions (distribution and the hardest-hit classes), Spearman rank
 correlation and kept-set overlap between methods, p(true label) over epochs (sampled
 images, mean per score decile), the 16 highest- and lowest-scored images per method,
-and with --flipped the share of relabelled images each method keeps. Method flags as in
+with --flipped the share of relabelled images each method keeps, and with embeddings in
+the history (embed_{epoch}.npy) their PCA projection of at most 5,000 images, kept and
+pruned in two colours per method (pruning/report_projection.py); with --dedup the
+near-duplicate groups get_coreset.py --dedup removes, with --leakage (and
+--val_file_list) the validation images whose nearest training image is that close
+(pruning/report_dedup.py). Method flags as in
 get_coreset.py. Bad input: exit code 2 and nothing written. See pruning/report.py.
 """
 import sys

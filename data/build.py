@@ -91,6 +91,15 @@ def build_train_loader(config, file_list: FileList, epoch: int, rank: int, world
     return _loader(config, file_list, order, batch_size, spec, pipeline_seed(config.SEED, epoch, rank), device_id)
 
 
+def build_eval_view_loader(config, file_list: FileList, order, device_id: Optional[int]) -> DaliLoader:
+    """These samples of the training list, in this order, on produce mode's eval view
+    (shorter side resized to IMG_SIZE, centre crop): the embeddings of the samples a
+    training epoch did not see."""
+    spec = ViewSpec(img_size=config.DATA.IMG_SIZE, interpolation=config.DATA.INTERPOLATION, train=False,
+                    test_crop=True, crop_pct=1.0)
+    return _loader(config, file_list, order, config.DATA.BATCH_SIZE_VAL, spec, 0, device_id)
+
+
 def build_val_loader(config, file_list: FileList, rank: int, world_size: int, device_id: Optional[int]) -> DaliLoader:
     """Every validation image exactly once across ranks."""
     spec = ViewSpec(

@@ -5,6 +5,12 @@ RECORD_KINDS (below), one value per line of the full training file list, taken o
 eval view; and ``file_list.json``, the training file list the run recorded on (path,
 entries, sha256 of its bytes: `FileListIndex.fingerprint`), so that get_coreset.py can refuse a different list.
 
+Embeddings (``PRODUCE.EMBED_DIM`` > 0), for the epochs of ``PRODUCE.EMBED_EPOCHS`` only:
+``embed_{epoch}.npy``, float16, N x D, one row per line of the training list (the
+model's pre-logits features on the eval view, randomly projected to D), and
+``val_embed_{epoch}.npy``, one row per line of the validation list. Plain np.save
+files, so np.load(mmap_mode="r") maps them; `load_embeddings` reads them checked.
+
 The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
 whose prob file exists is complete.
@@ -23,6 +29,9 @@ from utils.io import atomic_save_npy, atomic_write_text
 
 HISTORY_DIRNAME = "pred_prob_history"
 _EPOCH_FILE = re.compile(r"^prob_(\d+)\.(npy|txt)$")
+EMBED_KINDS = ("embed", "val_embed")  # training-list rows, validation-list rows
+EMBED_DTYPE = np.float16
+EMBED_CONFIG_KEYS = "PRODUCE.EMBED_DIM and PRODUCE.EMBED_EPOCHS"
 
 
 def history_dir(output: str) -> str:
@@ -72,6 +81,24 @@ def list_epoch_files(hdir: str) -> Dict[int, str]:
     return dict(sorted(found.items()))
 
 
+def embed_path(hdir: str, epoch: int, kind: str = "embed") -> str:
+    """``{kind}_{epoch}.npy`` in `hdir`, for a kind of EMBED_KINDS."""
+    if kind not in EMBED_KINDS:
+        raise ValueError(f"unknown embedding kind {kind!r}; known: {', '.join(EMBED_KINDS)}")
+    return os.path.join(hdir, f"{kind}_{epoch}.npy")
+
+
+def list_embed_epochs(hdir: str, kind: str = "embed") -> List[int]:
+    """The epochs, ascending, whose ``{kind}_{epoch}.npy`` is in `hdir` (none if `hdir`
+    does not exist)."""
+    if kind not in EMBED_KINDS:
+        raise ValueError(f"unknown embedding kind {kind!r}; known: {', '.join(EMBED_KINDS)}")
+    pattern = re.compile(rf"^{kind}_(\d+)\.npy$")
+    if not os.path.isdir(hdir):
+        return []
+    return sorted(int(m.group(1)) for m in map(pattern.match, os.listdir(hdir)) if m)
+
+
 def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray, **others: Optional[np.ndarray]) -> None:
     """Write one epoch's records (the other kinds of RECORD_KINDS by name; None: not
     recorded) atomically, each in its kind's dtype, prob last: prob marks completion."""
@@ -86,8 +113,12 @@ def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray, **
 
 def remove_epochs_from(hdir: str, first_epoch: int) -> List[int]:
     """Delete the records of epochs >= first_epoch (a restart from an older checkpoint
-    rewrites them). Returns the epochs removed."""
+    rewrites them), embeddings included. Returns the epochs removed (of the prob files)."""
     removed = []
+    for kind in EMBED_KINDS:
+        for epoch in list_embed_epochs(hdir, kind):
+            if epoch >= first_epoch:
+                os.remove(embed_path(hdir, epoch, kind))
     for epoch, path in list_epoch_files(hdir).items():
         if epoch >= first_epoch:
             # prob first: an epoch without its completion mark is no longer listed.
@@ -265,3 +296,48 @@ def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_ep
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
                                f"(recorded by produce runs of this version, not by older ones or the paper's)")
+
+
+def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, kind: str = "embed",
+                    chunk_bytes: int = 64 << 20) -> np.ndarray:
+    """The recorded embeddings of `epoch` (None: the latest recorded), a read-only float16
+    memory map of shape (num_samples, D): kind "embed" has one row per line of the
+    training list, "val_embed" one per line of the validation list. HistoryError, naming
+    the file, if there is none (and the config keys that record them), if it cannot be
+    read, is not a float16 N x D array, has a row count other than `num_samples`, or
+    holds a NaN or infinite value (the first bad row is named; checked `chunk_bytes` at a
+    time, so memory stays bounded)."""
+    if epoch is None:
+        epochs = list_embed_epochs(hdir, kind)
+        if not epochs:
+            raise HistoryError(
+                f"{os.path.join(hdir, kind + '_<epoch>.npy')} is missing: {hdir} holds no "
+                f"{kind} files; a produce run records them when {EMBED_CONFIG_KEYS} ask for them "
+                f"(PRODUCE.EMBED_DIM > 0, the default)")
+        epoch = epochs[-1]
+    path = embed_path(hdir, epoch, kind)
+    try:
+        values = np.load(path, allow_pickle=False, mmap_mode="r")
+    except FileNotFoundError:
+        recorded = list_embed_epochs(hdir, kind)
+        raise HistoryError(
+            f"{path} is missing: {kind} files are recorded for the epochs in PRODUCE.EMBED_EPOCHS when "
+            f"PRODUCE.EMBED_DIM > 0; {hdir} has them for "
+            f"{'epochs ' + ', '.join(map(str, recorded)) if recorded else 'no epoch'}") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read as an embedding file: {e}") from None
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise HistoryError(f"{path}: expected one row of D > 0 values per sample (N x D), found shape {values.shape}")
+    if values.dtype != EMBED_DTYPE:
+        raise HistoryError(f"{path}: expected {np.dtype(EMBED_DTYPE)} values, found dtype {values.dtype}")
+    if values.shape[0] != num_samples:
+        list_name = "validation" if kind == "val_embed" else "training"
+        raise HistoryError(f"{path}: has {values.shape[0]} rows but the {list_name} file list has {num_samples} lines")
+    rows = max(1, chunk_bytes // (values.shape[1] * values.itemsize))
+    for start in range(0, values.shape[0], rows):
+        finite = np.isfinite(values[start:start + rows]).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite)[0])
+            what = "NaN" if np.isnan(values[bad]).any() else "infinite"
+            raise HistoryError(f"{path}: row {bad} holds a {what} value (the first row that is not finite)")
+    return values

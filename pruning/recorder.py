@@ -2,7 +2,8 @@
 view and with the weights as they are before the step's update (docs/semantics.md §1):
 each kind of history.py's RECORD_KINDS, i.e. the softmax
 probability of its true label, whether the top-1 prediction is right, the margin (true
-logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2)."""
+logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2); and, in the
+epochs that ask for them, after the epoch, the embeddings (pruning/embeddings.py)."""
 import logging
 import os
 from contextlib import nullcontext
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from data.file_list_index import open_index
+from pruning.embeddings import EmbeddingRecorder, remove_parts
 from pruning.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
                              list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
                              write_fingerprint)
@@ -56,7 +58,7 @@ class PredictionRecorder:
 
     def __init__(self, num_samples: int, output: str, device: torch.device, is_primary: bool,
                  eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None,
-                 tracker: Optional[StabilityTracker] = None):
+                 tracker: Optional[StabilityTracker] = None, embeddings: Optional[EmbeddingRecorder] = None):
         self.num_samples = num_samples
         self.dir = history_dir(output)
         self.is_primary = is_primary
@@ -66,6 +68,7 @@ class PredictionRecorder:
         self.eval_mode_forward = eval_mode_forward
         # Rank 0's coreset stability tracking (pruning/stability.py), fed each written epoch.
         self.tracker = tracker if is_primary else None
+        self.embeddings = embeddings
 
     def resume_from(self, epoch: int) -> None:
         """Called once as a run (re)starts at `epoch`: the history is rewritten from there
@@ -74,6 +77,7 @@ class PredictionRecorder:
         if not self.is_primary:
             return
         removed = remove_epochs_from(self.dir, epoch)
+        remove_parts(self.dir)  # a killed run's part files of embeddings
         if removed:
             logger.info(f"history of epochs {removed} is newer than the checkpoint: it will be rewritten")
         if self.tracker is not None and epoch > 0:
@@ -94,8 +98,10 @@ class PredictionRecorder:
         os.makedirs(self.dir, exist_ok=True)
         write_fingerprint(self.dir, fingerprint)
 
-    def start_epoch(self) -> None:
+    def start_epoch(self, epoch: Optional[int] = None) -> None:
         self.records.fill_(_UNSEEN)
+        if self.embeddings is not None and epoch is not None:
+            self.embeddings.start(epoch, "embed")
 
     @torch.no_grad()
     def record(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
@@ -124,10 +130,16 @@ class PredictionRecorder:
         returns rank 0's coreset stability metrics of the epoch ({} elsewhere, or before
         the tracker has two scores to compare)."""
         all_reduce_(self.records, op=torch.distributed.ReduceOp.MAX)
+        seen = self.records[ROWS.index("prob")] > _UNSEEN
+        if self.embeddings is not None and self.embeddings.collecting("embed"):
+            # One pass with the epoch's final weights (pruning/embeddings.py); the
+            # embeddings go before prob, which marks the epoch complete.
+            self.embeddings.embed_all(self.num_samples)
+            self.embeddings.finish(epoch, "embed", self.num_samples)
         if not self.is_primary:
             return {}
         records = self.records.cpu()
-        seen = records[ROWS.index("prob")] > _UNSEEN
+        seen = seen.cpu()
         written = {kind: torch.where(seen, row, float(RECORD_KINDS[kind].unseen)).numpy().astype(
             RECORD_KINDS[kind].dtype, copy=False) for kind, row in zip(ROWS, records)}
         write_epoch(self.dir, epoch, **written)

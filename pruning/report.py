@@ -25,9 +25,11 @@ import numpy as np
 
 from data.file_list import FileList, FileListError, read_file_list
 from pruning import report_figures as figures
+from pruning import report_projection as projection
 from pruning.accuracy import FULL, TopOne, read_accuracies, summarise
 from pruning.report_cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
 from pruning.report_decision import decision_rows, reading
+from pruning.report_dedup import add_duplicates, add_leakage, add_leakage_flags, check_leakage_flags
 from pruning.history import HistoryError
 from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "--produce-overhead", type=float, default=DEFAULT_PRODUCE_OVERHEAD, metavar="R",
              help="produce-mode epoch time / plain epoch time, to estimate a full training run's cost from the "
              f"produce run's when no --accuracy full=RUN gives one (default {DEFAULT_PRODUCE_OVERHEAD}, the demo's)")
+    projection.add_flag(p)
+    add_leakage_flags(p, add_flag)
     return p
 
 
@@ -128,6 +132,7 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
+    check_leakage_flags(args)
     file_list = read_file_list(args.dataset_file_list, root=args.data_root)
     plan = make_plan(args, check_flags(args), file_list.index)  # every check that needs no record read
     n, num_epochs, load = plan.num_samples, plan.num_epochs, plan.loader()
@@ -135,6 +140,13 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     accuracy = summarise(read_accuracies(args.accuracy)) if args.accuracy else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     labels, class_dirs = class_labels(file_list)
+    shown = projection.prepare(plan.hdir, n, args.projection_fraction, fractions, plan.selection.seed)
+    embedding_files: Dict[str, bytes] = {}  # --dedup and --leakage (pruning/report_dedup.py)
+    embedding_numbers: dict = {}
+    if args.dedup is not None:
+        add_duplicates(embedding_files, embedding_numbers, args, plan.hdir, file_list, labels, class_dirs, thumbnail)
+    if args.leakage is not None:
+        add_leakage(embedding_files, embedding_numbers, args, plan.hdir, file_list, thumbnail)
 
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params)
@@ -155,6 +167,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
         files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()))
     add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)
     add_agreement(files, numbers, orders, keeps)
+    if shown is not None:
+        projection.add_projection(files, numbers, orders, shown)
     if flipped is not None:
         numbers["flipped"] = {"file": shown_path(args.flipped, args.output), "count": len(flipped),
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
@@ -165,6 +179,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
     curves_done = time.perf_counter()
     add_image_grids(files, numbers, orders, file_list, labels, class_dirs)
+    files.update(embedding_files)
+    numbers.update(embedding_numbers)
     print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "
           f"{curves_done - curves_started:.1f}s, everything {time.perf_counter() - started:.1f}s", file=sys.stderr)
     files[NUMBERS] = (json.dumps(numbers, indent=1, allow_nan=False) + "\n").encode("utf-8")
@@ -313,7 +329,9 @@ LEFT = ' class="l"'
 SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against produce epochs"),
             ("histograms", "Score histograms"),
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
-            ("curves", "p(true label) over epochs"), ("images", "Images"))
+            ("projection", "Kept and pruned images in embedding space"),
+            ("curves", "p(true label) over epochs"), ("images", "Images"),
+            ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
@@ -420,7 +438,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
     """index.html: the figures and the tables of `numbers`; links only to the files
     written beside it; paths shown relative to the report folder."""
     methods, fractions, ref = numbers["methods"], numbers["fractions"], numbers["reference_fraction"]
-    sections = [(a, t) for a, t in SECTIONS]
+    sections = [(a, t) for a, t in SECTIONS if a not in ("dedup", "leakage") or a in numbers]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Pruning report</title>"
            f"<style>{_STYLE}</style></head><body>",
            "<h1>Pruning report</h1>",
@@ -462,6 +480,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
                                                    for v in row] for a, row in zip(methods, numbers["spearman"])]),
             "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
     out += [_img(f"overlap_{f}.png", f"overlap at {f}") for f in fractions]
+    out += projection.projection_html(numbers.get("projection"), _heading("projection"))
     out += [_heading("curves"), f"<p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the "
             f"kept and from the pruned side at {html.escape(ref)}. Right: the mean over each tenth of the images "
             "ranked by score.</p>"]
@@ -472,8 +491,45 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
     if numbers["unreadable_images"]:
         out.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable_images"])) + "</p>")
     out += [_img(f"images_{m}.png", f"{m} images") for m in methods]
+    out += dedup_html(numbers.get("dedup")) + leakage_html(numbers.get("leakage"))
     out.append("</body></html>\n")
     return "\n".join(out)
+
+
+def dedup_html(dedup: Optional[dict]) -> List[str]:
+    """--dedup: how many images the groups remove, and the largest groups as image rows."""
+    if dedup is None:
+        return []
+    out = [_heading("dedup"),
+           f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of the recorded "
+           f"embeddings of epoch {dedup['epoch']} &ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
+           f"clusters): get_coreset.py --dedup removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of "
+           f"the list, before any method selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.</p>"]
+    if dedup["figure"]:
+        out += [f"<p class=\"note\">The {len(dedup['shown'])} largest groups, one per row: the kept image (the "
+                "least similar to its cluster's centroid, as SemDeDup keeps it), then the removed ones, most "
+                "similar first.</p>", _img(dedup["figure"], "near-duplicate groups")]
+    if dedup["unreadable"]:
+        out.append("<p>Could not be read: " + html.escape("; ".join(dedup["unreadable"])) + "</p>")
+    return out
+
+
+def leakage_html(leakage: Optional[dict]) -> List[str]:
+    """--leakage: how many validation images have a training image this close, and the closest pairs."""
+    if leakage is None:
+        return []
+    out = [_heading("leakage"),
+           f"<p class=\"reading\">{leakage['pairs']} of {leakage['val_images']} validation images "
+           f"({_pct(leakage['share'])}) have a training image with cosine similarity &ge; {leakage['threshold']:g} "
+           f"(recorded embeddings of epoch {leakage['epoch']}; the highest {figures.number(leakage['max_cosine'])}, "
+           f"the median over validation images {figures.number(leakage['median_cosine'])}). Every pair: "
+           f"<a href=\"{leakage['file']}\">{leakage['file']}</a>.</p>"]
+    if leakage["figure"]:
+        out += [f"<p class=\"note\">The {len(leakage['shown'])} most similar pairs, highest first: each validation "
+                "image, then its nearest training image.</p>", _img(leakage["figure"], "train/val pairs")]
+    if leakage["unreadable"]:
+        out.append("<p>Could not be read: " + html.escape("; ".join(leakage["unreadable"])) + "</p>")
+    return out
 
 
 def check_output(output: str) -> None:

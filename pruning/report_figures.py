@@ -194,17 +194,17 @@ CELL_WIDTH, CELL_HEIGHT, CAPTION = 150, 150, 34  # pixels per thumbnail cell, ca
 TOP, BLOCK_TITLE, MARGIN = 50, 30, 20
 
 
-def image_grid_size(per_side: int) -> Tuple[int, int]:
+def image_grid_size(per_side: int, blocks: int = 2) -> Tuple[int, int]:
     rows = -(-per_side // GRID_COLUMNS)
-    return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + 2 * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
+    return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + blocks * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
 
 
 def image_grid(title: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.ndarray], str]]]],
                per_side: int) -> bytes:
-    """Thumbnails in two blocks (e.g. highest- and lowest-scored), each captioned, drawn
-    pixel for pixel (no resampling) on one canvas; an image that could not be read is a
-    grey tile whose caption says so."""
-    width, height = image_grid_size(per_side)
+    """Thumbnails in blocks (e.g. highest- and lowest-scored; a duplicate group), each
+    titled, of at most `per_side` captioned tiles, drawn pixel for pixel (no resampling)
+    on one canvas; an image that could not be read is a grey tile whose caption says so."""
+    width, height = image_grid_size(per_side, len(sides))
     rows = -(-per_side // GRID_COLUMNS)
     fig = _figure((width, height))
     fig.text(0.5, 1 - 18 / height, title, ha="center", va="center", fontsize=12)

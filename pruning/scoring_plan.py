@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data.file_list_index import FileListIndex, open_index
+from pruning.dedup import check_threshold
 from pruning.dynamic_uncertainty import check_fraction
 from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, find_history_dir,
                              fingerprint_path, missing_record, record_loader)
@@ -46,6 +47,12 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
     for flag, _ in method_flags().values():
         add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
     add_flag(parser, "--seed", type=int, default=0, help=seed_help)
+    add_flag(parser, "--dedup", type=float, metavar="THRESHOLD",
+             help="remove near-duplicates first (SemDeDup, pruning/dedup.py): images whose recorded embeddings "
+             "(embed_{epoch}.npy, the latest epoch) have a cosine similarity >= THRESHOLD, in (0, 1], within a "
+             "k-means cluster form a group, and only one image per group is kept")
+    add_flag(parser, "--dedup-clusters", type=int, metavar="K",
+             help="--dedup: the number of k-means clusters (default: sqrt(N), rounded)")
     if selection:
         add_flag(parser, "--class-balanced", action="store_true",
                  help="each class keeps its share of the budget, in proportion to its size (largest remainders); "
@@ -102,6 +109,10 @@ def check_flags(args: argparse.Namespace) -> Selection:
         if unknown:
             raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
         check_not_repeated("--method", args.method)
+    if args.dedup is not None:
+        check_threshold("--dedup", args.dedup)
+    if args.dedup_clusters is not None and args.dedup_clusters < 1:
+        raise ValueError(f"--dedup-clusters must be >= 1, got {args.dedup_clusters}")
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if getattr(args, "ccs", None) is not None else None
     return Selection(getattr(args, "class_balanced", False), ccs, args.seed)
 

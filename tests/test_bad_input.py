@@ -80,9 +80,20 @@ CASES = {
 }
 
 
+# Read by produce mode only (main.py ignores the PRODUCE.EMBED_* keys).
+PRODUCE_CASES = {
+    "PRODUCE.EMBED_DIM negative": (
+        None, [], ["PRODUCE.EMBED_DIM", "-8"], "PRODUCE.EMBED_DIM must be 0 (no embeddings) or a positive width, got -8"),
+    "PRODUCE.EMBED_EPOCHS outside the run": (
+        None, [], ["PRODUCE.EMBED_EPOCHS", "[3]"], "PRODUCE.EMBED_EPOCHS: epoch 3 is outside the run's 1 epochs"),
+    "PRODUCE.EMBED_EPOCHS twice": (
+        None, [], ["PRODUCE.EMBED_EPOCHS", "[0, -1]"], "PRODUCE.EMBED_EPOCHS: epoch 0 is given twice in [0, -1]"),
+}
+
+
 def case_args(trees, name, out):
     root, opts = trees
-    config, extra, extra_opts, expected = CASES[name]
+    config, extra, extra_opts, expected = {**CASES, **PRODUCE_CASES}[name]
     fill = lambda text: text.format(root=root)  # noqa: E731
     args = ["--config", fill(config or CONFIG), "--output", out, *map(fill, extra), "--opts", *opts,
             *map(fill, extra_opts)]
@@ -115,6 +126,15 @@ def test_produce_refuses_too(trees, tmp_path):
     code, _, stderr = run_main(lambda argv: cli(argv, produce=True), args)
     assert code == 2 and stderr == f"main_and_produce.py: error: {expected}\n"
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("name", list(PRODUCE_CASES))
+def test_bad_produce_input(trees, tmp_path, name):
+    out = str(tmp_path / "out")
+    args, expected = case_args(trees, name, out)
+    code, stdout, stderr = run_main(lambda argv: cli(argv, produce=True), args)
+    assert code == 2 and stderr.startswith(f"main_and_produce.py: error: {expected}"), stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stdout and not os.path.exists(out)
 
 
 def folder_state(out):

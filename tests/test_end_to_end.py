@@ -24,6 +24,7 @@ OPTS = [
     "TRAIN.OPTIMIZER.NAME", "sgd", "AUG.MIXUP", "0.0", "AUG.CUTMIX", "0.0", "AUG.AUTO_AUGMENT", "True",
     "MODEL.DROP_PATH_RATE", "0.0", "PRINT_FREQ", "2", "SEED", "7",
 ]
+EMBED_EPOCHS = [1, -1]  # epochs 1 and 3, 128 values per image (PRODUCE.EMBED_DIM's default)
 
 
 def torchrun(script, *args, nproc=2):
@@ -111,7 +112,8 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     make_image_tree(str(root / "train"), num_classes=3, per_class=11, seed=0)
     make_image_tree(str(root / "val"), num_classes=3, per_class=5, seed=1)
-    opts = OPTS + ["DATA.DATA_PATH_TRAIN", str(root / "train"), "DATA.DATA_PATH_VAL", str(root / "val")]
+    opts = OPTS + ["DATA.DATA_PATH_TRAIN", str(root / "train"), "DATA.DATA_PATH_VAL", str(root / "val"),
+                   "PRODUCE.EMBED_EPOCHS", str(EMBED_EPOCHS)]
     return root, opts
 
 
@@ -219,12 +221,87 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
     for epoch in range(EPOCHS):
         np.testing.assert_allclose(history(out, epoch), history(produced, epoch), atol=1e-6, equal_nan=True)
         np.testing.assert_array_equal(history(out, epoch, "correct"), history(produced, epoch, "correct"))
-    leftovers = [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp")]
+    leftovers = [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp") or ".part" in n]
     assert not leftovers
+    assert_same_embeddings(out, produced)
     # One metrics line per epoch, and the best top-1 carried across the restart.
     resumed, straight = metrics(out), metrics(produced)
     assert [r["epoch"] for r in resumed] == list(range(EPOCHS))
     assert [r["best_acc1"] for r in resumed] == [r["best_acc1"] for r in straight]
+
+
+def assert_same_embeddings(out, reference):
+    """The embedding files of `out` are those of `reference` (the same forwards, float16)."""
+    from pruning.history import list_embed_epochs
+
+    hdir, ref_dir = os.path.join(out, "pred_prob_history"), os.path.join(reference, "pred_prob_history")
+    for kind in ("embed", "val_embed"):
+        assert list_embed_epochs(hdir, kind) == list_embed_epochs(ref_dir, kind) == [1, EPOCHS - 1]
+        for epoch in (1, EPOCHS - 1):
+            np.testing.assert_allclose(history(out, epoch, kind).astype(np.float32),
+                                       history(reference, epoch, kind).astype(np.float32), rtol=0, atol=1e-3)
+
+
+def test_embeddings_of_every_training_and_validation_image(data, produced):
+    """embed_{1,3}.npy: a row for every line (the drop-last remainder included), and
+    val_embed_{1,3}.npy likewise; every row is the classifier input of the checkpoint's
+    model (the epoch's final weights, eval mode) on the eval or validation view, projected:
+    one model for all rows, so identical images get identical embeddings."""
+    import torch
+
+    from data.build import build_eval_view_loader, build_val_loader, load_file_lists
+    from models.build import build_model
+    from pruning.embeddings import projection
+    from pruning.history import list_embed_epochs, load_embeddings
+    from utils.config import load_config
+
+    root, opts = data
+    hdir = os.path.join(produced, "pred_prob_history")
+    assert list_embed_epochs(hdir) == list_embed_epochs(hdir, "val_embed") == [1, EPOCHS - 1]
+    assert not [n for n in os.listdir(hdir) if n.startswith(".")]  # no part or temporary file left
+    for epoch in (1, EPOCHS - 1):
+        train, val = load_embeddings(hdir, 33, epoch), load_embeddings(hdir, 15, epoch, kind="val_embed")
+        assert train.shape == (33, 128) and val.shape == (15, 128) and train.dtype == val.dtype == np.float16
+        assert np.all(np.abs(train.astype(np.float32)).sum(axis=1) > 0)
+    config = load_config(os.path.join(ROOT, "configs", "demo-mnist.yaml"), opts)
+    model = build_model(config)
+    last = EPOCHS - 1
+    model.load_state_dict(torch.load(os.path.join(produced, "ckpts", f"ckpt_epoch_{last}.pth"),
+                                     weights_only=True)["model"])
+    model.eval()
+    lists = load_file_lists(config)
+    matrix = None
+    for kind, loader, rows in (
+            ("val_embed", build_val_loader(config, lists.val, 0, 1, None), np.arange(15)),
+            ("embed", build_eval_view_loader(config, lists.train, np.arange(33), None), np.arange(33))):
+        got, want = [], []
+        with torch.no_grad():
+            for batch in loader:
+                features = model.forward_head(model.forward_features(batch["images"]), pre_logits=True)
+                matrix = projection(features.shape[1], 128) if matrix is None else matrix
+                want.append((features @ matrix).numpy())
+                got.append(batch["indices"].numpy())
+        order = np.concatenate(got)
+        assert sorted(order.tolist()) == rows.tolist()
+        recorded = history(produced, last, kind)[order].astype(np.float32)
+        np.testing.assert_allclose(recorded, np.concatenate(want), rtol=1e-2, atol=2e-2)
+
+
+def test_embeddings_leave_the_training_and_its_history_as_they_were(data, produced):
+    """A run that records no embeddings (PRODUCE.EMBED_DIM 0) writes the same history files,
+    byte for byte: recording draws nothing from the training's random streams."""
+    root, opts = data
+    out = str(root / "no_embeddings")
+    run(torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts,
+                 "PRODUCE.EMBED_DIM", "0"))
+    hdir, ref_dir = os.path.join(out, "pred_prob_history"), os.path.join(produced, "pred_prob_history")
+    assert not [n for n in os.listdir(hdir) if "embed" in n]
+    for epoch in range(EPOCHS):
+        for kind in ("prob", "correct", "margin", "el2n"):
+            with open(os.path.join(hdir, f"{kind}_{epoch}.npy"), "rb") as a, \
+                    open(os.path.join(ref_dir, f"{kind}_{epoch}.npy"), "rb") as b:
+                assert a.read() == b.read(), f"{kind}_{epoch}.npy differs"
+    assert [r["acc1"] for r in metrics(out)] == [r["acc1"] for r in metrics(produced)]
 
 
 def test_unknown_config_key_is_an_error_naming_it(data, tmp_path):

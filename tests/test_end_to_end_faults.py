@@ -10,8 +10,8 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from test_end_to_end import (EPOCHS, data, history, kill_tree, metrics, produced, run, torchrun,  # noqa: F401
-                             worker_pid)
+from test_end_to_end import (EPOCHS, assert_same_embeddings, data, history, kill_tree, metrics,  # noqa: F401
+                             produced, run, torchrun, worker_pid)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
@@ -36,7 +36,8 @@ def assert_same_history(out, reference):
         np.testing.assert_allclose(history(out, epoch), history(reference, epoch), rtol=0, atol=1e-6, equal_nan=True)
         np.testing.assert_array_equal(history(out, epoch, "correct"), history(reference, epoch, "correct"))
     assert [r["epoch"] for r in metrics(out)] == list(range(EPOCHS))
-    assert not [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.endswith(".tmp") or ".part" in n]
+    assert_same_embeddings(out, reference)
 
 
 def test_elastic_restart_after_a_killed_worker_resumes_to_the_same_history(data, produced):

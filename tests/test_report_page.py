@@ -26,12 +26,13 @@ def check(report_dir, *extra):
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """A report with every section: seven methods, relabelled images, accuracies."""
+    """A report with every section: seven methods, relabelled images, accuracies, embeddings."""
     tmp = tmp_path_factory.mktemp("page")
     make_image_tree(str(tmp / "data"), num_classes=4, per_class=10, size=(24, 20))
     listing = tmp / "data" / "file_list.txt"
     rng = np.random.default_rng(5)
-    write_full_history(listing, tmp / "run", np.repeat(np.linspace(0.2, 0.8, 4), 10), 6, rng, noise=0.25)
+    hdir = write_full_history(listing, tmp / "run", np.repeat(np.linspace(0.2, 0.8, 4), 10), 6, rng, noise=0.25)
+    np.save(os.path.join(hdir, "embed_5.npy"), rng.normal(size=(40, 8)).astype(np.float16))
     np.save(tmp / "flipped.npy", np.arange(0, 40, 6, dtype=np.int64))
     curve = tmp / "curve.csv"
     curve.write_text("labels,method,fraction,seed,images,top1,top5,flipped_kept\n"
@@ -43,6 +44,7 @@ def page(tmp_path_factory):
                                           "--window", 3, "--fraction", 0.5, 0.3, "--flipped", tmp / "flipped.npy",
                                           "--accuracy", curve])
     assert code == 0, err
+    assert (out / "projection.png").exists()
     return out
 
 

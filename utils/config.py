@@ -220,6 +220,12 @@ _C.PRODUCE.STOP_WHEN_STABLE.ENABLE = False
 _C.PRODUCE.STOP_WHEN_STABLE.OVERLAP = 0.95
 _C.PRODUCE.STOP_WHEN_STABLE.PATIENCE = 3
 _C.PRODUCE.STOP_WHEN_STABLE.FRACTION = 0.5
+# Embeddings (pruning/embeddings.py): the classifier's input on the eval view, randomly
+# projected to EMBED_DIM values and stored float16 as embed_{epoch}.npy (training list)
+# and val_embed_{epoch}.npy (validation list). 0 records none.
+_C.PRODUCE.EMBED_DIM = 128
+# The epochs that record them; [] is the last epoch, negative values count from the end.
+_C.PRODUCE.EMBED_EPOCHS = []
 
 # -----------------------------------------------------------------------------
 # Misc

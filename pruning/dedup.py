@@ -1,0 +1,234 @@
+"""Near-duplicates among the recorded embeddings (embed_{epoch}.npy), and images of the
+validation list that lie next to a training image.
+
+Deduplication follows SemDeDup (Abbas et al. 2023): the embeddings are L2-normalised,
+clustered by spherical k-means (FAISS), and within each cluster every pair whose cosine
+similarity reaches the threshold is an edge; the connected components of those edges
+are the duplicate groups. One image per group is kept: the one least similar to its
+cluster's centroid (ties: the lower line), as SemDeDup keeps it, the least prototypical
+member, which keeps the cluster's spread rather than another copy of its centre. Pairs
+in different clusters are not compared: that is what makes the cost
+O(N x (N / clusters) x D) instead of O(N^2 x D). Memory is never N x N: a cluster's
+similarities are computed `block` values at a time (a huge cluster in row blocks), and
+its groups are merged block by block. The embeddings themselves are read a block or a
+cluster at a time (a float16 memory map is never copied whole), so memory beyond the
+file's pages is O(N) plus one cluster.
+
+The leakage check is an exact nearest-neighbour search (inner product of normalised
+rows, FAISS's flat index): for each validation image, its most similar training image.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+DEFAULT_BLOCK = 1 << 24  # similarities computed at a time: 64 MiB of float32
+KMEANS_ITERATIONS = 20
+MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many rows per centroid (FAISS's default)
+NORMALISE_ROWS = 1 << 16  # rows converted to float32 at a time
+
+
+def latest_embeddings(hdir: str, num_samples: int, kind: str = "embed") -> Tuple[int, np.ndarray]:
+    """(epoch, embeddings) of the latest epoch with `kind` files in the history folder,
+    read by history.load_embeddings (HistoryError naming the file and PRODUCE.EMBED_DIM
+    when there is none, and for a wrong row count, dtype or a non-finite value)."""
+    from pruning.history import list_embed_epochs, load_embeddings
+
+    epochs = list_embed_epochs(hdir, kind)
+    embeddings = load_embeddings(hdir, num_samples, epochs[-1] if epochs else None, kind=kind)
+    return epochs[-1], embeddings
+
+
+def check_threshold(flag: str, value: float) -> float:
+    """A cosine-similarity threshold in (0, 1]; ValueError naming `flag` otherwise."""
+    if not (0.0 < value <= 1.0):  # NaN fails too
+        raise ValueError(f"{flag}: the cosine-similarity threshold must be in (0, 1], got {value}")
+    return float(value)
+
+
+def default_clusters(num_samples: int) -> int:
+    """sqrt(N), rounded: it balances the k-means assignment (N x k x D) against the
+    pairs compared within clusters (N x N / k x D)."""
+    return max(1, round(math.sqrt(num_samples)))
+
+
+def normalised(embeddings: np.ndarray) -> np.ndarray:
+    """float32 copy of the rows scaled to unit L2 norm (an all-zero row stays zero: it is
+    similar to nothing), converted NORMALISE_ROWS rows at a time from the (memory-mapped)
+    float16 file."""
+    out = np.empty(embeddings.shape, dtype=np.float32)
+    for start in range(0, len(embeddings), NORMALISE_ROWS):
+        rows = np.asarray(embeddings[start:start + NORMALISE_ROWS], dtype=np.float32)
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        np.divide(rows, norms, out=out[start:start + len(rows)], where=norms > 0)
+        out[start:start + len(rows)][norms[:, 0] == 0] = 0.0
+    return out
+
+
+def kmeans(embeddings: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(cluster of each row, int64; unit-norm centroids, float32) by spherical k-means on
+    the normalised rows, trained by FAISS on a seeded sample of at most
+    MAX_POINTS_PER_CENTROID rows per centroid; then every row, NORMALISE_ROWS at a time,
+    goes to its nearest centroid. No float32 copy of all the rows is made."""
+    import faiss
+
+    n = len(embeddings)
+    clusters = min(clusters, n)
+    sample = min(n, MAX_POINTS_PER_CENTROID * clusters)
+    rows = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False)) if sample < n else slice(None)
+    # min_points_per_centroid 1: FAISS would print a warning to stdout below 39 rows per centroid
+    km = faiss.Kmeans(embeddings.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
+                      verbose=False, min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID)
+    km.train(normalised(embeddings[rows]))
+    assigned = np.empty(n, dtype=np.int64)
+    for start in range(0, n, NORMALISE_ROWS):
+        _, found = km.index.search(normalised(embeddings[start:start + NORMALISE_ROWS]), 1)
+        assigned[start:start + len(found)] = found[:, 0]
+    return assigned, np.asarray(km.centroids, dtype=np.float32)
+
+
+def merge_components(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union of the edges (a[i], b[i]) into the forest `parent` (each node points at its
+    component's smallest node, its root): roots are hooked to the smaller root and paths
+    compressed until every edge lies inside one component. Returns the new parent array."""
+    while True:
+        ra, rb = parent[a], parent[b]
+        low, high = np.minimum(ra, rb), np.maximum(ra, rb)
+        apart = low != high
+        if not apart.any():
+            return parent
+        np.minimum.at(parent, high[apart], low[apart])
+        while True:  # every node to its root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+
+
+def cluster_components(rows: np.ndarray, threshold: float, block: int) -> np.ndarray:
+    """For the unit rows of one cluster: the smallest member index of each member's
+    duplicate component (pairs with cosine >= threshold, joined transitively). The
+    similarities are computed for `block` values at a time, upper triangle only."""
+    m = len(rows)
+    parent = np.arange(m)
+    step = max(1, block // m)
+    for start in range(0, m, step):
+        sims = rows[start:start + step] @ rows[start:].T  # row i of the block against members start..m-1
+        i, j = np.nonzero(sims >= threshold)
+        later = j > i  # j == i is the member itself
+        if later.any():
+            parent = merge_components(parent, start + i[later], start + j[later])
+    return parent
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """The duplicate groups of a list, as one row per member, grouped: `group` (0, 1, ...:
+    numbered in the order of their kept line), `index` (the member's entry in the list),
+    `kept` (one True per group, first in its group) and `cosine_to_kept` (1 for the kept
+    one); `removed`, one bool per entry of the list."""
+
+    threshold: float
+    clusters: int
+    group: np.ndarray
+    index: np.ndarray
+    kept: np.ndarray
+    cosine_to_kept: np.ndarray
+    removed: np.ndarray
+
+    @property
+    def num_groups(self) -> int:
+        return int(np.count_nonzero(self.kept))
+
+    @property
+    def num_removed(self) -> int:
+        return int(np.count_nonzero(self.removed))
+
+    def describe(self) -> str:
+        n = len(self.removed)
+        return (f"{self.num_groups} duplicate groups at cosine >= {self.threshold:g} ({self.clusters} k-means "
+                f"clusters): {self.num_removed} of {n} lines removed ({100 * self.num_removed / max(n, 1):.2f}%)")
+
+
+def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np.ndarray, threshold: float,
+                     block: int = DEFAULT_BLOCK) -> Duplicates:
+    """The duplicate groups of the rows of `embeddings` given their clusters (see the
+    module). One cluster's rows are read and normalised at a time."""
+    n = len(embeddings)
+    centroids = np.asarray(centroids, dtype=np.float64)
+    order = np.argsort(assigned, kind="stable")  # members of a cluster in line order
+    bounds = np.flatnonzero(np.diff(assigned[order])) + 1
+    members_of, kept_of, cosine_of = [], [], []
+    for members in np.split(order, bounds):
+        if len(members) < 2:
+            continue
+        rows = normalised(embeddings[members])
+        roots = cluster_components(rows, threshold, block)
+        grouped = np.flatnonzero(np.bincount(roots, minlength=len(members))[roots] > 1)
+        if not len(grouped):
+            continue
+        to_centroid = rows[grouped].astype(np.float64) @ centroids[assigned[members[0]]]
+        # within each component: least similar to the centroid first, then the lower line
+        ranked = grouped[np.lexsort((grouped, to_centroid, roots[grouped]))]
+        first = np.concatenate([[True], roots[ranked][1:] != roots[ranked][:-1]])
+        kept = ranked[first][np.cumsum(first) - 1]  # each member's kept one, as a position in the cluster
+        members_of.append(members[ranked])
+        kept_of.append(members[kept])
+        cosine_of.append(np.einsum("ij,ij->i", rows[ranked], rows[kept]))
+    if not members_of:
+        empty = np.empty(0, dtype=np.int64)
+        return Duplicates(threshold, int(len(centroids)), empty, empty, np.empty(0, dtype=bool),
+                          np.empty(0, dtype=np.float32), np.zeros(n, dtype=bool))
+    members, kept_line, cosine = (np.concatenate(v) for v in (members_of, kept_of, cosine_of))
+    group = np.searchsorted(np.unique(kept_line), kept_line)  # numbered in the order of the kept line
+    kept = members == kept_line
+    final = np.lexsort((members, ~kept, group))  # the kept one first within its group
+    group, members, kept, cosine = group[final], members[final], kept[final], cosine[final].astype(np.float32)
+    cosine[kept] = 1.0
+    removed = np.zeros(n, dtype=bool)
+    removed[members[~kept]] = True
+    return Duplicates(threshold, int(len(centroids)), group.astype(np.int64), members, kept, cosine, removed)
+
+
+def deduplicate(embeddings: np.ndarray, threshold: float, clusters: Optional[int] = None, seed: int = 0,
+                block: int = DEFAULT_BLOCK) -> Duplicates:
+    """SemDeDup on (N, D) embeddings (any float dtype; a float16 memory map is read in
+    blocks, never copied whole)."""
+    assigned, centroids = kmeans(embeddings, default_clusters(len(embeddings)) if clusters is None else clusters, seed)
+    return duplicate_groups(embeddings, assigned, centroids, threshold, block)
+
+
+def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 << 14) -> Tuple[np.ndarray, np.ndarray]:
+    """(index of each query's most similar training row, int64; that cosine similarity,
+    float32), exact (FAISS flat inner-product index over the normalised rows), queries
+    searched `chunk` at a time."""
+    import faiss
+
+    base = normalised(train)
+    index = faiss.IndexFlatIP(base.shape[1])
+    index.add(base)
+    del base
+    found = np.empty(len(queries), dtype=np.int64)
+    cosine = np.empty(len(queries), dtype=np.float32)
+    for start in range(0, len(queries), chunk):
+        sims, rows = index.search(normalised(queries[start:start + chunk]), 1)
+        found[start:start + len(rows)], cosine[start:start + len(rows)] = rows[:, 0], sims[:, 0]
+    return found, cosine
+
+
+GROUPS_HEADER = ("group", "index", "line", "path", "cosine_to_kept", "kept")
+
+
+def write_groups(f, duplicates: Duplicates, index) -> None:
+    """The groups as tab-separated text (GROUPS_HEADER, one row per member, the kept one
+    first in its group): `index` the entry (row of the embeddings, 0-based), `line` its
+    line in the list (1-based), `path` as written in the list. `index`: the list's
+    FileListIndex. `f`: a text file opened with newline=''."""
+    import csv
+
+    out = csv.writer(f, delimiter="\t", lineterminator="\n")
+    out.writerow(GROUPS_HEADER)
+    for g, i, cosine, kept in zip(duplicates.group.tolist(), duplicates.index.tolist(),
+                                  duplicates.cosine_to_kept.tolist(), duplicates.kept.tolist()):
+        out.writerow((g, i, int(index.lines[i]), index.name(i), f"{cosine:.4f}", "yes" if kept else "no"))
