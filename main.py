@@ -22,25 +22,23 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.build import build_eval_view_loader, build_train_loader, build_val_loader, load_file_lists
+from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
-from data.reader import shard_length
 from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from pruning import embeddings
-from pruning.dynamic_prune import DynamicPruner
+from pruning.dynamic_prune import DynamicPruner, plan_images, plan_pruned_epoch
 from pruning.dynamic_prune import check_config as check_prune_config
-from pruning.history import history_dir
+from pruning.produce_run import make_embedder, make_tracker, stop_now
 from pruning.recorder import PredictionRecorder
-from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, effective_window
+from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
                               save_checkpoint)
 from utils.config import load_config
-from utils.distributed import (DistInfo, all_reduce_, barrier, broadcast_buffers_, cleanup, first_error,
-                               init_distributed, is_primary)
+from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
 from utils.io import atomic_write_text
 from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
 from utils.lr_scheduler import LRScheduler
@@ -300,49 +298,6 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
             tracker.close()
 
 
-def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
-    """Rank 0's coreset stability tracker (PRODUCE.TRACK_*), None where nothing can be tracked."""
-    produce = config.PRODUCE
-    window = effective_window(produce.TRACK_WINDOW, config.TRAIN.EPOCHS)
-    if not produce.TRACK_FRACTIONS or not window:
-        why = "PRODUCE.TRACK_FRACTIONS is empty" if not produce.TRACK_FRACTIONS else (
-            f"{config.TRAIN.EPOCHS} epochs give no dynamic-uncertainty window")
-        logger.info(f"coreset stability is not tracked: {why}")
-        if produce.STOP_WHEN_STABLE.ENABLE:
-            logger.warning("PRODUCE.STOP_WHEN_STABLE cannot stop a run whose stability is not tracked")
-        return None
-    if window != produce.TRACK_WINDOW:
-        logger.info(f"coreset stability: window {window} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW} is more than "
-                    f"{config.TRAIN.EPOCHS} epochs allow)")
-    return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
-
-
-def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> Optional[embeddings.EmbeddingRecorder]:
-    """Produce mode's embedding recorder (PRODUCE.EMBED_DIM, PRODUCE.EMBED_EPOCHS), None
-    for EMBED_DIM 0."""
-    produce = config.PRODUCE
-    if not produce.EMBED_DIM:
-        return None
-    epochs = embeddings.embed_epochs(produce.EMBED_EPOCHS, config.TRAIN.EPOCHS)
-    if produce.STOP_WHEN_STABLE.ENABLE:
-        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
-                    f"stable before them has none")
-    return embeddings.EmbeddingRecorder(
-        model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
-        dist_info.device, forward_model=fwd_model,
-        rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
-        autocast=ctx.autocast)
-
-
-def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
-    """Rank 0 decides from its metrics (the only rank with the stability keys); every rank
-    learns the decision from one scalar all-reduce."""
-    if stop_rule is None:
-        return False
-    flag = torch.tensor(int(stop_rule.update(record)) if is_primary() else 0, device=device)
-    return bool(all_reduce_(flag).item())
-
-
 def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
         validate, tracker: Optional[StabilityTracker] = None, stop_rule: Optional[StopWhenStable] = None) -> dict:
     metrics_log = MetricsLog(config.OUTPUT)
@@ -362,7 +317,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     record = {}
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         seed_everything(config.SEED, epoch, dist_info.rank)
-        plan = plan_pruned_epoch(config, ctx, epoch, len(data.train), dist_info.world_size)
+        plan = plan_pruned_epoch(config, ctx.pruner, ctx.scheduler, epoch, len(data.train), dist_info.world_size)
         loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
                                     dist_info.device_id, eval_view=produce,
                                     epoch_order=plan.order if plan is not None else None)
@@ -412,33 +367,6 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
         if stopped:
             break
     return record
-
-
-def plan_images(config, plan, world_size: int) -> int:
-    """The images an epoch of `plan` trains on, over all ranks."""
-    return world_size * shard_length(len(plan.order), world_size, config.DATA.BATCH_SIZE_TRAIN)
-
-
-def plan_pruned_epoch(config, ctx: StepContext, epoch: int, num_samples: int, world_size: int):
-    """With dynamic pruning: the epoch's plan (logged), and the learning-rate schedule told
-    how many updates the epoch takes; None without it."""
-    if ctx.pruner is None:
-        return None
-    plan = ctx.pruner.plan(epoch)
-    images = plan_images(config, plan, world_size)
-    updates = -(-(images // world_size // config.DATA.BATCH_SIZE_TRAIN) // config.TRAIN.ACCUMULATION_STEPS)
-    ctx.scheduler.start_epoch(epoch, updates)
-    if plan.dropped:
-        logger.info(f"epoch {epoch}: dynamic pruning ({ctx.pruner.kind}): {plan.candidates} of {num_samples} samples "
-                    f"score below the mean {plan.threshold:.4g}, {plan.dropped} of them dropped "
-                    f"({plan.dropped / plan.candidates:.2%}), the other {plan.candidates - plan.dropped} weighted "
-                    f"x{plan.scale:.4f}; {len(plan.order)} samples, {images} images seen, {updates} updates")
-    else:
-        why = ("epoch 0" if epoch == 0 else "anneal: full data" if epoch >= ctx.pruner.anneal_from else
-               "RATIO 0" if ctx.pruner.ratio == 0 else "no sample scored below the mean" if not plan.candidates
-               else f"round(RATIO x {plan.candidates} candidates) is 0")
-        logger.info(f"epoch {epoch}: dynamic pruning off ({why}): {images} images seen, {updates} updates")
-    return plan
 
 
 def cli(argv: Optional[Sequence[str]] = None, produce: bool = False) -> int:

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.reader import epoch_permutation
+from data.reader import epoch_permutation, shard_length
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -265,3 +265,31 @@ class DynamicPruner:
                              f"{mine}; resume with the same settings or use a new --output")
         for name, array in self.score.arrays().items():
             array[...] = state["arrays"][name].numpy()
+
+
+def plan_images(config, plan, world_size: int) -> int:
+    """The images an epoch of `plan` trains on, over all ranks."""
+    return world_size * shard_length(len(plan.order), world_size, config.DATA.BATCH_SIZE_TRAIN)
+
+
+def plan_pruned_epoch(config, pruner: Optional[DynamicPruner], scheduler, epoch: int, num_samples: int,
+                      world_size: int) -> Optional[EpochPlan]:
+    """With dynamic pruning: the epoch's plan (logged), and the learning-rate schedule
+    (utils/lr_scheduler.py) told how many updates the epoch takes; None without it."""
+    if pruner is None:
+        return None
+    plan = pruner.plan(epoch)
+    images = plan_images(config, plan, world_size)
+    updates = -(-(images // world_size // config.DATA.BATCH_SIZE_TRAIN) // config.TRAIN.ACCUMULATION_STEPS)
+    scheduler.start_epoch(epoch, updates)
+    if plan.dropped:
+        logger.info(f"epoch {epoch}: dynamic pruning ({pruner.kind}): {plan.candidates} of {num_samples} samples "
+                    f"score below the mean {plan.threshold:.4g}, {plan.dropped} of them dropped "
+                    f"({plan.dropped / plan.candidates:.2%}), the other {plan.candidates - plan.dropped} weighted "
+                    f"x{plan.scale:.4f}; {len(plan.order)} samples, {images} images seen, {updates} updates")
+    else:
+        why = ("epoch 0" if epoch == 0 else "anneal: full data" if epoch >= pruner.anneal_from else
+               "RATIO 0" if pruner.ratio == 0 else "no sample scored below the mean" if not plan.candidates
+               else f"round(RATIO x {plan.candidates} candidates) is 0")
+        logger.info(f"epoch {epoch}: dynamic pruning off ({why}): {images} images seen, {updates} updates")
+    return plan
