@@ -67,7 +67,7 @@ def child(path: str, planted_path: str, threshold: float) -> None:
     embeddings = np.load(path, mmap_mode="r")
     t = time.perf_counter()
     clusters = dedup.default_clusters(len(embeddings))
-    assigned, centroids = dedup.kmeans(embeddings, clusters)
+    assigned, centroids = dedup.spherical_clusters(embeddings, clusters)
     timings["kmeans_s"] = time.perf_counter() - t
     t = time.perf_counter()
     result = dedup.duplicate_groups(embeddings, assigned, centroids, threshold)

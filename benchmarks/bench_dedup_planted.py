@@ -28,7 +28,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from data.planted_copies import write_planted_list  # noqa: E402
-from pruning.dedup import deduplicate, normalised  # noqa: E402
+from pruning.dedup import deduplicate  # noqa: E402
+from pruning.knn import float32_copy  # noqa: E402
 
 THRESHOLDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
@@ -63,7 +64,7 @@ def main() -> None:
         print(f"{n} images: {len(near)} near-copies, {len(exact)} exact copies; embeddings of epoch {last}")
         for kind in ("embed", "val_embed"):
             embeddings = np.load(os.path.join(out, "pred_prob_history", f"{kind}_{last}.npy"))
-            x = normalised(embeddings).astype(np.float64)
+            x = float32_copy(embeddings, normalise=True).astype(np.float64)
             sims = x @ x.T
             np.fill_diagonal(sims, -np.inf)
             nearest = sims.argmax(axis=1)

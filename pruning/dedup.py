@@ -2,9 +2,9 @@
 validation list that lie next to a training image.
 
 Deduplication follows SemDeDup (Abbas et al. 2023): the embeddings are L2-normalised,
-clustered by spherical k-means (FAISS), and within each cluster every pair whose cosine
-similarity reaches the threshold is an edge; the connected components of those edges
-are the duplicate groups. One image per group is kept: the one least similar to its
+clustered by spherical k-means (knn.kmeans, FAISS), and within each cluster every pair
+whose cosine similarity reaches the threshold is an edge; the connected components of
+those edges are the duplicate groups. One image per group is kept: the one least similar to its
 cluster's centroid (ties: the lower line), as SemDeDup keeps it, the least prototypical
 member, which keeps the cluster's spread rather than another copy of its centre. Pairs
 in different clusters are not compared: that is what makes the cost
@@ -23,10 +23,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from pruning import knn
+
 DEFAULT_BLOCK = 1 << 24  # similarities computed at a time: 64 MiB of float32
-KMEANS_ITERATIONS = 20
-MAX_POINTS_PER_CENTROID = 256  # k-means trains on at most this many rows per centroid (FAISS's default)
-NORMALISE_ROWS = 1 << 16  # rows converted to float32 at a time
 
 
 def latest_embeddings(hdir: str, num_samples: int, kind: str = "embed") -> Tuple[int, np.ndarray]:
@@ -53,39 +52,12 @@ def default_clusters(num_samples: int) -> int:
     return max(1, round(math.sqrt(num_samples)))
 
 
-def normalised(embeddings: np.ndarray) -> np.ndarray:
-    """float32 copy of the rows scaled to unit L2 norm (an all-zero row stays zero: it is
-    similar to nothing), converted NORMALISE_ROWS rows at a time from the (memory-mapped)
-    float16 file."""
-    out = np.empty(embeddings.shape, dtype=np.float32)
-    for start in range(0, len(embeddings), NORMALISE_ROWS):
-        rows = np.asarray(embeddings[start:start + NORMALISE_ROWS], dtype=np.float32)
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        np.divide(rows, norms, out=out[start:start + len(rows)], where=norms > 0)
-        out[start:start + len(rows)][norms[:, 0] == 0] = 0.0
-    return out
-
-
-def kmeans(embeddings: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """(cluster of each row, int64; unit-norm centroids, float32) by spherical k-means on
-    the normalised rows, trained by FAISS on a seeded sample of at most
-    MAX_POINTS_PER_CENTROID rows per centroid; then every row, NORMALISE_ROWS at a time,
-    goes to its nearest centroid. No float32 copy of all the rows is made."""
-    import faiss
-
-    n = len(embeddings)
-    clusters = min(clusters, n)
-    sample = min(n, MAX_POINTS_PER_CENTROID * clusters)
-    rows = np.sort(np.random.default_rng(seed).choice(n, sample, replace=False)) if sample < n else slice(None)
-    # min_points_per_centroid 1: FAISS would print a warning to stdout below 39 rows per centroid
-    km = faiss.Kmeans(embeddings.shape[1], clusters, niter=KMEANS_ITERATIONS, seed=seed, spherical=True,
-                      verbose=False, min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID)
-    km.train(normalised(embeddings[rows]))
-    assigned = np.empty(n, dtype=np.int64)
-    for start in range(0, n, NORMALISE_ROWS):
-        _, found = km.index.search(normalised(embeddings[start:start + NORMALISE_ROWS]), 1)
-        assigned[start:start + len(found)] = found[:, 0]
-    return assigned, np.asarray(km.centroids, dtype=np.float32)
+def spherical_clusters(embeddings: np.ndarray, clusters: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """(cluster of each row, int64; unit-norm centroids, float32): knn.kmeans, spherical,
+    on the normalised rows (trained on a seeded sample), then each row's nearest centroid
+    (knn.nearest_centroid, a block of rows at a time). No float32 copy of all the rows."""
+    centroids = knn.kmeans(embeddings, min(clusters, len(embeddings)), seed, spherical=True)
+    return knn.nearest_centroid(embeddings, centroids, normalise=True), centroids
 
 
 def merge_components(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -163,7 +135,7 @@ def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np
     for members in np.split(order, bounds):
         if len(members) < 2:
             continue
-        rows = normalised(embeddings[members])
+        rows = knn.as_float32(embeddings, members, normalise=True)
         roots = cluster_components(rows, threshold, block)
         grouped = np.flatnonzero(np.bincount(roots, minlength=len(members))[roots] > 1)
         if not len(grouped):
@@ -195,7 +167,8 @@ def deduplicate(embeddings: np.ndarray, threshold: float, clusters: Optional[int
                 block: int = DEFAULT_BLOCK) -> Duplicates:
     """SemDeDup on (N, D) embeddings (any float dtype; a float16 memory map is read in
     blocks, never copied whole)."""
-    assigned, centroids = kmeans(embeddings, default_clusters(len(embeddings)) if clusters is None else clusters, seed)
+    assigned, centroids = spherical_clusters(embeddings, default_clusters(len(embeddings)) if clusters is None else clusters,
+                                             seed)
     return duplicate_groups(embeddings, assigned, centroids, threshold, block)
 
 
@@ -205,14 +178,14 @@ def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 <<
     searched `chunk` at a time."""
     import faiss
 
-    base = normalised(train)
+    base = knn.float32_copy(train, normalise=True)
     index = faiss.IndexFlatIP(base.shape[1])
     index.add(base)
     del base
     found = np.empty(len(queries), dtype=np.int64)
     cosine = np.empty(len(queries), dtype=np.float32)
     for start in range(0, len(queries), chunk):
-        sims, rows = index.search(normalised(queries[start:start + chunk]), 1)
+        sims, rows = index.search(knn.as_float32(queries, slice(start, start + chunk), normalise=True), 1)
         found[start:start + len(rows)], cosine[start:start + len(rows)] = rows[:, 0], sims[:, 0]
     return found, cosine
 

@@ -10,10 +10,13 @@
   centroids (about sqrt(N) of them), and each cell's rows are searched exactly among
   the rows of the CELL_PROBE cells nearest it: one dense (BLAS) block per cell instead
   of one inverted-list scan per query, the inverted file's idea with the probing done
-  per cell. No step holds more than O(N x (D + k)) values: never an N x N matrix.
+  per cell. Never an N x N matrix.
 
-Vectors are handed over as float32 in chunks of CHUNK_ROWS rows (a float16 memory map is
-never copied whole except into the index itself). Where FAISS sees a GPU
+Vectors are read from `x` (a float16 memory map, typically) and handed to FAISS as float32
+a block at a time: CHUNK_ROWS rows for the assignment, a seeded sample for k-means, one
+cell and its probed neighbours for the graph; the rows are never copied whole (except
+into the flat index of the exact search, at most EXACT_SEARCH_MAX rows). Memory beyond
+the file's pages is O(N x k) for the graph itself plus one block. Where FAISS sees a GPU
 (`faiss.get_num_gpus() > 0`, the faiss-gpu build), k-means and the search run on it.
 """
 import math
@@ -39,9 +42,9 @@ def use_gpu() -> bool:
     return _faiss().get_num_gpus() > 0
 
 
-def as_float32(x: np.ndarray, rows: slice, normalise: bool = False) -> np.ndarray:
-    """Rows of `x` as a C-contiguous float32 array, L2-normalised on request (a zero row
-    stays zero)."""
+def as_float32(x: np.ndarray, rows, normalise: bool = False) -> np.ndarray:
+    """Rows of `x` (a slice or an index array) as a C-contiguous float32 array,
+    L2-normalised on request (a zero row stays zero)."""
     block = np.ascontiguousarray(x[rows], dtype=np.float32)
     if normalise:
         norms = np.linalg.norm(block, axis=1, keepdims=True)
@@ -72,8 +75,9 @@ def kmeans(x: np.ndarray, k: int, seed: int, spherical: bool = False,
     rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False)) if sample < n else None
     train = float32_copy(x if rows is None else x[rows], normalise=spherical)
     faiss = _faiss()
+    # min_points_per_centroid 1: below 39 rows per centroid FAISS would print a warning to stdout
     km = faiss.Kmeans(d, k, niter=iterations, seed=seed, spherical=spherical, gpu=use_gpu(),
-                      max_points_per_centroid=MAX_POINTS_PER_CENTROID, verbose=False)
+                      min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID, verbose=False)
     km.train(train)
     return np.array(km.centroids, dtype=np.float32).reshape(k, d)
 
@@ -126,10 +130,10 @@ def knn_graph(x: np.ndarray, k: int, seed: int, normalise: bool = False,
     if not 1 <= k < n:
         raise ValueError(f"kNN graph: k must be in [1, {n - 1}] (the number of rows - 1), got {k}")
     faiss = _faiss()
-    vectors = float32_copy(x, normalise)
     neighbours = np.empty((n, k), dtype=np.int64)
     distances = np.empty((n, k), dtype=np.float32)
     if n <= exact_max:
+        vectors = float32_copy(x, normalise)
         index = _index(faiss, faiss.IndexFlatL2(d))
         index.add(vectors)
         for rows in chunks(n):
@@ -138,9 +142,9 @@ def knn_graph(x: np.ndarray, k: int, seed: int, normalise: bool = False,
             neighbours[rows], distances[rows] = _select_neighbours(found, squared, own, k)
         return neighbours, distances
     if centroids is None:
-        centroids = kmeans(vectors, max(1, round(CELLS_PER_SQRT_N * math.sqrt(n))), seed, spherical=normalise)
+        centroids = kmeans(x, max(1, round(CELLS_PER_SQRT_N * math.sqrt(n))), seed, spherical=normalise)
     centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-    cell = nearest_centroid(vectors, centroids)
+    cell = nearest_centroid(x, centroids, normalise)
     by_cell = np.argsort(cell, kind="stable")
     starts = np.searchsorted(cell[by_cell], np.arange(len(centroids) + 1))
     between = faiss.IndexFlatL2(d)
@@ -152,8 +156,8 @@ def knn_graph(x: np.ndarray, k: int, seed: int, normalise: bool = False,
             continue
         candidates = np.concatenate([by_cell[starts[b]:starts[b + 1]] for b in near_cells[c] if b >= 0])
         index = faiss.IndexFlatL2(d)
-        index.add(vectors[candidates])
-        squared, found = index.search(vectors[members], min(k + 1, len(candidates)))
+        index.add(as_float32(x, candidates, normalise))  # the cell's block, read from the file
+        squared, found = index.search(as_float32(x, members, normalise), min(k + 1, len(candidates)))
         found = np.where(found >= 0, candidates[np.maximum(found, 0)], -1)
         if found.shape[1] < k + 1:  # fewer candidates than k + 1
             pad = k + 1 - found.shape[1]

@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pruning import dedup
+from pruning import dedup, knn
 
 
 def unit64(embeddings):
@@ -140,7 +140,7 @@ def test_no_duplicates_and_zero_rows():
     x[5] = 0  # an all-zero embedding is similar to nothing, not NaN
     result = dedup.deduplicate(x, 0.5, clusters=2)
     assert result.num_groups == 0 and not result.removed.any() and len(result.index) == 0
-    assert np.isfinite(dedup.normalised(x)).all()
+    assert np.isfinite(knn.float32_copy(x, normalise=True)).all()
 
 
 def test_nearest_neighbours_match_brute_force():
