@@ -1,11 +1,18 @@
 """Check a pruning report as a person sees it: open its index.html in headless Chromium,
-fail on any image that does not load and on any element wider than the page, and save a
-screenshot of the top of the page.
+fail on any image that does not load and on any element that makes the page scroll
+sideways, and save a screenshot of the top of the page.
 
     python scripts/check_report_page.py REPORT_DIR [--screenshot PNG] [--width 1300] [--height 1600]
 
-Exit code 0: every image loaded and nothing is wider than the window; 1: the problems are
-listed; 2: no Chromium, or no report. The report is not modified: the check runs on a
+An element counts as too wide when it reaches beyond the window and no ancestor holds it
+in (overflow-x visible all the way up), or when it reaches beyond an ancestor that cuts
+it off (overflow-x hidden or clip). Inside a scrolling container (overflow-x auto or
+scroll, the report's `.wide` tables) it may be as wide as it likes: that container
+scrolls, not the page, and the container itself is checked like any other element. How
+many such containers scroll is printed, not counted as a problem.
+
+Exit code 0: every image loaded and nothing makes the page scroll sideways or is cut
+off; 1: the problems are listed; 2: no Chromium, or no report. The report is not modified: the check runs on a
 copy with a small script added (it writes what it measured into the page, which
 Chromium's --dump-dom prints). Needs Debian's `chromium` (or --chromium PATH); no
 network, no Python package beyond the project's.
@@ -42,17 +49,43 @@ PROBE = """<script>(function () {
     var images = Array.prototype.slice.call(document.images);
     var broken = images.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
                        .map(function (i) { return i.getAttribute("src"); });
-    var wide = [];
+    // The nearest ancestor that does not let its content spill out sideways (overflow-x
+    // other than visible), or null: inside a scrolling one (auto, scroll) an element may be
+    // as wide as it likes; a clipping one (hidden, clip) cuts it off.
+    function container(el) {
+      for (var up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+        if (getComputedStyle(up).overflowX !== "visible") { return up; }
+      }
+      return null;
+    }
+    var wide = [], scrolling = [];
     Array.prototype.forEach.call(document.body.querySelectorAll("*"), function (el) {
       var r = el.getBoundingClientRect();
-      if (r.width > 0 && (r.right > width + 0.5 || r.left < -0.5)) {
-        wide.push({element: describe(el), left: Math.round(r.left), right: Math.round(r.right)});
+      if (r.width <= 0) { return; }
+      var own = getComputedStyle(el).overflowX;
+      if ((own === "auto" || own === "scroll") && el.scrollWidth > el.clientWidth + 1) {
+        scrolling.push(describe(el));
+      }
+      var box = container(el);
+      if (box === null) {
+        if (r.right > width + 0.5 || r.left < -0.5) {
+          wide.push({element: describe(el), left: Math.round(r.left), right: Math.round(r.right)});
+        }
+        return;
+      }
+      var overflow = getComputedStyle(box).overflowX;
+      var b = box.getBoundingClientRect();
+      if (overflow !== "auto" && overflow !== "scroll" && (r.right > b.right + 0.5 || r.left < b.left - 0.5)) {
+        wide.push({element: describe(el), left: Math.round(r.left), right: Math.round(r.right),
+                   cut: describe(box) + " (overflow-x: " + overflow + ")", boxLeft: Math.round(b.left),
+                   boxRight: Math.round(b.right)});
       }
     });
     var out = document.createElement("pre");
     out.id = "%s";
     out.textContent = JSON.stringify({width: width, scrollWidth: document.documentElement.scrollWidth,
-                                      images: images.length, broken: broken, wide: wide});
+                                      images: images.length, broken: broken, wide: wide,
+                                      scrolling: scrolling});
     document.body.appendChild(out);
   }
   if (document.readyState === "complete") { run(); } else { window.addEventListener("load", run); }
@@ -104,7 +137,9 @@ def measure(report_dir: str, browser: str, width: int, height: int) -> dict:
 def problems(result: dict) -> List[str]:
     """The problems a person would see, one line each."""
     found = [f"image does not load: {src}" for src in result["broken"]]
-    found += [f"{w['element']} reaches {w['left']}..{w['right']} px, beyond the {result['width']} px page"
+    found += [f"{w['element']} reaches {w['left']}..{w['right']} px, cut off by {w['cut']} at "
+              f"{w['boxLeft']}..{w['boxRight']} px" if "cut" in w else
+              f"{w['element']} reaches {w['left']}..{w['right']} px, beyond the {result['width']} px page"
               for w in result["wide"]]
     if result["scrollWidth"] > result["width"] and not result["wide"]:
         found.append(f"the page scrolls sideways: {result['scrollWidth']} px wide in a {result['width']} px window")
@@ -160,7 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{os.path.join(args.report, 'index.html') if not args.report.endswith('.html') else args.report}: "
               f"{line}")
     print(f"{result['images']} images, {len(result['broken'])} not loaded; {len(result['wide'])} elements wider "
-          f"than the {result['width']} px page" + (f"; screenshot {args.screenshot}" if args.screenshot else ""))
+          f"than the {result['width']} px page or cut off; {len(result['scrolling'])} boxes scroll sideways "
+          f"inside it" + (f"; screenshot {args.screenshot}" if args.screenshot else ""))
     return 1 if found else 0
 
 

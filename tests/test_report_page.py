@@ -1,6 +1,6 @@
 """The report as a person sees it: index.html opened in headless Chromium by
 scripts/check_report_page.py, which fails on an image that does not load or an element
-wider than the page, and saves a screenshot."""
+that makes the page scroll sideways (or is cut off), and saves a screenshot."""
 import os
 import shutil
 import subprocess
@@ -24,12 +24,14 @@ def check(report_dir, *extra):
     return done.returncode, done.stdout + done.stderr
 
 
-SEVEN = ["dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random"]  # not the embedding methods
+# every method: the seven from training dynamics and the four from the embeddings
+ELEVEN = ["dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random",
+          "moderate", "prototype", "kcenter", "d2"]
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    """A report with every section: seven methods, relabelled images, accuracies, embeddings."""
+    """A report with every section: all eleven methods, relabelled images, accuracies, embeddings."""
     tmp = tmp_path_factory.mktemp("page")
     make_image_tree(str(tmp / "data"), num_classes=4, per_class=10, size=(24, 20))
     listing = tmp / "data" / "file_list.txt"
@@ -45,7 +47,7 @@ def page(tmp_path_factory):
     out = tmp / "report"
     code, _, err = run_main(report.main, ["--input", tmp / "run", "--dataset_file_list", listing, "--output", out,
                                           "--window", 3, "--fraction", 0.5, 0.3, "--flipped", tmp / "flipped.npy",
-                                          "--accuracy", curve, "--method", *SEVEN])
+                                          "--accuracy", curve, "--method", *ELEVEN])
     assert code == 0, err
     assert (out / "projection.png").exists()
     return out
@@ -55,7 +57,8 @@ def test_page_loads_every_image_and_fits(page, tmp_path):
     shot = tmp_path / "shot.png"
     code, out = check(page, "--screenshot", shot, "--width", 1000, "--height", 900)
     assert code == 0, out
-    assert "0 not loaded; 0 elements wider than the 1000 px page" in out
+    # and nothing has to be scrolled sideways: the 11 x 11 Spearman table's heads are turned to fit
+    assert "0 not loaded; 0 elements wider than the 1000 px page or cut off; 0 boxes scroll sideways" in out
     with Image.open(shot) as image:
         assert image.format == "PNG" and image.size == (1000, 900)
         # the top of the page is drawn: not one flat colour
@@ -68,11 +71,17 @@ def test_page_problems_are_found(page, tmp_path):
     shutil.copytree(page, broken)
     os.remove(broken / "spearman.png")
     index = broken / "index.html"
-    index.write_text(index.read_text().replace("</body>", '<div id="too-wide" style="width:3000px">x</div></body>'))
+    index.write_text(index.read_text().replace("</body>", '<div id="too-wide" style="width:3000px">x</div>'
+                                               '<div style="overflow-x:auto"><div id="scrolls" style="width:3000px">'
+                                               'y</div></div><div id="clips" style="overflow-x:hidden;width:200px">'
+                                               '<div id="cut" style="width:600px">z</div></div></body>'))
     code, out = check(broken)
     assert code == 1, out
     assert "image does not load: spearman.png" in out
     assert "div#too-wide reaches" in out and "beyond the 1300 px page" in out
+    assert "div#cut reaches" in out and "cut off by div#clips (overflow-x: hidden)" in out
+    assert "div#scrolls" not in out  # inside a scrolling container: that scrolls, not the page
+    assert "2 elements wider than the 1300 px page or cut off; 1 boxes scroll sideways inside it" in out
 
 
 def test_no_report_is_refused(tmp_path):
