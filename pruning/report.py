@@ -323,7 +323,8 @@ th{background:#f0f0f0}td.l,th.l{text-align:left}img{max-width:100%;border:1px so
 h2{border-bottom:1px solid #ccc;padding-top:12px}.note{color:#555;font-size:90%}.wide{overflow-x:auto}
 .reading{background:#f6f8fa;border-left:4px solid #1f77b4;padding:8px 12px;max-width:1000px}
 nav ul{columns:2;max-width:700px}tr.best td{font-weight:bold}tr.full td{background:#f4f4f4}
-tr.first td{border-top:2px solid #888}td{white-space:nowrap}"""
+tr.first td{border-top:2px solid #888}td{white-space:nowrap}
+th.turned{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;padding:8px 3px}"""
 
 LEFT = ' class="l"'
 SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against produce epochs"),
@@ -335,9 +336,14 @@ SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and co
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
-           row_classes: Optional[Sequence[str]] = None) -> str:
+           row_classes: Optional[Sequence[str]] = None, turned_heads: bool = False) -> str:
+    """An HTML table in a sideways-scrolling `.wide` box: the first `left` columns
+    left-aligned; with `turned_heads`, the other columns' heads read bottom to top (a
+    square matrix of methods, whose long names would otherwise set each column's width)."""
     def cells(values, tag):
-        return "".join(f"<{tag}{LEFT if i < left else ''}>{html.escape(str(v))}</{tag}>" for i, v in enumerate(values))
+        turned = ' class="turned"' if turned_heads and tag == "th" else ""
+        return "".join(f"<{tag}{LEFT if i < left else turned}>{html.escape(str(v))}</{tag}>"
+                       for i, v in enumerate(values))
 
     def tr(i: int) -> str:
         kind = row_classes[i] if row_classes and row_classes[i] else ""
@@ -477,7 +483,8 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
             "methods' scores (average ranks for ties; images never seen, scored NaN, ranked last).</p>",
             _img("spearman.png", "Spearman rank correlation"),
             _table(["Spearman"] + methods, [[a] + [figures.number(v, ".3f") if isinstance(v, float) else v
-                                                   for v in row] for a, row in zip(methods, numbers["spearman"])]),
+                                                   for v in row] for a, row in zip(methods, numbers["spearman"])],
+                   turned_heads=True),
             "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
     out += [_img(f"overlap_{f}.png", f"overlap at {f}") for f in fractions]
     out += projection.projection_html(numbers.get("projection"), _heading("projection"))
