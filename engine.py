@@ -47,13 +47,15 @@ class StepContext:
     accumulation_steps: int = 1
     clip_grad: float = 0.0
     mixup: Optional[Callable] = None
+    pruner: Optional["object"] = None  # pruning.dynamic_prune.DynamicPruner (TRAIN.DYNAMIC_PRUNE)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], ctx: StepContext, epoch: int,
                     device: torch.device, print_freq: int = 10, recorder=None,
                     recorder_model: Optional[nn.Module] = None) -> Dict[str, float]:
     """One pass over `loader`. With a recorder, each batch's ``eval_images`` go through
-    `recorder_model` (the model without its DDP wrapper) before the update.
+    `recorder_model` (the model without its DDP wrapper) before the update. With
+    ``ctx.pruner`` (dynamic pruning), the loss is its weighted mean of per-sample losses.
 
     A NaN or infinite loss raises TrainingDiverged naming the epoch and the first bad
     step; it is detected at the next print_freq read-back (the last step is always one),
@@ -84,7 +86,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
         with sync:
             with ctx.autocast():
                 output = model(images)
-                loss = ctx.criterion(output, targets)
+                if ctx.pruner is None:
+                    loss = ctx.criterion(output, targets)
+                else:
+                    loss = ctx.pruner.weighted_loss(ctx.criterion, output, targets, labels,
+                                                    batch["indices"].to(device, non_blocking=True))
             scaled = loss / ctx.accumulation_steps
             if ctx.scaler is not None:
                 ctx.scaler.scale(scaled).backward()

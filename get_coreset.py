@@ -152,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     # the embeddings are checked before any scoring
     embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
     t0 = time.perf_counter()
-    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params)
+    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params,
+                           embedded=plan.embedded)
     duplicates, pool = None, None  # pool: the lines methods select from (all when None)
     if embeddings is not None:
         dedup_started = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.build import build_eval_view_loader, build_train_loader, build_val_loader, load_file_lists
+from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
@@ -30,14 +30,15 @@ from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
 from pruning import embeddings
-from pruning.history import history_dir
+from pruning.dynamic_prune import DynamicPruner, plan_images, plan_pruned_epoch
+from pruning.dynamic_prune import check_config as check_prune_config
+from pruning.produce_run import make_embedder, make_tracker, stop_now
 from pruning.recorder import PredictionRecorder
-from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, effective_window
+from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
                               save_checkpoint)
 from utils.config import load_config
-from utils.distributed import (DistInfo, all_reduce_, barrier, broadcast_buffers_, cleanup, first_error,
-                               init_distributed, is_primary)
+from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
 from utils.io import atomic_write_text
 from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
 from utils.lr_scheduler import LRScheduler
@@ -89,7 +90,8 @@ def setup_config(args: argparse.Namespace, produce: bool = False):
     if config.TRAIN.KEEP_CHECKPOINTS < 0:
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
-    problems = check_config(config.PRODUCE) + (embeddings.check_config(config) if produce else [])
+    problems = (check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
+                + (embeddings.check_config(config) if produce else []))
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -167,6 +169,7 @@ def checkpoint_state(config, epoch: int, model: nn.Module, ctx: StepContext, met
         "epoch": epoch,
         "config": config.dump(),
         "metrics": metrics,
+        **({"dynamic_prune": ctx.pruner.state_dict()} if ctx.pruner is not None else {}),
     }
 
 
@@ -188,6 +191,12 @@ def resume(config, model: nn.Module, ctx: StepContext) -> Tuple[int, dict]:
         ctx.scheduler.load_state_dict(state["lr_scheduler"])
         if ctx.scaler is not None and state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
+        if ctx.pruner is not None:
+            if "dynamic_prune" in state:
+                ctx.pruner.load_state_dict(state["dynamic_prune"], path)
+            else:
+                logger.warning(f"{path} holds no dynamic-pruning scores (a run without TRAIN.DYNAMIC_PRUNE): "
+                               f"scores start from the resumed epoch")
     logger.info(f"resumed from {path} (epoch {state['epoch']})")
     return int(state["epoch"]) + 1, dict(state.get("metrics") or {})
 
@@ -232,8 +241,10 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
     batches = (len(data.train) // dist_info.world_size) // config.DATA.BATCH_SIZE_TRAIN
     updates_per_epoch = -(-batches // config.TRAIN.ACCUMULATION_STEPS)
     scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
+    pruner = DynamicPruner(config.TRAIN.DYNAMIC_PRUNE, len(data.train), config.TRAIN.EPOCHS, config.SEED,
+                           device) if config.TRAIN.DYNAMIC_PRUNE.ENABLE else None
     ctx = StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
-                      config.TRAIN.CLIP_GRAD, mixup)
+                      config.TRAIN.CLIP_GRAD, mixup, pruner)
     start_epoch, resumed = resume(config, model, ctx)
 
     # Training runs through DDP when distributed; the recorder and validation use the
@@ -287,49 +298,6 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
             tracker.close()
 
 
-def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
-    """Rank 0's coreset stability tracker (PRODUCE.TRACK_*), None where nothing can be tracked."""
-    produce = config.PRODUCE
-    window = effective_window(produce.TRACK_WINDOW, config.TRAIN.EPOCHS)
-    if not produce.TRACK_FRACTIONS or not window:
-        why = "PRODUCE.TRACK_FRACTIONS is empty" if not produce.TRACK_FRACTIONS else (
-            f"{config.TRAIN.EPOCHS} epochs give no dynamic-uncertainty window")
-        logger.info(f"coreset stability is not tracked: {why}")
-        if produce.STOP_WHEN_STABLE.ENABLE:
-            logger.warning("PRODUCE.STOP_WHEN_STABLE cannot stop a run whose stability is not tracked")
-        return None
-    if window != produce.TRACK_WINDOW:
-        logger.info(f"coreset stability: window {window} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW} is more than "
-                    f"{config.TRAIN.EPOCHS} epochs allow)")
-    return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
-
-
-def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> Optional[embeddings.EmbeddingRecorder]:
-    """Produce mode's embedding recorder (PRODUCE.EMBED_DIM, PRODUCE.EMBED_EPOCHS), None
-    for EMBED_DIM 0."""
-    produce = config.PRODUCE
-    if not produce.EMBED_DIM:
-        return None
-    epochs = embeddings.embed_epochs(produce.EMBED_EPOCHS, config.TRAIN.EPOCHS)
-    if produce.STOP_WHEN_STABLE.ENABLE:
-        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
-                    f"stable before them has none")
-    return embeddings.EmbeddingRecorder(
-        model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
-        dist_info.device, forward_model=fwd_model,
-        rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
-        autocast=ctx.autocast)
-
-
-def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
-    """Rank 0 decides from its metrics (the only rank with the stability keys); every rank
-    learns the decision from one scalar all-reduce."""
-    if stop_rule is None:
-        return False
-    flag = torch.tensor(int(stop_rule.update(record)) if is_primary() else 0, device=device)
-    return bool(all_reduce_(flag).item())
-
-
 def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
         validate, tracker: Optional[StabilityTracker] = None, stop_rule: Optional[StopWhenStable] = None) -> dict:
     metrics_log = MetricsLog(config.OUTPUT)
@@ -349,12 +317,16 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     record = {}
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         seed_everything(config.SEED, epoch, dist_info.rank)
+        plan = plan_pruned_epoch(config, ctx.pruner, ctx.scheduler, epoch, len(data.train), dist_info.world_size)
         loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
-                                    dist_info.device_id, eval_view=produce)
+                                    dist_info.device_id, eval_view=produce,
+                                    epoch_order=plan.order if plan is not None else None)
         if recorder is not None:
             recorder.start_epoch(epoch)
         stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
                                 recorder=recorder, recorder_model=fwd_model)
+        if ctx.pruner is not None:
+            ctx.pruner.end_epoch()
         broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
         # Validation before the history is written: its embeddings go before prob_{epoch}.
         val_metrics = {}
@@ -366,6 +338,9 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                 embedder.finish(epoch, "val_embed", len(data.val))
         stability = recorder.end_epoch(epoch) if recorder is not None else {}
         record = {"epoch": epoch, **stats, **stability, **val_metrics}
+        if plan is not None:
+            record.update(images_seen=plan_images(config, plan, dist_info.world_size),
+                          prune_candidates=plan.candidates, prune_dropped=plan.dropped)
         if val_loader is not None:
             best = max(best, record["acc1"])
             record["best_acc1"] = best

@@ -4,10 +4,12 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
+
 from data.datasets import dataset_info
 from data.file_list import FileList, read_coreset, read_file_list
 from data.pipeline import DaliLoader, ViewSpec
-from data.reader import BatchReader, eval_shard, pipeline_seed, train_shard
+from data.reader import BatchReader, eval_shard, pipeline_seed, shard, train_shard
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +72,17 @@ def _loader(config, file_list: FileList, order, batch_size: int, spec: ViewSpec,
 
 
 def build_train_loader(config, file_list: FileList, epoch: int, rank: int, world_size: int,
-                       device_id: Optional[int], eval_view: bool = False) -> DaliLoader:
+                       device_id: Optional[int], eval_view: bool = False,
+                       epoch_order: Optional[np.ndarray] = None) -> DaliLoader:
     """The training loader of one epoch; its order and augmentation depend only on
-    (SEED, epoch, rank, world size), so a resumed run repeats an uninterrupted one."""
+    (SEED, epoch, rank, world size), so a resumed run repeats an uninterrupted one.
+    `epoch_order`: the epoch's order over all ranks (dynamic pruning's kept samples),
+    instead of the permutation of the whole list; sharded by the same rule."""
     batch_size = config.DATA.BATCH_SIZE_TRAIN
-    order = train_shard(len(file_list), config.SEED, epoch, rank, world_size, batch_size)
+    if epoch_order is None:
+        order = train_shard(len(file_list), config.SEED, epoch, rank, world_size, batch_size)
+    else:
+        order = shard(epoch_order, rank, world_size, batch_size)
     spec = ViewSpec(
         img_size=config.DATA.IMG_SIZE, interpolation=config.DATA.INTERPOLATION, train=True, eval_view=eval_view,
         auto_augment=config.AUG.AUTO_AUGMENT, hflip=config.AUG.HORIZONTAL_FLIP,

@@ -5,7 +5,9 @@ resumed at epoch E sees exactly the data an uninterrupted run sees at epoch E.
 
 - Training: one permutation of all N samples per epoch, the same on every rank; rank r
   takes the slice [r*S, (r+1)*S) with S = N // world_size, then only full batches
-  (drop-last). The remainder is not seen that epoch (as in the paper's code).
+  (drop-last). The remainder is not seen that epoch (as in the paper's code). With
+  dynamic pruning (pruning/dynamic_prune.py) the epoch's order is a permutation of the
+  kept samples instead, sharded by the same rule.
 - Evaluation: every sample exactly once; rank r takes samples r, r+W, r+2W, ...; the
   last batch of a rank may be smaller. No padding, no duplicates.
 """
@@ -27,8 +29,9 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
     return rng.permutation(num_samples).astype(dtype, copy=False)
 
 
-def train_shard(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, batch_size: int) -> np.ndarray:
-    """The sample indices rank `rank` trains on in `epoch`, in order (full batches only)."""
+def shard_length(num_samples: int, world_size: int, batch_size: int) -> int:
+    """How many samples each rank trains on in an epoch over `num_samples` (full batches
+    of its equal share only); ValueError if that is not even one batch."""
     per_rank = num_samples // world_size
     used = (per_rank // batch_size) * batch_size
     if used == 0:
@@ -36,8 +39,21 @@ def train_shard(num_samples: int, seed: int, epoch: int, rank: int, world_size: 
             f"{num_samples} training samples over {world_size} process(es) give fewer than one "
             f"full batch of {batch_size} per process; lower DATA.BATCH_SIZE_TRAIN"
         )
-    perm = epoch_permutation(num_samples, seed, epoch)
-    return perm[rank * per_rank : rank * per_rank + used]
+    return used
+
+
+def shard(order: np.ndarray, rank: int, world_size: int, batch_size: int) -> np.ndarray:
+    """Rank `rank`'s part of an epoch's `order` (the same array on every rank): the slice
+    [r*S, r*S + used) with S = len(order) // world_size (drop-last, shard_length)."""
+    used = shard_length(len(order), world_size, batch_size)
+    per_rank = len(order) // world_size
+    return order[rank * per_rank : rank * per_rank + used]
+
+
+def train_shard(num_samples: int, seed: int, epoch: int, rank: int, world_size: int, batch_size: int) -> np.ndarray:
+    """The sample indices rank `rank` trains on in `epoch`, in order (full batches only)."""
+    shard_length(num_samples, world_size, batch_size)  # refuse before drawing the permutation
+    return shard(epoch_permutation(num_samples, seed, epoch), rank, world_size, batch_size)
 
 
 def eval_shard(num_samples: int, rank: int, world_size: int) -> np.ndarray:

@@ -276,7 +276,19 @@ def record_loader(hdir: str, prob_paths: Sequence[str], num_samples: int,
 
 def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
     """The first record file that `method` reads and `hdir` lacks, or None (prob files are
-    not checked: contiguous_epoch_files found every epoch's)."""
+    not checked: contiguous_epoch_files found every epoch's). An embedding method: its
+    epoch's embed_{epoch}.npy (params.embed_epoch, None if `hdir` holds none), then the
+    records of the methods whose scores it reads."""
+    if METHODS[method].embed is not None:
+        epoch = params.embed_epoch
+        path = embed_path(hdir, "<epoch>" if epoch is None else epoch)
+        if epoch is None or not os.path.exists(path):
+            return path
+        for used in METHODS[method].uses(params):
+            path = missing_record(hdir, used, params, num_epochs)
+            if path is not None:
+                return path
+        return None
     for kind in METHODS[method].needs:
         if kind == "prob":
             continue
@@ -292,6 +304,9 @@ def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_ep
     every record file that `methods` read."""
     for name in methods:
         path = missing_record(hdir, name, params, num_epochs)
+        if path is not None and os.path.basename(path).startswith("embed_"):
+            raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; a produce run "
+                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0)")
         if path is not None:
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "

@@ -149,7 +149,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
         add_leakage(embedding_files, embedding_numbers, args, plan.hdir, file_list, thumbnail)
 
     started = time.perf_counter()
-    scores = score_history(methods, num_epochs, n, load, plan.params)
+    scores = score_history(methods, num_epochs, n, load, plan.params, embedded=plan.embedded)
     scored = time.perf_counter()
     orders = {m: MethodOrder.of(scores.pop(m), plan.selection.seed) for m in methods}
     reference = min(fractions, key=lambda f: (abs(float(f) - 0.5), -float(f)))  # the curves' and tables' fraction

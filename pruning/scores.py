@@ -10,6 +10,12 @@ in a statistic's range scores NaN, which ranks below every number (select.py).
 A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
 and one row in METHODS; a flag of its own is a MethodFlag in that row (get_coreset.py
 and report.py take it through pruning/scoring_plan.py, which names no method).
+
+A method of the embeddings (needs ("embed",): moderate, prototype, kcenter, d2) is a row
+with `embed`, a function of (embeddings, labels, parameters, other methods' scores)
+(pruning/embedding_scores.py), and `uses`, the methods whose scores it reads (d2's
+--d2-score): those are scored in the same pass, and the embeddings are loaded once, by
+the caller's `embedded()`, for every such method, after the pass.
 """
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +24,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import numpy as np
 
 from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_scores, max_window
+from pruning.embedding_scores import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, check_gamma, d2_scores,
+                                      kcenter_scores, moderate_scores, prototype_scores)
 
 # Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
 # (numpy releases the GIL), every accumulator on a chunk before the next, so that its
@@ -250,6 +258,12 @@ class Method:
     flags: Tuple[MethodFlag, ...] = ()
     # The epochs whose records it may read, given its resolved parameters and K (None: all).
     epochs: Optional[Callable[[ScoreParams, int], Sequence[int]]] = None
+    # A method scored from one epoch's embeddings (needs ("embed",)): (embeddings N x D,
+    # labels, parameters, the scores of the methods `uses` names) -> scores. The plan
+    # loads the embeddings once for every such method.
+    embed: Optional[Callable[[np.ndarray, np.ndarray, ScoreParams, Mapping[str, np.ndarray]], np.ndarray]] = None
+    # The other methods whose scores it reads, given its resolved parameters.
+    uses: Callable[[ScoreParams], Sequence[str]] = lambda params: ()
 
 
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
@@ -326,6 +340,70 @@ def _dynunc(probs: Iterable[Optional[np.ndarray]], n: int, params: ScoreParams) 
 
 
 DEFAULT_METHOD = "dynunc"  # the paper's
+
+
+def _embed_epoch(value: Optional[int], given: Mapping[str, object], num_epochs: int, where: str) -> Optional[int]:
+    """--embed-epoch: the epoch whose embeddings are read; not given, the last recorded one
+    (None if `where` holds none: the plan then names the missing file)."""
+    from pruning.history import list_embed_epochs  # history.py imports this module
+
+    recorded = list_embed_epochs(where)
+    if value is None:
+        return recorded[-1] if recorded else None
+    if value not in recorded:
+        held = f"epochs {', '.join(map(str, recorded))}" if recorded else "no epoch"
+        raise ValueError(f"--embed-epoch {value}: {where} holds embeddings (embed_{{epoch}}.npy) for {held}")
+    return value
+
+
+def _at_least_one(flag: str, default: Optional[int] = None):
+    def resolve(value: Optional[int], given: Mapping[str, object], num_epochs: int, where: str) -> Optional[int]:
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+        return default if value is None else value
+    return resolve
+
+
+def _gamma(flag: str, default: float):
+    def resolve(value: Optional[float], given: Mapping[str, object], num_epochs: int, where: str) -> float:
+        return check_gamma(flag, default if value is None else value)
+    return resolve
+
+
+def _d2_score(value: Optional[str], given: Mapping[str, object], num_epochs: int, where: str) -> str:
+    """--d2-score: a method of the table that reads no other method's scores (dynunc if not given)."""
+    value = DEFAULT_METHOD if value is None else value
+    if value not in METHODS:
+        raise ValueError(f"--d2-score: unknown method {value!r}; known: {', '.join(METHODS)}")
+    if METHODS[value].uses(ScoreParams(d2_score=DEFAULT_METHOD)):
+        raise ValueError(f"--d2-score {value}: d2 passes a method's own score; {value} reads another method's")
+    return value
+
+
+EMBED_EPOCH_FLAG = MethodFlag(
+    "--embed-epoch", "embed_epoch", "moderate, prototype, kcenter and d2: the epoch whose recorded embeddings "
+    "(embed_{epoch}.npy) are read; default the last one recorded", _embed_epoch, {"type": int, "metavar": "E"})
+PROTOTYPE_FLAGS = (EMBED_EPOCH_FLAG, MethodFlag(
+    "--prototypes", "prototypes", "prototype: the number of k-means centroids (default: the number of classes "
+    "of the list)", _at_least_one("--prototypes"), {"type": int, "metavar": "K"}))
+D2_FLAGS = (
+    EMBED_EPOCH_FLAG,
+    MethodFlag("--d2-score", "d2_score", f"d2: the method whose score is the difficulty passed over the graph "
+               f"(default {DEFAULT_METHOD})", _d2_score, {"metavar": "METHOD"}),
+    MethodFlag("--knn", "knn", f"d2: neighbours per sample in the kNN graph (default {D2_KNN}, the authors')",
+               _at_least_one("--knn", D2_KNN), {"type": int, "metavar": "K"}),
+    MethodFlag("--d2-gamma-forward", "d2_gamma_forward", f"d2: forward messages weigh a neighbour's score by "
+               f"exp(-gamma d) (default {D2_GAMMA_FORWARD})", _gamma("--d2-gamma-forward", D2_GAMMA_FORWARD),
+               {"type": float, "metavar": "GAMMA"}),
+    MethodFlag("--d2-gamma-reverse", "d2_gamma_reverse", f"d2: a pick lowers its neighbours' scores by "
+               f"exp(-gamma d) x its own (default {D2_GAMMA_REVERSE})", _gamma("--d2-gamma-reverse", D2_GAMMA_REVERSE),
+               {"type": float, "metavar": "GAMMA"}),
+)
+
+
+def _num_classes(labels: np.ndarray) -> int:
+    return int(np.max(labels)) + 1 if len(labels) else 1
+
 METHODS: Dict[str, Method] = {
     "dynunc": Method(("prob",), "mean over sliding windows of J epochs of 10 x std(p(true label), ddof 1)",
                      "He et al. 2023, this paper", axis="dynamic uncertainty (unitless: 10 x a std of p(true label))",
@@ -352,6 +430,24 @@ METHODS: Dict[str, Method] = {
                          make=lambda n, p, k: SeenMean(n, "prob", finish=lambda m: 1.0 - m)),
     "random": Method((), "a uniform random draw from --seed", "baseline", axis="uniform draw (0 to 1)",
                      make=lambda n, p, k: UniformRandom(n, p.seed)),
+    "moderate": Method(("embed",), "-|2r - (N-1)|, r the rank of the distance to the class's coordinate-wise median "
+                       "embedding: the band around the median distance", "Xia et al. 2023",
+                       axis="closeness to the median distance (minus twice the rank's distance from the median rank)",
+                       embed=lambda e, y, p, s: moderate_scores(e, y, p.seed), flags=(EMBED_EPOCH_FLAG,)),
+    "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids); no "
+                        "labels", "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
+                        embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed),
+                        flags=PROTOTYPE_FLAGS),
+    "kcenter": Method(("embed",), "greedy k-center pick order (farthest from the picked first), N - position; "
+                      "within k-means clusters above 2048 samples", "Sener and Savarese 2018",
+                      axis="k-center pick order (N - position, 1 to N)",
+                      embed=lambda e, y, p, s: kcenter_scores(e, p.seed), flags=(EMBED_EPOCH_FLAG,)),
+    "d2": Method(("embed",), "D2 pick order over a kNN graph of the embeddings: --d2-score passed forward, greedy "
+                 "picks with reverse messages; N - position", "Maharana et al. 2024",
+                 axis="D2 pick order (N - position, 1 to N)",
+                 embed=lambda e, y, p, s: d2_scores(e, s[p.d2_score], p.knn, p.d2_gamma_forward, p.d2_gamma_reverse,
+                                                    p.seed, what=f"--d2-score {p.d2_score}"),
+                 uses=lambda p: (p.d2_score,), flags=D2_FLAGS),
 }
 
 
@@ -361,17 +457,32 @@ def resolve_defaults(names: Sequence[str], params: ScoreParams, num_epochs: int,
     resolved by its flag (given: the flags' values as parsed; by default `params`')."""
     values = params.values()
     given = values if given is None else given
-    for name in names:
+    pending, done = list(names), set()
+    while pending:  # the methods asked for, then the ones whose scores they read
+        name = pending.pop(0)
+        if name in done:
+            continue
+        done.add(name)
         for flag in METHODS[name].flags:
             if values.get(flag.param) is None:
                 values[flag.param] = flag.resolve(given.get(flag.param), given, num_epochs, where)
+        pending.extend(METHODS[name].uses(ScoreParams(**values)))
     return ScoreParams(**values)
+
+
+def with_inputs(names: Sequence[str], params: ScoreParams) -> List[str]:
+    """`names` and, after them, the methods whose scores they read (`uses`) that are not
+    among them: every method one pass must score. `params`: resolved."""
+    scored = list(names)
+    for name in names:
+        scored += [used for used in METHODS[name].uses(params) if used not in scored]
+    return scored
 
 
 def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int]:
     """The epochs whose files method `name` reads."""
     method = METHODS[name]
-    if not method.needs:
+    if not method.needs or method.embed is not None:  # an embedding method reads no epoch record
         return ()
     if method.epochs is not None:
         return method.epochs(resolve_defaults([name], params, num_epochs), num_epochs)
@@ -380,19 +491,23 @@ def epochs_read(name: str, params: ScoreParams, num_epochs: int) -> Sequence[int
 
 def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
                   load: Callable[[int, str], np.ndarray], params: ScoreParams,
-                  threads: Optional[int] = None) -> Dict[str, np.ndarray]:
+                  threads: Optional[int] = None,
+                  embedded: Optional[Callable[[], Tuple[np.ndarray, np.ndarray]]] = None) -> Dict[str, np.ndarray]:
     """Scores of every method in `names` ({name: float64 array of length N}) from one
     pass over the epochs. `load(epoch, kind)` reads one record file; each is read at
     most once. At most one method may be a stream method (dynunc): it pulls the epochs,
     and the others are fed as each epoch goes by (while the stream's threads score the
-    previous epoch). `threads` (default: the usable cores) update the accumulators."""
+    previous epoch). `threads` (default: the usable cores) update the accumulators.
+    `embedded()` gives (embeddings N x D, labels), called once if an embedding method is
+    asked for; those methods are scored after the pass (with the scores they read)."""
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise ValueError(f"unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
     params = resolve_defaults(names, params, num_epochs)
-    accumulators = {name: METHODS[name].make(num_samples, params, num_epochs) for name in names
+    scored = with_inputs(names, params)
+    accumulators = {name: METHODS[name].make(num_samples, params, num_epochs) for name in scored
                     if METHODS[name].make}
-    streams = [name for name in names if METHODS[name].stream]
+    streams = [name for name in scored if METHODS[name].stream]
     if len(streams) > 1:
         raise ValueError(f"at most one stream method per pass, got {streams}")
     streamed = frozenset(epochs_read(streams[0], params, num_epochs)) if streams else frozenset()
@@ -423,4 +538,11 @@ def score_history(names: Sequence[str], num_epochs: int, num_samples: int,
         for _ in passing:  # the rest of the pass (all of it without a stream method)
             pass
     results.update({name: acc.result() for name, acc in accumulators.items()})
+    geometric = [name for name in scored if METHODS[name].embed]
+    if geometric:
+        if embedded is None:
+            raise ValueError(f"method {geometric[0]} needs embeddings and none were given")
+        embeddings, labels = embedded()
+        for name in sorted(geometric, key=lambda m: bool(METHODS[m].uses(params))):  # the ones read by others first
+            results[name] = METHODS[name].embed(embeddings, labels, params, results)
     return {name: results[name] for name in names}

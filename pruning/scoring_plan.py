@@ -14,9 +14,9 @@ import numpy as np
 from data.file_list_index import FileListIndex, open_index
 from pruning.dedup import check_threshold
 from pruning.dynamic_uncertainty import check_fraction
-from pruning.history import (check_fingerprint, check_records, contiguous_epoch_files, find_history_dir,
-                             fingerprint_path, missing_record, record_loader)
-from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults
+from pruning.history import (EMBED_CONFIG_KEYS, check_fingerprint, check_records, contiguous_epoch_files,
+                             find_history_dir, fingerprint_path, load_embeddings, missing_record, record_loader)
+from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults, with_inputs
 from pruning.select import CCS, Cut, Ranking
 
 
@@ -141,6 +141,11 @@ class Plan:
     def loader(self, mmap: bool = False) -> Callable[[int, str], np.ndarray]:
         return record_loader(self.hdir, self.prob_paths, self.num_samples, mmap=mmap)
 
+    def embedded(self) -> Tuple[np.ndarray, np.ndarray]:
+        """(the embeddings of --embed-epoch, a checked float16 memory map N x D; the
+        list's labels): what the embedding methods read, loaded once for all of them."""
+        return load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch), self.index.labels
+
     def describe_params(self) -> str:
         """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""
         taken = [(flag.name[2:], getattr(self.params, flag.param)) for flag, owners in method_flags().values()
@@ -180,12 +185,17 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         check_records(hdir, chosen, params, len(paths))
     else:
         chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths)) is None]
-        left_out = [m for m in METHODS if m not in chosen]
+        left_out = [m for m in METHODS if m not in chosen and METHODS[m].embed is None]
         if left_out:
             print(f"warning: {hdir} lacks the records of {', '.join(left_out)}: left out (produce runs of this "
                   "version record them)", file=sys.stderr)
+        unembedded = [m for m in METHODS if m not in chosen and METHODS[m].embed is not None]
+        if unembedded:
+            print(f"warning: {hdir} lacks the embeddings (embed_{{epoch}}.npy) or records of {', '.join(unembedded)}: "
+                  f"left out (produce runs record embeddings when {EMBED_CONFIG_KEYS} ask for them)", file=sys.stderr)
+    scored = with_inputs(chosen, params)  # with the methods whose scores they read (d2's --d2-score)
     for flag, owners in flags.values():
-        if given[flag.param] not in (None, False) and not any(m in chosen for m in owners):
+        if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
                   "only; ignored", file=sys.stderr)
     if not chosen:

@@ -9,7 +9,10 @@ the full training set.
    train list (data.label_noise) that everything after trains on;
 2. one produce run (main_and_produce.py) on that list;
 3. coresets with get_coreset.py, for every method and fraction, per seed (random and CCS
-   sample with the seed; the other methods give the same coreset for every seed);
+   sample with the seed; the other methods give the same coreset for every seed). The
+   embedding methods (moderate, prototype, kcenter, d2) read the produce run's embeddings
+   (PRODUCE.EMBED_DIM 128, the last epoch); a produce run from before they were recorded
+   is kept for the other methods, and a second one (OUTPUT/produce-embed) records them;
 4. main.py on each coreset and on the full list, once per seed, --jobs runs at a time;
 5. OUTPUT/curve.csv (one row per method, fraction and seed), OUTPUT/curve.png (mean
    and standard deviation over the seeds against the fraction; the full-data accuracy as
@@ -39,11 +42,15 @@ if ROOT not in sys.path:
 from data.file_list import read_coreset, read_file_list  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
 from pruning.accuracy import CSV_FIELDS, FULL, Accuracy, summarise  # noqa: E402
+from pruning.history import history_dir, list_embed_epochs  # noqa: E402
 from pruning.report_figures import accuracy_curve  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
 PLAIN_METHODS = ("dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random")
+# Methods that read the produce run's embeddings (embed_{epoch}.npy, the last epoch's).
+EMBEDDING_METHODS = ("moderate", "prototype", "kcenter", "d2")
+EMBED_DIM = 128  # PRODUCE.EMBED_DIM of the produce run
 # Variants that change the selection rule of a method: name -> (method, extra get_coreset flags).
 SELECTION_VARIANTS = {"dynunc-ccs": ("dynunc", ["--ccs", "{ccs_beta}"]),
                       "dynunc-balanced": ("dynunc", ["--class-balanced"])}
@@ -92,22 +99,33 @@ def fraction_text(fraction: float) -> str:
     return repr(float(fraction))
 
 
-def make_coresets(args, produce: str, train_list: str, seed: int) -> Dict[str, Dict[float, str]]:
-    """{method: {fraction: coreset path}} for one seed."""
+def has_embeddings(produce: str) -> bool:
+    return bool(list_embed_epochs(history_dir(produce)))
+
+
+def make_coresets(args, produce: str, train_list: str, seed: int,
+                  embedded: Optional[str] = None) -> Dict[str, Dict[float, str]]:
+    """{method: {fraction: coreset path}} for one seed. `embedded`: the produce run whose
+    embeddings the embedding methods read (default `produce`)."""
     folder = os.path.join(args.output, "coresets", f"seed{seed}")
     fractions = [fraction_text(f) for f in args.fractions]
-    base = [sys.executable, "get_coreset.py", "--input", produce, "--dataset_file_list", train_list,
-            "--window", str(args.window), "--seed", str(seed), "--fraction", *fractions]
     paths: Dict[str, Dict[float, str]] = {}
-    plain = [m for m in args.methods if m in PLAIN_METHODS]
-    if plain:
-        sh(base + ["--method", *plain, "--output", os.path.join(folder, "{method}_{fraction}.txt")], quiet=True)
-        for m in plain:
-            paths[m] = {f: os.path.join(folder, f"{m}_{fraction_text(f)}.txt") for f in args.fractions}
+
+    def base(run: str) -> List[str]:
+        return [sys.executable, "get_coreset.py", "--input", run, "--dataset_file_list", train_list,
+                "--window", str(args.window), "--seed", str(seed), "--fraction", *fractions]
+
+    for group, run in ((PLAIN_METHODS, produce), (EMBEDDING_METHODS, embedded or produce)):
+        chosen = [m for m in args.methods if m in group]
+        if chosen:
+            sh(base(run) + ["--method", *chosen, "--output", os.path.join(folder, "{method}_{fraction}.txt")],
+               quiet=True)
+            for m in chosen:
+                paths[m] = {f: os.path.join(folder, f"{m}_{fraction_text(f)}.txt") for f in args.fractions}
     for name in (m for m in args.methods if m in SELECTION_VARIANTS):
         method, flags = SELECTION_VARIANTS[name]
         flags = [flag.format(ccs_beta=args.ccs_beta) for flag in flags]
-        sh(base + ["--method", method, *flags, "--output", os.path.join(folder, f"{name}_{{fraction}}.txt")],
+        sh(base(produce) + ["--method", method, *flags, "--output", os.path.join(folder, f"{name}_{{fraction}}.txt")],
            quiet=True)
         paths[name] = {f: os.path.join(folder, f"{name}_{fraction_text(f)}.txt") for f in args.fractions}
     return paths
@@ -180,8 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="folder for the data, runs, curve.csv and curve.png")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of training labels to flip")
-    parser.add_argument("--methods", nargs="+", default=list(PLAIN_METHODS) + list(SELECTION_VARIANTS),
-                        choices=list(PLAIN_METHODS) + list(SELECTION_VARIANTS))
+    every = list(PLAIN_METHODS) + list(SELECTION_VARIANTS) + list(EMBEDDING_METHODS)
+    parser.add_argument("--methods", nargs="+", default=every, choices=every)
     parser.add_argument("--fractions", nargs="+", type=float, default=[0.9, 0.7, 0.5, 0.3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of every run (produce and train)")
@@ -207,14 +225,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         flipped = np.load(flipped_path(noisy))
     opts = training_opts(data, train_list, args.epochs)
 
+    embedding = any(m in EMBEDDING_METHODS for m in args.methods)
+
+    def produce_run(output: str) -> None:
+        if finished(output, args.epochs) is None:
+            sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+                os.path.join(ROOT, "main_and_produce.py"), "--config", CONFIG, "--output", output, "--opts", *opts,
+                *(["PRODUCE.EMBED_DIM", str(EMBED_DIM)] if embedding else [])])
+
     produce = os.path.join(args.output, "produce")
-    if finished(produce, args.epochs) is None:
-        sh([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-            os.path.join(ROOT, "main_and_produce.py"), "--config", CONFIG, "--output", produce, "--opts", *opts])
+    produce_run(produce)
+    embedded = produce
+    if embedding and not has_embeddings(produce):
+        # a produce run from before embeddings were recorded: its coresets (and their
+        # finished training runs) stay; the embedding methods read a second run's
+        embedded = os.path.join(args.output, "produce-embed")
+        log(f"{produce} holds no embeddings: the embedding methods read {embedded}")
+        produce_run(embedded)
     jobs: List[Job] = []
     for seed in args.seeds:
         jobs.append(Job(FULL, 1.0, seed, None, os.path.join(args.output, "runs", f"{FULL}_s{seed}")))
-        for method, by_fraction in make_coresets(args, produce, train_list, seed).items():
+        for method, by_fraction in make_coresets(args, produce, train_list, seed, embedded).items():
             for fraction, coreset in by_fraction.items():
                 name = f"{method}_{fraction_text(fraction)}_s{seed}"
                 jobs.append(Job(method, fraction, seed, coreset, os.path.join(args.output, "runs", name)))

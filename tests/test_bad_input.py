@@ -68,6 +68,13 @@ CASES = {
     "STOP_WHEN_STABLE on an untracked fraction": (
         None, [], ["PRODUCE.STOP_WHEN_STABLE.ENABLE", "True", "PRODUCE.STOP_WHEN_STABLE.FRACTION", "0.3"],
         "PRODUCE.STOP_WHEN_STABLE.FRACTION 0.3 is not one of PRODUCE.TRACK_FRACTIONS [0.5, 0.75]"),
+    "DYNAMIC_PRUNE.RATIO of 1": (
+        None, [], ["TRAIN.DYNAMIC_PRUNE.RATIO", "1.0"], "TRAIN.DYNAMIC_PRUNE.RATIO must be in [0, 1), got 1.0"),
+    "DYNAMIC_PRUNE.ANNEAL above 1": (
+        None, [], ["TRAIN.DYNAMIC_PRUNE.ANNEAL", "1.5"], "TRAIN.DYNAMIC_PRUNE.ANNEAL must be in [0, 1], got 1.5"),
+    "unknown DYNAMIC_PRUNE.SCORE": (
+        None, [], ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.SCORE", "entropy"],
+        "TRAIN.DYNAMIC_PRUNE.SCORE: unknown score 'entropy'; known: loss, dynunc"),
     "--resume file missing": (
         None, ["--resume", "{root}/gone.pth"], [], "MODEL.RESUME: checkpoint not found: {root}/gone.pth"),
 }

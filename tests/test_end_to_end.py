@@ -197,9 +197,9 @@ def test_coreset_then_train_on_it(data, produced):
     assert ckpt["epoch"] == 1 and "MODEL:" in ckpt["config"]
 
 
-def test_killed_run_resumes_to_the_same_history(data, produced):
-    root, opts = data
-    out = str(root / "killed")
+def kill_and_resume(out, opts):
+    """A produce run into `out`, SIGKILLed (the whole torchrun tree) once epoch 1 is
+    recorded, then run again to the end (TRAIN.AUTO_RESUME is on by default)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = torchrun("main_and_produce.py", "--config", "configs/demo-mnist.yaml", "--output", out, "--opts", *opts)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -211,7 +211,13 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
     kill_tree(proc)  # the whole torchrun tree, workers included, mid-training
     assert not os.path.exists(os.path.join(out, "pred_prob_history", f"prob_{EPOCHS - 1}.npy")), \
         "the run finished before it could be killed"
-    run(cmd)  # TRAIN.AUTO_RESUME is on by default
+    run(cmd)
+
+
+def test_killed_run_resumes_to_the_same_history(data, produced):
+    root, opts = data
+    out = str(root / "killed")
+    kill_and_resume(out, opts)
     for epoch in range(EPOCHS):
         np.testing.assert_allclose(history(out, epoch), history(produced, epoch), atol=1e-6, equal_nan=True)
         np.testing.assert_array_equal(history(out, epoch, "correct"), history(produced, epoch, "correct"))

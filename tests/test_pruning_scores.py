@@ -32,7 +32,7 @@ CORRECT = np.array([[0, 1, 1],
 RECORDS = {"prob": PROB, "margin": MARGIN, "el2n": EL2N, "correct": CORRECT}
 
 
-def score(names, records=RECORDS, **params):
+def score(names, records=RECORDS, embedded=None, **params):
     n, k = records["prob"].shape
     loads = []
 
@@ -40,7 +40,7 @@ def score(names, records=RECORDS, **params):
         loads.append((epoch, kind))
         return records[kind][:, epoch]
 
-    out = score_history(names, k, n, load, ScoreParams(**params))
+    out = score_history(names, k, n, load, ScoreParams(**params), embedded=embedded)
     return out, loads
 
 
@@ -132,10 +132,19 @@ def test_all_methods_in_one_pass_equal_each_alone():
         records[kind][unseen] = nan
     records["correct"][unseen] = -1
     params = dict(window=3, epochs=range(1, 5), seed=2)
-    together, loads = score(list(METHODS), records=records, **params)
+    embeddings = rng.normal(size=(n, 6)).astype(np.float16)
+    labels = rng.integers(0, 4, n)
+    calls = []
+
+    def embedded():
+        calls.append(1)
+        return embeddings, labels
+
+    together, loads = score(list(METHODS), records=records, embedded=embedded, **params)
     assert len(loads) == len(set(loads))  # every file read at most once
+    assert len(calls) == 1  # the embeddings loaded once for every method that reads them
     for name in METHODS:
-        alone, _ = score([name], records=records, **params)
+        alone, _ = score([name], records=records, embedded=embedded, **params)
         assert np.array_equal(alone[name], together[name], equal_nan=True), name
 
 

@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, run_main, write_full_history
+from data.file_list_index import open_index
 from pruning import report, report_projection
+from pruning.history import load_embeddings
 from pruning.scores import METHODS, ScoreParams, score_history
 from pruning.select import top
 
@@ -46,10 +48,14 @@ def run_cli(s, *extra):
 
 
 def kept_on_shown(s, indices, fraction):
-    """Each method's kept images among `indices`: select.top on scores computed here."""
+    """Each method's kept images among `indices`: select.top on scores computed here (the
+    embedding methods from the latest embeddings, as the report's default methods are)."""
     def load(epoch, kind):
         return np.load(os.path.join(s["hdir"], f"{kind}_{epoch}.npy"))
-    scores = score_history(list(METHODS), K, N, load, ScoreParams(window=3))
+
+    def embedded():
+        return load_embeddings(str(s["hdir"]), N), open_index(str(s["list"])).labels
+    scores = score_history(list(METHODS), K, N, load, ScoreParams(window=3), embedded=embedded)
     keep = int(N * float(fraction))
     return {m: np.isin(indices, top(scores[m], keep)) for m in METHODS}
 
@@ -101,7 +107,9 @@ def test_projection_fraction_flag(s):
 
 
 def test_without_embeddings_one_line_and_the_rest_unchanged(s):
-    code, _, err = run_cli(s)
+    # the methods of training dynamics only: with embeddings, the default would add the embedding methods
+    dynamics = ["--method", *(m for m in METHODS if METHODS[m].embed is None)]
+    code, _, err = run_cli(s, *dynamics)
     assert code == 0, err
     without = {name: (s["out"] / name).read_bytes() for name in os.listdir(s["out"])}
     page = without["index.html"].decode()
@@ -110,7 +118,7 @@ def test_without_embeddings_one_line_and_the_rest_unchanged(s):
     assert "projection.png" not in without and "projection" not in json.loads(without["report.json"])
 
     np.save(os.path.join(s["hdir"], "embed_3.npy"), embeddings(5))
-    code, _, err = run_cli(s)
+    code, _, err = run_cli(s, *dynamics)
     assert code == 0, err
     with_embeddings = {name: (s["out"] / name).read_bytes() for name in os.listdir(s["out"])}
     assert set(with_embeddings) == set(without) | {"projection.png"}

@@ -146,6 +146,22 @@ _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
 _C.TRAIN.OPTIMIZER.NESTEROV = False
 
+# Dynamic pruning (pruning/dynamic_prune.py; README, "Dynamic pruning"): each epoch,
+# RATIO of the well-learned samples (score below the mean of the scored samples) are
+# skipped, drawn at random; the rest of them have their loss scaled by 1 / (1 - ratio).
+_C.TRAIN.DYNAMIC_PRUNE = CN()
+_C.TRAIN.DYNAMIC_PRUNE.ENABLE = False
+# The share of the candidates dropped each epoch, in [0, 1).
+_C.TRAIN.DYNAMIC_PRUNE.RATIO = 0.5
+# loss: the sample's training loss the last time it was trained; dynunc: the dynamic
+# uncertainty so far of its true-label probability on the training forward (WINDOW).
+_C.TRAIN.DYNAMIC_PRUNE.SCORE = "loss"
+# dynunc only: the window, in the sample's own trained epochs (>= 2).
+_C.TRAIN.DYNAMIC_PRUNE.WINDOW = 3
+# The share of final epochs trained on the full data, in [0, 1]: the last
+# round(ANNEAL x EPOCHS) epochs (InfoBatch's default 0.125).
+_C.TRAIN.DYNAMIC_PRUNE.ANNEAL = 0.125
+
 # -----------------------------------------------------------------------------
 # Augmentation (train view only)
 # -----------------------------------------------------------------------------

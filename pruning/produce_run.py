@@ -1,0 +1,59 @@
+"""What produce mode adds to a training run (main_and_produce.py): rank 0's coreset
+stability tracker and the stop rule it feeds (pruning/stability.py), and the embedding
+recorder (pruning/embeddings.py), each built from the config."""
+import logging
+from functools import partial
+from typing import Optional
+
+import torch
+
+from data.build import build_eval_view_loader
+from pruning import embeddings
+from pruning.history import history_dir
+from pruning.stability import StabilityTracker, StopWhenStable, effective_window
+from utils.distributed import DistInfo, all_reduce_, is_primary
+
+logger = logging.getLogger("main")
+
+
+def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
+    """Rank 0's coreset stability tracker (PRODUCE.TRACK_*), None where nothing can be tracked."""
+    produce = config.PRODUCE
+    window = effective_window(produce.TRACK_WINDOW, config.TRAIN.EPOCHS)
+    if not produce.TRACK_FRACTIONS or not window:
+        why = "PRODUCE.TRACK_FRACTIONS is empty" if not produce.TRACK_FRACTIONS else (
+            f"{config.TRAIN.EPOCHS} epochs give no dynamic-uncertainty window")
+        logger.info(f"coreset stability is not tracked: {why}")
+        if produce.STOP_WHEN_STABLE.ENABLE:
+            logger.warning("PRODUCE.STOP_WHEN_STABLE cannot stop a run whose stability is not tracked")
+        return None
+    if window != produce.TRACK_WINDOW:
+        logger.info(f"coreset stability: window {window} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW} is more than "
+                    f"{config.TRAIN.EPOCHS} epochs allow)")
+    return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
+
+
+def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> Optional[embeddings.EmbeddingRecorder]:
+    """Produce mode's embedding recorder (PRODUCE.EMBED_DIM, PRODUCE.EMBED_EPOCHS), None
+    for EMBED_DIM 0."""
+    produce = config.PRODUCE
+    if not produce.EMBED_DIM:
+        return None
+    epochs = embeddings.embed_epochs(produce.EMBED_EPOCHS, config.TRAIN.EPOCHS)
+    if produce.STOP_WHEN_STABLE.ENABLE:
+        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
+                    f"stable before them has none")
+    return embeddings.EmbeddingRecorder(
+        model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
+        dist_info.device, forward_model=fwd_model,
+        rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
+        autocast=ctx.autocast)
+
+
+def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
+    """Rank 0 decides from its metrics (the only rank with the stability keys); every rank
+    learns the decision from one scalar all-reduce."""
+    if stop_rule is None:
+        return False
+    flag = torch.tensor(int(stop_rule.update(record)) if is_primary() else 0, device=device)
+    return bool(all_reduce_(flag).item())
