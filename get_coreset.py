@@ -199,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
     if duplicates is not None:
         print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}, in {dedup_seconds:.1f}s; methods select "
               f"from the other {len(pool)} -> {groups_path}")
+        if duplicates.warning():
+            print(f"get_coreset.py: warning: {duplicates.warning()}", file=sys.stderr)
     for o in outputs:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
         ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""

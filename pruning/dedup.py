@@ -117,10 +117,29 @@ class Duplicates:
     def num_removed(self) -> int:
         return int(np.count_nonzero(self.removed))
 
+    @property
+    def largest_group(self) -> int:
+        return int(np.bincount(self.group).max()) if len(self.group) else 0
+
     def describe(self) -> str:
         n = len(self.removed)
         return (f"{self.num_groups} duplicate groups at cosine >= {self.threshold:g} ({self.clusters} k-means "
-                f"clusters): {self.num_removed} of {n} lines removed ({100 * self.num_removed / max(n, 1):.2f}%)")
+                f"clusters): {self.num_removed} of {n} lines removed ({100 * self.num_removed / max(n, 1):.2f}%), "
+                f"the largest group {self.largest_group} images")
+
+    def warning(self) -> Optional[str]:
+        """A caution when a group is too large to be copies of one image: the embeddings
+        do not tell the images apart at this threshold (a trained classifier's features of
+        one class lie close together), so deduplication would remove distinct images."""
+        if self.largest_group < LARGE_GROUP:
+            return None
+        return (f"a duplicate group holds {self.largest_group} images (>= {LARGE_GROUP}): at cosine "
+                f"{self.threshold:g} these embeddings likely join distinct images, not copies; look at the groups "
+                f"(report.py --dedup) and raise --dedup before training on this")
+
+
+# A group this large is rarely copies of one image (see Duplicates.warning).
+LARGE_GROUP = 20
 
 
 def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np.ndarray, threshold: float,

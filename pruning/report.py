@@ -512,6 +512,8 @@ def dedup_html(dedup: Optional[dict]) -> List[str]:
            f"embeddings of epoch {dedup['epoch']} &ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
            f"clusters): get_coreset.py --dedup removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of "
            f"the list, before any method selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.</p>"]
+    if dedup.get("warning"):
+        out.append(f"<p class=\"reading\"><b>Caution:</b> {html.escape(dedup['warning'])}.</p>")
     if dedup["figure"]:
         out += [f"<p class=\"note\">The {len(dedup['shown'])} largest groups, one per row: the kept image (the "
                 "least similar to its cluster's centroid, as SemDeDup keeps it), then the removed ones, most "

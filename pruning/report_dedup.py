@@ -96,6 +96,7 @@ def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namesp
     numbers["dedup"] = {"threshold": args.dedup, "clusters": duplicates.clusters, "epoch": epoch,
                         "groups": duplicates.num_groups, "removed": duplicates.num_removed,
                         "removed_share": duplicates.num_removed / n, "file": GROUPS_FILE,
+                        "largest_group": duplicates.largest_group, "warning": duplicates.warning(),
                         "figure": GROUPS_FIGURE if blocks else None, "shown": listed, "unreadable": unreadable}
 
 

@@ -407,3 +407,33 @@ def test_report_refusals_write_nothing(run, val, case, message):
     if case == "no_val_embed":
         assert "PRODUCE.EMBED_DIM" in err
     assert not run["out"].exists()
+
+
+def test_a_group_too_large_to_be_copies_is_warned_about(run):
+    """Embeddings that collapse a class (all 15 images of class 0 within cosine 0.9999 of
+    one another) make one group of at least 15 at --dedup 0.99: a warning naming its size
+    once it reaches LARGE_GROUP, none below; the coreset is written either way."""
+    import re
+
+    x = run["x"].astype(np.float32)
+    x[:PER_CLASS] = x[0] + np.random.default_rng(1).normal(0, 1e-3, (PER_CLASS, x.shape[1]))
+    np.save(f"{run['hdir']}/embed_{EPOCHS - 1}.npy", x.astype(np.float16))
+    original = dedup.LARGE_GROUP
+    try:
+        code, out, err = coreset_cli(run, "--fraction", "0.5", "--dedup", "0.99")
+        largest = int(re.search(r"the largest group (\d+) images", out).group(1))
+        assert code == 0 and largest >= PER_CLASS and "warning" not in err
+        assert "Caution" not in report_page(run)
+        dedup.LARGE_GROUP = largest
+        code, out, err = coreset_cli(run, "--fraction", "0.5", "--dedup", "0.99")
+        page = report_page(run)
+    finally:
+        dedup.LARGE_GROUP = original
+    assert code == 0 and f"warning: a duplicate group holds {largest} images" in err
+    assert f"<b>Caution:</b> a duplicate group holds {largest} images" in page
+
+
+def report_page(run):
+    code, _, err = report_cli(run, "--dedup", "0.99")
+    assert code == 0, err
+    return open(run["out"] / "index.html").read()
