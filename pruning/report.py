@@ -533,6 +533,8 @@ def leakage_html(leakage: Optional[dict]) -> List[str]:
            f"(recorded embeddings of epoch {leakage['epoch']}; the highest {figures.number(leakage['max_cosine'])}, "
            f"the median over validation images {figures.number(leakage['median_cosine'])}). Every pair: "
            f"<a href=\"{leakage['file']}\">{leakage['file']}</a>.</p>"]
+    if leakage.get("warning"):
+        out.append(f"<p class=\"reading\"><b>Caution:</b> {html.escape(leakage['warning'])}.</p>")
     if leakage["figure"]:
         out += [f"<p class=\"note\">The {len(leakage['shown'])} most similar pairs, highest first: each validation "
                 "image, then its nearest training image.</p>", _img(leakage["figure"], "train/val pairs")]

@@ -141,4 +141,19 @@ def add_leakage(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace
                           "max_cosine": float(cosine.max()) if len(cosine) else None,
                           "median_cosine": float(np.median(cosine)) if len(cosine) else None,
                           "file": LEAKAGE_FILE, "figure": LEAKAGE_FIGURE if blocks else None, "shown": listed,
-                          "unreadable": unreadable}
+                          "unreadable": unreadable, "warning": leakage_warning(len(above), len(val_list), args.leakage)}
+
+
+# A share of validation images this large above the threshold is rarely leaked copies.
+LEAKAGE_CAUTION_SHARE = 0.05
+
+
+def leakage_warning(pairs: int, val_images: int, threshold: float) -> Optional[str]:
+    """A caution when so many validation images match a training image that the threshold
+    is more likely below the similarity of one class's features than a sign of copies."""
+    share = pairs / max(val_images, 1)
+    if share < LEAKAGE_CAUTION_SHARE:
+        return None
+    return (f"{share:.0%} of the validation images have a training image at cosine >= {threshold:g}; leaked copies "
+            f"are rarely this common: at this threshold these embeddings likely match images of the same class, not "
+            f"copies (compare the median above); raise --leakage and look at the pairs")

@@ -370,7 +370,7 @@ def test_report_shows_duplicate_groups_and_leaked_pairs(run, val):
     page = open(out / "index.html").read()
     for text in ('id="dedup"', 'id="leakage"', 'href="dedup_groups.tsv"', 'href="leakage.csv"',
                  'src="dedup_groups.png"', 'src="leakage.png"', "removes 12 images, 20.0% of the list",
-                 "5 of 20 validation images (25.0%)"):
+                 "5 of 20 validation images (25.0%)", "<b>Caution:</b> 25% of the validation images"):
         assert text in page
 
 
@@ -437,3 +437,12 @@ def report_page(run):
     code, _, err = report_cli(run, "--dedup", "0.99")
     assert code == 0, err
     return open(run["out"] / "index.html").read()
+
+
+def test_leakage_caution_only_when_matches_are_too_common_to_be_copies():
+    from pruning.report_dedup import LEAKAGE_CAUTION_SHARE, leakage_warning
+
+    assert leakage_warning(0, 50_000, 0.95) is None
+    assert leakage_warning(int(50_000 * LEAKAGE_CAUTION_SHARE) - 1, 50_000, 0.95) is None
+    caution = leakage_warning(int(50_000 * LEAKAGE_CAUTION_SHARE), 50_000, 0.95)
+    assert caution.startswith("5% of the validation images have a training image at cosine >= 0.95")
