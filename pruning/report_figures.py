@@ -36,7 +36,10 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def number(value: float, spec: str = ".4g") -> str:
-    """`value` formatted with `spec`, never "-0" (a negative number that rounds to zero)."""
+    """`value` formatted with `spec`, never "-0" (a negative number that rounds to zero);
+    a whole number of up to 7 digits in full (a pick order 3993, not 3.99e+03)."""
+    if float(value).is_integer() and abs(value) < 1e7 and spec.endswith("g"):
+        return str(int(value))
     text = format(float(value), spec)
     if text.startswith("-") and not any(c in "123456789" for c in text.split("e")[0]) and "inf" not in text:
         text = text[1:]

@@ -343,6 +343,9 @@ def test_number_never_shows_negative_zero():
     assert report_figures.number(-0.0001, ".2f") == "0.00" and report_figures.number(-0.0) == "0"
     assert report_figures.number(-1e-5, ".4g") == "-1e-05" and report_figures.number(-1.25, ".1f") == "-1.2"
     assert report_figures.number(float("-inf")) == "-inf"
+    # whole numbers (pick orders, counts) in full, not 3.99e+03
+    assert report_figures.number(3993.0, ".3g") == "3993" and report_figures.number(-12.0) == "-12"
+    assert report_figures.number(1.5e7, ".3g") == "1.5e+07" and report_figures.number(2.0, ".2f") == "2.00"
 
 
 def test_every_method_says_what_its_score_is():
