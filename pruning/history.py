@@ -313,6 +313,12 @@ def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_ep
                                f"(recorded by produce runs of this version, not by older ones or the paper's)")
 
 
+# (real path, inode, modification time, size) of the embedding files found finite in this
+# process: get_coreset.py and report.py read one file for dedup, the methods and the
+# projection, and scan it once.
+_FINITE_FILES = set()
+
+
 def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, kind: str = "embed",
                     chunk_bytes: int = 64 << 20) -> np.ndarray:
     """The recorded embeddings of `epoch` (None: the latest recorded), a read-only float16
@@ -348,6 +354,10 @@ def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, ki
     if values.shape[0] != num_samples:
         list_name = "validation" if kind == "val_embed" else "training"
         raise HistoryError(f"{path}: has {values.shape[0]} rows but the {list_name} file list has {num_samples} lines")
+    stat = os.stat(path)
+    checked = (os.path.realpath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    if checked in _FINITE_FILES:
+        return values
     rows = max(1, chunk_bytes // (values.shape[1] * values.itemsize))
     for start in range(0, values.shape[0], rows):
         finite = np.isfinite(values[start:start + rows]).all(axis=1)
@@ -355,4 +365,6 @@ def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, ki
             bad = start + int(np.flatnonzero(~finite)[0])
             what = "NaN" if np.isnan(values[bad]).any() else "infinite"
             raise HistoryError(f"{path}: row {bad} holds a {what} value (the first row that is not finite)")
+    _FINITE_FILES.add(checked)
     return values
+

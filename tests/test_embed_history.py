@@ -104,3 +104,27 @@ def test_restart_removes_the_embeddings_of_rewritten_epochs(tmp_path):
     assert remove_epochs_from(hdir, 1) == [1, 2]
     assert list_embed_epochs(hdir) == [0] and list_embed_epochs(hdir, "val_embed") == [0]
     assert os.path.exists(record_path(hdir, "prob", 0))
+
+
+def test_an_unchanged_file_is_scanned_once_a_rewritten_one_again(tmp_path, monkeypatch):
+    """get_coreset.py and report.py load one embedding file for several uses: the finite
+    check reads it once; a file written again (another inode, time or size) is checked
+    again, and a NaN in it is still refused."""
+    import pruning.history as history
+
+    hdir = str(tmp_path)
+    save(hdir, 0, np.ones((6, 4), np.float16))
+    scans = []
+    real_isfinite = np.isfinite
+    monkeypatch.setattr(history.np, "isfinite", lambda x: scans.append(len(x)) or real_isfinite(x))
+    load_embeddings(hdir, 6)
+    load_embeddings(hdir, 6, epoch=0)
+    assert scans == [6]
+    bad = np.ones((6, 4), np.float16)
+    bad[4, 1] = np.nan
+    first = os.stat(embed_path(hdir, 0)).st_mtime_ns
+    os.remove(embed_path(hdir, 0))
+    save(hdir, 0, bad)
+    os.utime(embed_path(hdir, 0), ns=(first + 10**9, first + 10**9))  # written later, even if the inode is reused
+    with pytest.raises(HistoryError, match="row 4 holds a NaN value"):
+        load_embeddings(hdir, 6)
