@@ -173,10 +173,9 @@ def test_every_sample_recorded_once_per_epoch_except_remainder(data, produced):
     assert all(r["val_samples"] == 15 for r in records)
 
 
-def test_coreset_then_train_on_it(data, produced):
-    root, opts = data
-    coreset = str(root / "coreset.txt")
-    proc = run([sys.executable, "get_coreset.py", "--input", produced, "--dataset_file_list",
+def half_coreset(root, history_run: str, coreset: str) -> None:
+    """get_coreset.py at fraction 0.5 on `history_run`: 16 of the 33 lines, in list order."""
+    proc = run([sys.executable, "get_coreset.py", "--input", history_run, "--dataset_file_list",
                 str(root / "train" / "file_list.txt"), "--fraction", "0.5", "--window", "2", "--output", coreset])
     assert "kept 16 of 33" in proc.stdout
     with open(coreset) as f:
@@ -184,6 +183,12 @@ def test_coreset_then_train_on_it(data, produced):
     with open(root / "train" / "file_list.txt") as f:
         full = f.read().splitlines()
     assert len(kept) == 16 and kept == [line for line in full if line in set(kept)]
+
+
+def test_coreset_then_train_on_it(data, produced):
+    root, opts = data
+    coreset = str(root / "coreset.txt")
+    half_coreset(root, produced, coreset)
     out = str(root / "on_coreset")
     run(torchrun("main.py", "--config", "configs/demo-mnist.yaml", "--coreset", coreset, "--output", out,
                  "--opts", *opts, "TRAIN.EPOCHS", "2"))

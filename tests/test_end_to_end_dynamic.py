@@ -5,7 +5,6 @@ over the steps taken; a killed run resumes to a byte-identical history; get_core
 exports a static coreset from the dynamic run."""
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,8 @@ import torch
 
 from data.reader import shard
 from pruning.dynamic_prune import LossScore, plan_epoch
-from test_end_to_end import EPOCHS, data, history, kill_and_resume, metrics, run, torchrun  # noqa: F401
+from test_end_to_end import (EPOCHS, data, half_coreset, history, kill_and_resume, metrics, run,  # noqa: F401
+                             torchrun)
 
 # EPOCHS = 4: epoch 0 unpruned (no scores), 1 and 2 pruned, 3 the anneal epoch (0.25 x 4).
 DYNAMIC = ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.RATIO", "0.5",
@@ -89,12 +89,4 @@ def test_static_coreset_from_a_dynamic_run(data, dynamic):
     root, _ = data
     dropped = metrics(dynamic)[1]["prune_dropped"]
     assert np.isnan(history(dynamic, 1)).sum() == N - metrics(dynamic)[1]["images_seen"] > dropped > 0
-    path = str(root / "dynamic_coreset.txt")
-    proc = run([sys.executable, "get_coreset.py", "--input", dynamic, "--dataset_file_list",
-                str(root / "train" / "file_list.txt"), "--fraction", "0.5", "--window", "2", "--output", path])
-    assert "kept 16 of 33" in proc.stdout
-    with open(path) as f:
-        kept = f.read().splitlines()
-    with open(root / "train" / "file_list.txt") as f:
-        full = f.read().splitlines()
-    assert len(kept) == 16 and kept == [line for line in full if line in set(kept)]
+    half_coreset(root, dynamic, str(root / "dynamic_coreset.txt"))
