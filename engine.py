@@ -47,7 +47,7 @@ class StepContext:
     accumulation_steps: int = 1
     clip_grad: float = 0.0
     mixup: Optional[Callable] = None
-    pruner: Optional["object"] = None  # pruning.dynamic_prune.DynamicPruner (TRAIN.DYNAMIC_PRUNE)
+    pruner: Optional["object"] = None  # dynunc.training.online_pruning.DynamicPruner (TRAIN.DYNAMIC_PRUNE)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], ctx: StepContext, epoch: int,
@@ -159,7 +159,7 @@ def evaluate(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], device
     `real_labels`: an object with ``hits(indices, top5_predictions) -> (top1_hits,
     top5_hits, counted)`` tensors for ImageNet-ReaL.
     `capture`: ``capture(indices)`` is a context around each forward (produce mode's
-    validation embeddings, pruning/embeddings.py).
+    validation embeddings, dynunc/training/embeddings.py).
     """
     model.eval()
     criterion = nn.CrossEntropyLoss(reduction="sum")

@@ -17,10 +17,10 @@ By default (dynunc) the scores are exactly the paper's (docs/semantics.md §3):
 K-J windows of J = --window epochs (default: the paper's 10, where K >= 11), the window
 that ends at the last epoch NOT used (`--include-last-window` adds it). The
 int(N * fraction) highest scores are kept, ties going to the lower line index
-(pruning/scores.py: the methods; pruning/scoring_plan.py: the flags; pruning/select.py:
+(dynunc/scoring/methods.py: the methods; dynunc/scoring/plan.py: the flags; dynunc/ranking.py:
 the selection rules).
 
-With --dedup THRESHOLD, near-duplicates (recorded embeddings, pruning/dedup.py) are
+With --dedup THRESHOLD, near-duplicates (recorded embeddings, dynunc/scoring/dedup.py) are
 removed before any method selects: the fractions stay fractions of the full list, a
 budget beyond the lines left keeps them all, and the groups go to
 OUTPUT.dedup_groups.tsv.
@@ -42,10 +42,10 @@ import numpy as np
 
 from data.file_list import FileListError
 from data.list_lines import write_entries
-from pruning.dedup import deduplicate, latest_embeddings, write_groups
-from pruning.history import HistoryError
-from pruning.scores import DEFAULT_METHOD, METHODS, score_history
-from pruning.scoring_plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
+from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
+from dynunc.history import HistoryError
+from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
+from dynunc.scoring.plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
 from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 

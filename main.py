@@ -29,12 +29,12 @@ from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
-from pruning import embeddings
-from pruning.dynamic_prune import DynamicPruner, plan_images, plan_pruned_epoch
-from pruning.dynamic_prune import check_config as check_prune_config
-from pruning.produce_run import make_embedder, make_tracker, stop_now
-from pruning.recorder import PredictionRecorder
-from pruning.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
+from dynunc.training import embeddings
+from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
+from dynunc.training.online_pruning import check_config as check_prune_config
+from dynunc.training.produce_run import make_embedder, make_tracker, stop_now
+from dynunc.training.recorder import PredictionRecorder
+from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
                               save_checkpoint)
 from utils.config import load_config

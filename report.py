@@ -16,15 +16,15 @@ correlation and kept-set overlap between methods, p(true label) over epochs (sam
 images, mean per score decile), the 16 highest- and lowest-scored images per method,
 with --flipped the share of relabelled images each method keeps, and with embeddings in
 the history (embed_{epoch}.npy) their PCA projection of at most 5,000 images, kept and
-pruned in two colours per method (pruning/report_projection.py); with --dedup the
+pruned in two colours per method (dynunc/report/projection.py); with --dedup the
 near-duplicate groups get_coreset.py --dedup removes, with --leakage (and
 --val_file_list) the validation images whose nearest training image is that close
-(pruning/report_dedup.py). Method flags as in
-get_coreset.py. Bad input: exit code 2 and nothing written. See pruning/report.py.
+(dynunc/report/duplicates.py). Method flags as in
+get_coreset.py. Bad input: exit code 2 and nothing written. See dynunc/report/page.py.
 """
 import sys
 
-from pruning.report import main
+from dynunc.report.page import main
 
 if __name__ == "__main__":
     sys.exit(main())

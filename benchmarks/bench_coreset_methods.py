@@ -21,8 +21,8 @@ if ROOT not in sys.path:
 
 from benchmarks.measure import run_child  # noqa: E402
 from data.file_list_index import open_index  # noqa: E402
-from pruning.history import write_epoch, write_fingerprint  # noqa: E402
-from pruning.scores import METHODS  # noqa: E402
+from dynunc.history import write_epoch, write_fingerprint  # noqa: E402
+from dynunc.scoring.methods import METHODS  # noqa: E402
 
 
 def make_history(hdir, list_path, n, epochs, world_size, batch, seed):

@@ -1,4 +1,4 @@
-"""What --dedup costs (pruning/dedup.py): wall time, CPU time and peak RSS of one
+"""What --dedup costs (dynunc/scoring/dedup.py): wall time, CPU time and peak RSS of one
 deduplication, in a child process (benchmarks/measure.py), at one or several sizes.
 
     python benchmarks/bench_dedup.py [--n 1281167 ...] [--dim 128] [--threshold 0.95] [--planted 0.05]
@@ -61,7 +61,7 @@ def write_embeddings(path: str, n: int, dim: int, planted: float, seed: int = 0)
 
 
 def child(path: str, planted_path: str, threshold: float) -> None:
-    from pruning import dedup
+    from dynunc.scoring import dedup
 
     timings = {}
     embeddings = np.load(path, mmap_mode="r")

@@ -8,8 +8,8 @@ criterion (at least 95% of the copies found, at most 1% false positives).
 One single-process produce run of configs/demo-mnist.yaml on that list (validating on a
 separate list of 100 digits), recording the embeddings of EVERY epoch
 (PRODUCE.EMBED_EPOCHS all, PRODUCE.EMBED_DIM --embed-dim): each epoch's embed_{e} comes
-from one model, the weights at the end of epoch e (pruning/embeddings.py). For each
-epoch, per threshold, SemDeDup as get_coreset.py --dedup runs it (pruning/dedup.py,
+from one model, the weights at the end of epoch e (dynunc/training/embeddings.py). For each
+epoch, per threshold, SemDeDup as get_coreset.py --dedup runs it (dynunc/scoring/dedup.py,
 sqrt(N) clusters): the near and the exact copies found (in one group with their source)
 and the false positives (removed images whose group holds no image they were planted
 with, over all images); the best point (the most near-copies found with at most 1% false
@@ -30,8 +30,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from data.planted_copies import write_planted_list  # noqa: E402
-from pruning.dedup import deduplicate  # noqa: E402
-from pruning.knn import float32_copy  # noqa: E402
+from dynunc.scoring.dedup import deduplicate  # noqa: E402
+from dynunc.scoring.knn import float32_copy  # noqa: E402
 
 THRESHOLDS = (0.9, 0.95, 0.97, 0.98, 0.985, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999)
 ORIGINALS, NEAR, EXACT = 900, 100, 20

@@ -30,7 +30,7 @@ if ROOT not in sys.path:
 
 from benchmarks.measure import this_process  # noqa: E402
 from engine import seconds_per_call  # noqa: E402
-from pruning.dynamic_prune import SCORES, DynamicPruner  # noqa: E402
+from dynunc.training.online_pruning import SCORES, DynamicPruner  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 

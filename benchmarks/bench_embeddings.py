@@ -16,7 +16,7 @@
    modification times, epochs 1.. (epoch 0 includes warm-up); the median per setting,
    the overhead of an embedding epoch, and that overhead spread over whole runs of
    RUN_EPOCHS epochs with the default (one embedding epoch, the last).
-3. Rank 0's merge of the per-rank parts into embed_{epoch}.npy (pruning/embeddings.py)
+3. Rank 0's merge of the per-rank parts into embed_{epoch}.npy (dynunc/training/embeddings.py)
    at --merge-n rows of 128 float16 values from --merge-parts parts: wall, CPU, peak RSS
    (in a child process; beside it, the same child that only imports the module).
 4. The disk: N x D x 2 bytes per embedding epoch, for ImageNet-1K and ImageNet-21K.
@@ -60,13 +60,13 @@ def produce(out: str, data: str, epochs: int, nproc: int, embed: bool):
 def merge_child(hdir: str, n: int, parts: int) -> None:
     """Run in a child process: merge `parts` part files of embed_0.npy (written by the
     parent) and remove them."""
-    from pruning.embeddings import merge_parts
+    from dynunc.training.embeddings import merge_parts
 
     merge_parts(hdir, 0, "embed", n, DIM, parts)
 
 
 def write_parts(hdir: str, n: int, parts: int) -> None:
-    from pruning.embeddings import part_paths
+    from dynunc.training.embeddings import part_paths
 
     rng = np.random.default_rng(0)
     order = rng.permutation(n)
@@ -90,7 +90,7 @@ def end_of_epoch_pass(out: str, data: str, rounds: int) -> float:
 
     from data.build import build_eval_view_loader, load_file_lists
     from models.build import build_model
-    from pruning.embeddings import EmbeddingRecorder
+    from dynunc.training.embeddings import EmbeddingRecorder
     from utils.config import load_config
 
     torch.set_num_threads(1)
@@ -196,7 +196,7 @@ def main() -> None:
         run = run_child([sys.executable, "-c", code], cwd=ROOT)
         size = os.path.getsize(os.path.join(hdir, "embed_0.npy"))
         imports = run_child([sys.executable, "-c", f"import sys; sys.path.insert(0, {ROOT!r}); "
-                             f"import benchmarks.bench_embeddings, pruning.embeddings"], cwd=ROOT)
+                             f"import benchmarks.bench_embeddings, dynunc.training.embeddings"], cwd=ROOT)
     print(f"merge of {args.merge_parts} parts into {args.merge_n:,} x {DIM} float16 ({size / 2**20:.0f} MiB): "
           f"{run.summary()}; the imports alone: peak RSS {imports.peak_rss_mib:.0f} MiB")
 

@@ -113,7 +113,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         from data.build import load_file_lists
         from data.reader import train_shard
         from utils.config import load_config
-        from pruning.recorder import PredictionRecorder
+        from dynunc.training.recorder import PredictionRecorder
 
         config = load_config(None, ["DATA.DATASET", "custom", "MODEL.NUM_CLASSES", str(classes),
                                     "DATA.DATA_PATH_TRAIN", os.path.dirname(full),

@@ -40,8 +40,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.measure import run_child  # noqa: E402
-from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
-from pruning.history import load_epoch_prob  # noqa: E402
+from dynunc.uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
+from dynunc.history import load_epoch_prob  # noqa: E402
 
 
 def make_history(hdir, n, epochs, world_size, batch, seed):

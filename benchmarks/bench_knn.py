@@ -1,4 +1,4 @@
-"""The embedding engine (pruning/knn.py) at ImageNet scale: k-means plus a k = 10 nearest-
+"""The embedding engine (dynunc/scoring/knn.py) at ImageNet scale: k-means plus a k = 10 nearest-
 neighbour graph over N float16 embeddings, wall time, CPU time and peak RSS of the
 process that does it (benchmarks/measure.py), and the graph's recall@10 against exact
 search on a sample of queries; with --selection, kcenter's and d2's selection time too.
@@ -10,7 +10,7 @@ Synthetic embeddings: a mixture of --clusters (1,000) Gaussians in D dimensions,
 drawn from N(0, I), each sample its centre plus N(0, 0.5^2 I) noise (clusters about
 half as wide as the distance between centres), stored float16 as a produce run stores
 them. The k-means has C = --centroids (1,000) centroids at N = 1.28M and C proportional
-to sqrt(N) at other sizes (the graph's cells, about N / C rows each, as pruning/knn.py
+to sqrt(N) at other sizes (the graph's cells, about N / C rows each, as dynunc/scoring/knn.py
 chooses by default), so that the measured times extrapolate to 13M with the engine's
 own scaling.
 """
@@ -53,7 +53,7 @@ def make(path: str, n: int, dim: int, clusters: int, seed: int) -> None:
 
 def graph(path: str, centroids: int, k: int, out: str) -> None:
     """The measured step: k-means, then the kNN graph with the k-means cells as lists."""
-    from pruning import knn
+    from dynunc.scoring import knn
 
     x = np.load(path, mmap_mode="r")
     t0 = time.perf_counter()
@@ -67,7 +67,7 @@ def graph(path: str, centroids: int, k: int, out: str) -> None:
 
 def recall(path: str, graph_path: str, queries: int, k: int) -> None:
     """recall@k of the graph against exact search for `queries` random rows."""
-    from pruning import knn
+    from dynunc.scoring import knn
 
     faiss = knn._faiss()
     x = np.load(path, mmap_mode="r")
@@ -82,8 +82,8 @@ def recall(path: str, graph_path: str, queries: int, k: int) -> None:
 
 
 def selection(path: str, method: str) -> None:
-    from pruning import embedding_scores as es
-    from pruning import knn
+    from dynunc.scoring import geometry as es
+    from dynunc.scoring import knn
 
     x = np.load(path, mmap_mode="r")
     t0 = time.perf_counter()

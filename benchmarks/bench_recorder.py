@@ -2,7 +2,7 @@
 
     python benchmarks/bench_recorder.py [--n 1281167] [--batch 128] [--classes 1000 21841] [--device cpu] [--threads 1]
 
-1. per batch: the recorder's statistics from the logits (pruning/recorder.py:
+1. per batch: the recorder's statistics from the logits (dynunc/training/recorder.py:
    batch_records, four rows) against prob and correct alone (the two rows recorded
    before), same logits;
 2. per epoch: the gather and the files: end_epoch at world size 1 (four rows, four
@@ -23,8 +23,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from engine import seconds_per_call  # noqa: E402
-from pruning.history import history_dir, write_epoch  # noqa: E402
-from pruning.recorder import ROWS, PredictionRecorder, batch_records  # noqa: E402
+from dynunc.history import history_dir, write_epoch  # noqa: E402
+from dynunc.training.recorder import ROWS, PredictionRecorder, batch_records  # noqa: E402
 
 
 def prob_and_correct(logits, labels):

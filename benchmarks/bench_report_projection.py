@@ -1,10 +1,10 @@
-"""Time the report's embedding section (pruning/report_projection.py) on a synthetic
+"""Time the report's embedding section (dynunc/report/projection.py) on a synthetic
 embed_{epoch}.npy of N x D float16, and its peak memory.
 
     python benchmarks/bench_report_projection.py [--n 1281167] [--dim 128] [--methods 7] [--dir DIR]
 
 Two children, each measured by benchmarks/measure.py: "check" runs
-pruning/history.py's load_embeddings (the full streamed NaN check the report does
+dynunc/history.py's load_embeddings (the full streamed NaN check the report does
 first), "section" draws the shown images, reads their rows from the memory map, fits
 the PCA and draws one panel per method (every method's ranking is one shared random
 permutation: the section only reads it at the shown images). Nothing is asserted.
@@ -42,8 +42,8 @@ def make_embeddings(path: str, n: int, dim: int) -> None:
 
 
 def child(hdir: str, n: int, methods: int, stage: str) -> None:
-    from pruning.history import load_embeddings
-    from pruning.report_projection import Shown, add_projection, projection_html
+    from dynunc.history import load_embeddings
+    from dynunc.report.projection import Shown, add_projection, projection_html
 
     if stage == "check":
         load_embeddings(hdir, n)

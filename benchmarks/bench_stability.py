@@ -1,4 +1,4 @@
-"""What coreset stability tracking costs produce mode per epoch (pruning/stability.py).
+"""What coreset stability tracking costs produce mode per epoch (dynunc/training/stability.py).
 
     python benchmarks/bench_stability.py [--n 1281167] [--window 10] [--epochs 14] [--threads T]
 
@@ -22,8 +22,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.measure import this_process  # noqa: E402
-from pruning.dynamic_uncertainty import default_threads  # noqa: E402
-from pruning.stability import VS_EPOCH_KEY, StabilityTracker  # noqa: E402
+from dynunc.uncertainty import default_threads  # noqa: E402
+from dynunc.training.stability import VS_EPOCH_KEY, StabilityTracker  # noqa: E402
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ def build_train_loader(config, file_list: FileList, epoch: int, rank: int, world
 def build_eval_view_loader(config, file_list: FileList, order, device_id: Optional[int]) -> DaliLoader:
     """These samples of the training list, in this order, on produce mode's eval view
     (shorter side resized to IMG_SIZE, centre crop): the end-of-epoch embedding pass
-    (pruning/embeddings.py)."""
+    (dynunc/training/embeddings.py)."""
     spec = ViewSpec(img_size=config.DATA.IMG_SIZE, interpolation=config.DATA.INTERPOLATION, train=False,
                     test_crop=True, crop_pct=1.0)
     return _loader(config, file_list, order, config.DATA.BATCH_SIZE_VAL, spec, 0, device_id)

@@ -6,7 +6,7 @@ resumed at epoch E sees exactly the data an uninterrupted run sees at epoch E.
 - Training: one permutation of all N samples per epoch, the same on every rank; rank r
   takes the slice [r*S, (r+1)*S) with S = N // world_size, then only full batches
   (drop-last). The remainder is not seen that epoch (as in the paper's code). With
-  dynamic pruning (pruning/dynamic_prune.py) the epoch's order is a permutation of the
+  dynamic pruning (dynunc/training/online_pruning.py) the epoch's order is a permutation of the
   kept samples instead, sharded by the same rule.
 - Evaluation: every sample exactly once; rank r takes samples r, r+W, r+2W, ...; the
   last batch of a rank may be smaller. No padding, no duplicates.

@@ -20,7 +20,7 @@ dynunc and full-data training runs. For each label setting:
    history prefixes, and one of each proxy): the curve's own produce run was timed while
    both curves trained at once, so its epoch times do not compare with the proxies';
 5. the stopping rule of PRODUCE.STOP_WHEN_STABLE replayed on the full produce history
-   (pruning/stability.py, the tracker produce mode runs): when it would have stopped.
+   (dynunc/training/stability.py, the tracker produce mode runs): when it would have stopped.
 
 Writes OUTPUT/cheaper_scoring.csv (one row per run), OUTPUT/cheaper_scoring.png (top-1
 against produce cost) and OUTPUT/cheaper_scoring.md (the tables, the cheapest setting
@@ -47,10 +47,10 @@ from pruning_curve import (CONFIG, FULL, Job, finished, flipped_share, fraction_
                            training_opts, write_csv)
 from data.file_list import read_coreset  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
-from pruning.accuracy import TopOne, within_spread  # noqa: E402
-from pruning.history import contiguous_epoch_files, history_dir, load_epoch_prob  # noqa: E402
-from pruning.report_figures import png_bytes  # noqa: E402
-from pruning.stability import StabilityTracker, StopWhenStable, overlap_key  # noqa: E402
+from dynunc.report.accuracy import TopOne, within_spread  # noqa: E402
+from dynunc.history import contiguous_epoch_files, history_dir, load_epoch_prob  # noqa: E402
+from dynunc.report.figures import png_bytes  # noqa: E402
+from dynunc.training.stability import StabilityTracker, StopWhenStable, overlap_key  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
 FIELDS = ["labels", "setting", "produce_epochs", "window", "produce_seconds", "fraction", "seed", "top1",

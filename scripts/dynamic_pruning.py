@@ -45,7 +45,7 @@ for folder in (ROOT, os.path.join(ROOT, "scripts")):
 from data.file_list import read_coreset, read_file_list  # noqa: E402
 from benchmarks.measure import run_child  # noqa: E402
 from data.reader import shard_length  # noqa: E402
-from pruning.accuracy import FULL  # noqa: E402
+from dynunc.report.accuracy import FULL  # noqa: E402
 from pruning_curve import (Job, finished, fraction_text, log, make_coresets, train,  # noqa: E402
                                    training_opts, write_csv)
 from utils.io import atomic_write_text  # noqa: E402

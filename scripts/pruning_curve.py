@@ -41,9 +41,9 @@ if ROOT not in sys.path:
 
 from data.file_list import read_coreset, read_file_list  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
-from pruning.accuracy import CSV_FIELDS, FULL, Accuracy, summarise  # noqa: E402
-from pruning.history import history_dir, list_embed_epochs  # noqa: E402
-from pruning.report_figures import accuracy_curve  # noqa: E402
+from dynunc.report.accuracy import CSV_FIELDS, FULL, Accuracy, summarise  # noqa: E402
+from dynunc.history import history_dir, list_embed_epochs  # noqa: E402
+from dynunc.report.figures import accuracy_curve  # noqa: E402
 from utils.io import atomic_open, atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
@@ -162,7 +162,7 @@ def write_csv(path: str, rows: List[dict], fields: Sequence[str]) -> None:
 
 
 def plot(rows: List[dict], path: str, title: str) -> None:
-    """The curve figure (pruning/report_figures.py's, which the report also draws from this CSV)."""
+    """The curve figure (dynunc/report/figures.py's, which the report also draws from this CSV)."""
     runs = [Accuracy(r["method"], float(r["fraction"]), float(r["top1"]), path) for r in rows]
     with atomic_open(path, "wb") as f:
         f.write(accuracy_curve(summarise(runs), title))

@@ -50,7 +50,7 @@ def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=
     follow p with noise, about 10% of the samples unseen (NaN, -1), and the list's
     fingerprint. `kinds`: which of margin and el2n are written. Returns the history folder."""
     from data.file_list_index import open_index
-    from pruning.history import history_dir, write_epoch, write_fingerprint
+    from dynunc.history import history_dir, write_epoch, write_fingerprint
 
     n = len(level)
     hdir = history_dir(str(run_dir))

@@ -9,8 +9,8 @@ import pytest
 
 import get_coreset
 from conftest import run_main, write_full_history
-from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
-from pruning.scores import METHODS
+from dynunc.uncertainty import dynamic_uncertainty_scores
+from dynunc.scoring.methods import METHODS
 
 N, K = 90, 8
 ALL = [m for m in METHODS if METHODS[m].embed is None]  # the embedding methods: test_embedding_methods.py

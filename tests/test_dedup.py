@@ -1,4 +1,4 @@
-"""pruning/dedup.py against brute force: every pair compared (the full N x N similarity
+"""dynunc/scoring/dedup.py against brute force: every pair compared (the full N x N similarity
 matrix in float64), groups found by a breadth-first search over a Python adjacency list,
 the kept image chosen by a plain min(). Synthetic embeddings, stored as the produce run
 stores them (float16)."""
@@ -7,7 +7,7 @@ from collections import deque
 import numpy as np
 import pytest
 
-from pruning import dedup, knn
+from dynunc.scoring import dedup, knn
 
 
 def unit64(embeddings):
@@ -327,7 +327,7 @@ def val(run):
 
 def report_cli(run, *extra):
     from conftest import run_main
-    from pruning import report
+    from dynunc.report import page as report
 
     return run_main(report.main, ["--input", run["run"], "--dataset_file_list", run["list"], "--window", "2",
                                   "--method", "dynunc", "--fraction", "0.5", "--output", run["out"],
@@ -340,7 +340,7 @@ def test_report_shows_duplicate_groups_and_leaked_pairs(run, val):
 
     from PIL import Image
 
-    from pruning import report_dedup, report_figures
+    from dynunc.report import duplicates as report_dedup, figures as report_figures
 
     code, _, err = report_cli(run, "--dedup", "0.98", "--leakage", "0.95", "--val_file_list", val["list"])
     assert code == 0, err
@@ -440,7 +440,7 @@ def report_page(run):
 
 
 def test_leakage_caution_only_when_matches_are_too_common_to_be_copies():
-    from pruning.report_dedup import LEAKAGE_CAUTION_SHARE, leakage_warning
+    from dynunc.report.duplicates import LEAKAGE_CAUTION_SHARE, leakage_warning
 
     assert leakage_warning(0, 50_000, 0.95) is None
     assert leakage_warning(int(50_000 * LEAKAGE_CAUTION_SHARE) - 1, 50_000, 0.95) is None

@@ -9,7 +9,7 @@ group holds no image it was planted with (its source or its copy), over all imag
 
 Exact copies are found: the embeddings of an epoch all come from one model (an
 eval-mode eval-view pass over every training line after the epoch's last update,
-pruning/embeddings.py), so byte-identical images get the same row up to float16
+dynunc/training/embeddings.py), so byte-identical images get the same row up to float16
 rounding. (When the rows came from the recorder's forwards during the epoch, each with
 its own step's weights, exact copies reached only cosine 0.88 and 2 of 20 were found.)
 

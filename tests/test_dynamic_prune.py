@@ -1,4 +1,4 @@
-"""pruning/dynamic_prune.py: the rescaled loss is unbiased, the budget is exact, the plan
+"""dynunc/training/online_pruning.py: the rescaled loss is unbiased, the budget is exact, the plan
 is a pure function of (scores, seed, epoch), the streaming dynunc score equals its
 definition, the per-sample losses are the criterion's; the learning-rate schedule over
 pruned epochs; a dynunc run of main.py in one process."""
@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import ROOT
 from data.reader import epoch_permutation, shard
-from pruning.dynamic_prune import (DynamicPruner, DynUncScore, LossScore, anneal_start, check_config, dropped_count,
+from dynunc.training.online_pruning import (DynamicPruner, DynUncScore, LossScore, anneal_start, check_config, dropped_count,
                                    per_sample_loss, plan_epoch)
 from utils.config import load_config
 from utils.lr_scheduler import LRScheduler

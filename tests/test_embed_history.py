@@ -1,11 +1,11 @@
-"""pruning/history.py's embedding files: layout, listing, removal on restart, and the
+"""dynunc/history.py's embedding files: layout, listing, removal on restart, and the
 checked loader (missing file, row count, dtype/shape, NaN and infinite rows)."""
 import os
 
 import numpy as np
 import pytest
 
-from pruning.history import (HistoryError, embed_path, list_embed_epochs, load_embeddings, record_path,
+from dynunc.history import (HistoryError, embed_path, list_embed_epochs, load_embeddings, record_path,
                              remove_epochs_from, write_epoch)
 
 
@@ -110,7 +110,7 @@ def test_an_unchanged_file_is_scanned_once_a_rewritten_one_again(tmp_path, monke
     """get_coreset.py and report.py load one embedding file for several uses: the finite
     check reads it once; a file written again (another inode, time or size) is checked
     again, and a NaN in it is still refused."""
-    import pruning.history as history
+    import dynunc.history as history
 
     hdir = str(tmp_path)
     save(hdir, 0, np.ones((6, 4), np.float16))

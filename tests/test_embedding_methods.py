@@ -1,4 +1,4 @@
-"""The embedding methods (moderate, prototype, kcenter, d2) and their engine (pruning/knn.py),
+"""The embedding methods (moderate, prototype, kcenter, d2) and their engine (dynunc/scoring/knn.py),
 each against a plain-numpy, brute-force reimplementation of the paper's (or the
 authors' code's) arithmetic on small synthetic embeddings; then through get_coreset.py
 and report.py on a history with embed_{epoch}.npy files, and their refusals."""
@@ -10,9 +10,10 @@ import pytest
 
 import get_coreset
 from conftest import run_main, write_full_history
-from pruning import embedding_scores as es
-from pruning import knn, report
-from pruning.select import tie_priority, top
+from dynunc.scoring import geometry as es
+from dynunc.report import page as report
+from dynunc.scoring import knn
+from dynunc.ranking import tie_priority, top
 
 
 def blobs(n, d, centres, rng, spread=0.3):
@@ -251,8 +252,8 @@ def test_get_coreset_scores_each_method_from_the_chosen_epoch(s):
     expected = {"moderate": es.moderate_scores(latest, s["labels"], 3),
                 "prototype": es.prototype_scores(latest, 4, 3),  # k = the list's 4 classes
                 "kcenter": es.kcenter_scores(latest, 3)}
-    from pruning.scores import ScoreParams, score_history
-    from pruning.history import contiguous_epoch_files, record_loader
+    from dynunc.scoring.methods import ScoreParams, score_history
+    from dynunc.history import contiguous_epoch_files, record_loader
     paths = contiguous_epoch_files(s["hdir"])
     dynunc = score_history(["dynunc"], K, N, record_loader(s["hdir"], paths, N), ScoreParams(window=3))["dynunc"]
     expected["d2"] = es.d2_scores(latest, dynunc, seed=3)
@@ -271,8 +272,8 @@ def test_d2_passes_the_score_of_another_method(s):
     code, _, err = coreset(s, "--method", "d2", "--d2-score", "confidence", "--knn", "4", "--fraction", "0.5",
                            "--output", s["tmp"] / "d2.txt")
     assert code == 0, err
-    from pruning.scores import ScoreParams, score_history
-    from pruning.history import contiguous_epoch_files, record_loader
+    from dynunc.scoring.methods import ScoreParams, score_history
+    from dynunc.history import contiguous_epoch_files, record_loader
     loader = record_loader(s["hdir"], contiguous_epoch_files(s["hdir"]), N)
     confidence = score_history(["confidence"], K, N, loader, ScoreParams())["confidence"]
     np.testing.assert_array_equal(np.load(f"{s['tmp']}/d2.txt.scores.npy"),

@@ -1,4 +1,4 @@
-"""pruning/embeddings.py: the config keys, the classifier hook on every model type, the
+"""dynunc/training/embeddings.py: the config keys, the classifier hook on every model type, the
 fixed projection, the recorder's rows (seen, the extra pass over the unseen, validation)
 against a plain reference, and the per-rank parts merged into one file."""
 import os
@@ -9,11 +9,11 @@ import torch
 from torch import nn
 
 from models.build import build_model
-from pruning import embeddings
-from pruning.embeddings import (EmbeddingRecorder, embed_epochs, find_classifier, merge_parts, part_paths,
+from dynunc.training import embeddings
+from dynunc.training.embeddings import (EmbeddingRecorder, embed_epochs, find_classifier, merge_parts, part_paths,
                                 projection)
-from pruning.history import embed_path, history_dir, load_embeddings, record_path
-from pruning.recorder import PredictionRecorder
+from dynunc.history import embed_path, history_dir, load_embeddings, record_path
+from dynunc.training.recorder import PredictionRecorder
 from test_models import SMALL, small_config
 from utils.config import load_config
 

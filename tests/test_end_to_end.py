@@ -237,7 +237,7 @@ def test_killed_run_resumes_to_the_same_history(data, produced):
 
 def assert_same_embeddings(out, reference):
     """The embedding files of `out` are those of `reference` (the same forwards, float16)."""
-    from pruning.history import list_embed_epochs
+    from dynunc.history import list_embed_epochs
 
     hdir, ref_dir = os.path.join(out, "pred_prob_history"), os.path.join(reference, "pred_prob_history")
     for kind in ("embed", "val_embed"):
@@ -256,8 +256,8 @@ def test_embeddings_of_every_training_and_validation_image(data, produced):
 
     from data.build import build_eval_view_loader, build_val_loader, load_file_lists
     from models.build import build_model
-    from pruning.embeddings import projection
-    from pruning.history import list_embed_epochs, load_embeddings
+    from dynunc.training.embeddings import projection
+    from dynunc.history import list_embed_epochs, load_embeddings
     from utils.config import load_config
 
     root, opts = data

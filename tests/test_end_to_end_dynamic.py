@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from data.reader import shard
-from pruning.dynamic_prune import LossScore, plan_epoch
+from dynunc.training.online_pruning import LossScore, plan_epoch
 from test_end_to_end import (EPOCHS, data, half_coreset, history, kill_and_resume, metrics, run,  # noqa: F401
                              torchrun)
 

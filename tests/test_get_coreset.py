@@ -1,4 +1,4 @@
-"""get_coreset.py and pruning/dynamic_uncertainty.py against a literal reference.
+"""get_coreset.py and dynunc/uncertainty.py against a literal reference.
 
 The reference below follows docs/semantics.md §3 line by line, with plain loops:
 it is slow and obvious, the implementation under test is streamed and vectorised.
@@ -19,9 +19,9 @@ if ROOT not in sys.path:
 
 import get_coreset  # noqa: E402
 from conftest import run_main  # noqa: E402
-from pruning.dynamic_uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
-from pruning.select import tie_priority  # noqa: E402
-from pruning.history import HistoryError, load_epoch_prob  # noqa: E402
+from dynunc.uncertainty import dynamic_uncertainty_scores, select_coreset  # noqa: E402
+from dynunc.ranking import tie_priority  # noqa: E402
+from dynunc.history import HistoryError, load_epoch_prob  # noqa: E402
 
 
 # -----------------------------------------------------------------------------

@@ -1,14 +1,14 @@
-"""pruning/scores.py and pruning/select.py against hand-written histories whose answers
+"""dynunc/scoring/methods.py and dynunc/ranking.py against hand-written histories whose answers
 are worked out here."""
 import math
 
 import numpy as np
 import pytest
 
-from pruning.dynamic_uncertainty import dynamic_uncertainty_scores
-from pruning.scores import (METHODS, ScoreParams, default_el2n_epoch, epochs_read, parse_epoch_slice,
+from dynunc.uncertainty import dynamic_uncertainty_scores
+from dynunc.scoring.methods import (METHODS, ScoreParams, default_el2n_epoch, epochs_read, parse_epoch_slice,
                             score_history)
-from pruning.select import CCS, Cut, Ranking, ccs_select, class_quotas, rank, tie_priority, top
+from dynunc.ranking import CCS, Cut, Ranking, ccs_select, class_quotas, rank, tie_priority, top
 
 nan = np.nan
 
@@ -411,7 +411,7 @@ def test_chunked_threaded_pass_equals_the_definitions(monkeypatch, threads):
     """Many small chunks over several threads (fast path for fully seen chunks, masked
     path elsewhere) give each method's definition (1e-12), and the very same bits as one
     chunk on one thread."""
-    import pruning.scores as scores_module
+    import dynunc.scoring.methods as scores_module
 
     records = _random_history(3001, 9, seed=threads)
     names = ["confidence", "variability", "aum", "el2n", "forgetting"]

@@ -1,4 +1,4 @@
-"""pruning/recorder.py: what produce mode records per sample, in which model
+"""dynunc/training/recorder.py: what produce mode records per sample, in which model
 mode, and the history files it writes."""
 import json
 import os
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from data.file_list_index import open_index
-from pruning.history import HistoryError, history_dir, record_path, write_epoch
-from pruning.recorder import PredictionRecorder, has_batchnorm
+from dynunc.history import HistoryError, history_dir, record_path, write_epoch
+from dynunc.training.recorder import PredictionRecorder, has_batchnorm
 
 
 class FixedLogits(nn.Module):
@@ -303,7 +303,7 @@ def test_resume_on_a_different_list_is_refused(tmp_path):
 def test_every_record_kind_is_written_and_read_as_its_table_row(tmp_path):
     """RECORD_KINDS drives the recorder, write_epoch and load_epoch_record: each kind's
     file has the row's dtype and unseen marker, and a bad kind is refused by name."""
-    from pruning.history import RECORD_KINDS, load_epoch_record
+    from dynunc.history import RECORD_KINDS, load_epoch_record
 
     recorder = make_recorder(tmp_path, 3)
     recorder.start_epoch()

@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, run_main, write_full_history
-from pruning import report, report_figures
-from pruning.report_stats import MethodOrder, spearman_matrix, tie_twice_ranks
-from pruning.scores import METHODS, ScoreParams, score_history
-from pruning.select import top
+from dynunc.report import page as report, figures as report_figures
+from dynunc.report.stats import MethodOrder, spearman_matrix, tie_twice_ranks
+from dynunc.scoring.methods import METHODS, ScoreParams, score_history
+from dynunc.ranking import top
 
 K, CLASSES, PER_CLASS = 7, 5, 12
 N = CLASSES * PER_CLASS
@@ -354,7 +354,7 @@ def test_every_method_says_what_its_score_is():
 
 
 def test_cut_labels_say_what_a_cut_keeps():
-    from pruning.select import Cut
+    from dynunc.ranking import Cut
 
     assert (report_figures.cut_label("0.5", Cut(-0.0, 3057, 1057), "forgetting events")
             == "keep 0.5: inside a tie of 3057 images at score 0; 1057 kept at random")

@@ -1,4 +1,4 @@
-"""The report's cost section (pruning/report_cost.py): produce cost from the produce run's
+"""The report's cost section (dynunc/report/cost.py): produce cost from the produce run's
 metrics.jsonl, a full run's cost measured (--accuracy full=RUN) or estimated, the runs
 after which pruning pays off, and the coreset stability figure."""
 import json
@@ -6,8 +6,8 @@ import math
 
 from PIL import Image
 
-from pruning import report_figures
-from pruning.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, overlap_key
+from dynunc.report import figures as report_figures
+from dynunc.training.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, overlap_key
 from test_report import base, run_cli, s  # noqa: F401
 
 FRACTIONS = ["0.5", "0.25"]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_image_tree, run_main, write_full_history
-from pruning import report
+from dynunc.report import page as report
 
 SCRIPT = os.path.join(ROOT, "scripts", "check_report_page.py")
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)

@@ -1,4 +1,4 @@
-"""The report's embedding section (pruning/report_projection.py): per method, the recorded
+"""The report's embedding section (dynunc/report/projection.py): per method, the recorded
 embeddings projected to 2-D by PCA with kept and pruned images in two colours. Counts
 and variance shares are checked against an independent computation (select.top on the
 scores, numpy's eigh on the covariance); the rest of the report is the same with and
@@ -13,10 +13,10 @@ from PIL import Image
 
 from conftest import make_image_tree, run_main, write_full_history
 from data.file_list_index import open_index
-from pruning import report, report_projection
-from pruning.history import load_embeddings
-from pruning.scores import METHODS, ScoreParams, score_history
-from pruning.select import top
+from dynunc.report import page as report, projection as report_projection
+from dynunc.history import load_embeddings
+from dynunc.scoring.methods import METHODS, ScoreParams, score_history
+from dynunc.ranking import top
 
 K, CLASSES, PER_CLASS, D = 7, 5, 12, 16
 N = CLASSES * PER_CLASS

@@ -1,4 +1,4 @@
-"""pruning/scoring_plan.py: the flags get_coreset.py and report.py share (both spellings,
+"""dynunc/scoring/plan.py: the flags get_coreset.py and report.py share (both spellings,
 the --window rule, method flags given to methods not asked for), and a method with a
 flag of its own added as one row of the method table, through both commands."""
 import json
@@ -9,8 +9,8 @@ import pytest
 
 import get_coreset
 from conftest import make_image_tree, run_main, write_full_history
-from pruning import report
-from pruning.scores import METHODS, Method, MethodFlag, SeenMean
+from dynunc.report import page as report
+from dynunc.scoring.methods import METHODS, Method, MethodFlag, SeenMean
 
 N = 40
 

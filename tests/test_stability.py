@@ -1,4 +1,4 @@
-"""Coreset stability while producing (pruning/stability.py): the tracked coreset is
+"""Coreset stability while producing (dynunc/training/stability.py): the tracked coreset is
 get_coreset.py's on the history truncated to the epochs so far, the overlap and the
 Spearman coefficient against plain references, the stopping rule's streak, and the
 PRODUCE config checks."""
@@ -9,10 +9,10 @@ import pytest
 
 import get_coreset
 from conftest import run_main, write_full_history
-from pruning.dynamic_uncertainty import WindowScores, dynamic_uncertainty_scores
-from pruning.history import FILE_LIST_NAME, load_epoch_prob
-from pruning.select import top_cut
-from pruning.stability import (SPEARMAN_KEY, VS_EPOCH_KEY, StabilityTracker, StopWhenStable, average_ranks,
+from dynunc.uncertainty import WindowScores, dynamic_uncertainty_scores
+from dynunc.history import FILE_LIST_NAME, load_epoch_prob
+from dynunc.ranking import top_cut
+from dynunc.training.stability import (SPEARMAN_KEY, VS_EPOCH_KEY, StabilityTracker, StopWhenStable, average_ranks,
                                check_config, effective_window, overlap_key, spearman)
 from utils.config import load_config
 

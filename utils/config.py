@@ -146,7 +146,7 @@ _C.TRAIN.OPTIMIZER.BETAS = (0.9, 0.999)
 _C.TRAIN.OPTIMIZER.MOMENTUM = 0.9
 _C.TRAIN.OPTIMIZER.NESTEROV = False
 
-# Dynamic pruning (pruning/dynamic_prune.py; README, "Dynamic pruning"): each epoch,
+# Dynamic pruning (dynunc/training/online_pruning.py; README, "Dynamic pruning"): each epoch,
 # RATIO of the well-learned samples (score below the mean of the scored samples) are
 # skipped, drawn at random; the rest of them have their loss scaled by 1 / (1 - ratio).
 _C.TRAIN.DYNAMIC_PRUNE = CN()
@@ -200,7 +200,7 @@ _C.ACCELERATION.FUSED_LAYERNORM = False
 
 # -----------------------------------------------------------------------------
 # Produce mode (main_and_produce.py): coreset stability while producing
-# (pruning/stability.py; README, "Stability while producing")
+# (dynunc/training/stability.py; README, "Stability while producing")
 # -----------------------------------------------------------------------------
 _C.PRODUCE = CN()
 # After each epoch with a dynamic-uncertainty score, rank 0 compares the coreset of the
@@ -220,7 +220,7 @@ _C.PRODUCE.STOP_WHEN_STABLE.ENABLE = False
 _C.PRODUCE.STOP_WHEN_STABLE.OVERLAP = 0.95
 _C.PRODUCE.STOP_WHEN_STABLE.PATIENCE = 3
 _C.PRODUCE.STOP_WHEN_STABLE.FRACTION = 0.5
-# Embeddings (pruning/embeddings.py): the classifier's input on the eval view, randomly
+# Embeddings (dynunc/training/embeddings.py): the classifier's input on the eval view, randomly
 # projected to EMBED_DIM values and stored float16 as embed_{epoch}.npy (training list)
 # and val_embed_{epoch}.npy (validation list). 0 records none.
 _C.PRODUCE.EMBED_DIM = 128

@@ -1,5 +1,5 @@
 """The report's near-duplicate and leakage sections (report.py --dedup, --leakage), from
-the embeddings the produce run recorded (pruning/dedup.py does the arithmetic):
+the embeddings the produce run recorded (dynunc/scoring/dedup.py does the arithmetic):
 
 - duplicates: get_coreset.py's --dedup groups (same flags, same result), written as
   dedup_groups.tsv beside the page, counted, and drawn as image rows: the kept image
@@ -16,9 +16,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from data.file_list import FileList, read_file_list
-from pruning import report_figures as figures
-from pruning.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
-from pruning.history import load_embeddings
+from dynunc.report import figures
+from dynunc.scoring.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
+from dynunc.history import load_embeddings
 
 SHOWN_GROUPS = 12
 SHOWN_PAIRS = 24

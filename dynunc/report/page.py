@@ -1,10 +1,10 @@
 """The pruning report (report.py): what each method keeps and throws away, as one HTML
 page with PNG figures beside it and the numbers in report.json. The page opens on the
-decision section (pruning/report_decision.py), with the accuracies of --accuracy
-(pruning/accuracy.py) when given.
+decision section (dynunc/report/decision.py), with the accuracies of --accuracy
+(dynunc/report/accuracy.py) when given.
 
 Two passes over the history, each reading an epoch's files once: the first scores every
-method (pruning/scores.py's `score_history`, as get_coreset.py does), the second reads
+method (dynunc/scoring/methods.py's `score_history`, as get_coreset.py does), the second reads
 only prob_{epoch} for the curves (mean p(true label) per score decile, and a few sampled
 images). Memory is O(N) per method (scores, ranking, positions, tie-averaged ranks: 20
 bytes per sample), never O(N x K); at most 32 images per method are opened (the 16
@@ -24,17 +24,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data.file_list import FileList, FileListError, read_file_list
-from pruning import report_figures as figures
-from pruning import report_projection as projection
-from pruning.accuracy import FULL, TopOne, read_accuracies, summarise
-from pruning.report_cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
-from pruning.report_decision import decision_rows, reading
-from pruning.report_dedup import add_duplicates, add_leakage, add_leakage_flags, check_leakage_flags
-from pruning.history import HistoryError
-from pruning.report_stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
+from dynunc.report import figures
+from dynunc.report import projection
+from dynunc.report.accuracy import FULL, TopOne, read_accuracies, summarise
+from dynunc.report.cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
+from dynunc.report.decision import decision_rows, reading
+from dynunc.report.duplicates import add_duplicates, add_leakage, add_leakage_flags, check_leakage_flags
+from dynunc.history import HistoryError
+from dynunc.report.stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
-from pruning.scores import METHODS, score_history
-from pruning.scoring_plan import add_flag, add_plan_flags, check_flags, make_plan
+from dynunc.scoring.methods import METHODS, score_history
+from dynunc.scoring.plan import add_flag, add_plan_flags, check_flags, make_plan
 from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 
@@ -141,7 +141,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     labels, class_dirs = class_labels(file_list)
     shown = projection.prepare(plan.hdir, n, args.projection_fraction, fractions, plan.selection.seed)
-    embedding_files: Dict[str, bytes] = {}  # --dedup and --leakage (pruning/report_dedup.py)
+    embedding_files: Dict[str, bytes] = {}  # --dedup and --leakage (dynunc/report/duplicates.py)
     embedding_numbers: dict = {}
     if args.dedup is not None:
         add_duplicates(embedding_files, embedding_numbers, args, plan.hdir, file_list, labels, class_dirs, thumbnail)

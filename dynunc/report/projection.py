@@ -1,12 +1,12 @@
 """The pruning report's embedding section: per method, the recorded embeddings
-(embed_{epoch}.npy, pruning/history.py) projected to 2-D, kept and pruned images in two
+(embed_{epoch}.npy, dynunc/history.py) projected to 2-D, kept and pruned images in two
 colours, at one fraction.
 
 The cost is bounded whatever N: one seeded draw of at most POINTS images is made once,
 only their rows are read from the memory-mapped file (never N x D in memory), a PCA
 (numpy's SVD of the centred rows) is fitted on those rows once, and every method's panel
 shows the same points on the same axes: only the colours differ, from each method's
-position in its ranking (pruning/report_stats.py's MethodOrder: kept iff position <
+position in its ranking (dynunc/report/stats.py's MethodOrder: kept iff position <
 keep, select.top's set).
 """
 import html
@@ -18,10 +18,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from pruning import report_figures as figures
-from pruning.dynamic_uncertainty import check_fraction
-from pruning.history import EMBED_CONFIG_KEYS, embed_path, list_embed_epochs, load_embeddings
-from pruning.report_stats import MethodOrder
+from dynunc.report import figures
+from dynunc.uncertainty import check_fraction
+from dynunc.history import EMBED_CONFIG_KEYS, embed_path, list_embed_epochs, load_embeddings
+from dynunc.report.stats import MethodOrder
 
 POINTS = 5000  # images drawn for the projection: the figure's cost stays bounded at 13M images
 COLUMNS = 4  # panels per row
@@ -158,7 +158,7 @@ class Shown:
 def prepare(hdir: str, num_samples: int, given: Optional[str], fractions: Sequence[str], seed: int) -> Optional[Shown]:
     """The embeddings to show (the latest epoch's) and the fraction, or None when the
     history holds none and no --projection-fraction asks for them. ValueError or
-    HistoryError (pruning/history.py's load_embeddings: a missing file with the config
+    HistoryError (dynunc/history.py's load_embeddings: a missing file with the config
     keys that record it, a wrong shape, a NaN) otherwise."""
     fraction, keep = projection_keep(given, fractions, num_samples)
     epochs = list_embed_epochs(hdir)

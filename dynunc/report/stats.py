@@ -1,7 +1,7 @@
 """The numbers of the pruning report (report.py), computed from each method's scores
 and the history, in O(N) memory per method and O(N log N) time.
 
-Every method's scores are sorted once (pruning/select.py's `rank`: highest first, ties
+Every method's scores are sorted once (dynunc/ranking.py's `rank`: highest first, ties
 in the seeded random order that get_coreset.py uses with the same --seed, NaN last); a sample's position in that order says, for every
 fraction at once, whether it is kept (position < int(N * fraction), exactly the set
 `select.top` keeps) and which score decile it falls in. Spearman's correlation uses the
@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from pruning.select import Cut, rank, tie_group_starts, top_cut
+from dynunc.ranking import Cut, rank, tie_group_starts, top_cut
 
 DECILES = 10
 CHUNK = 1 << 20  # elements per chunk of the dot products (small float64 temporaries)

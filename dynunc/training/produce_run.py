@@ -1,6 +1,6 @@
 """What produce mode adds to a training run (main_and_produce.py): rank 0's coreset
-stability tracker and the stop rule it feeds (pruning/stability.py), and the embedding
-recorder (pruning/embeddings.py), each built from the config."""
+stability tracker and the stop rule it feeds (dynunc/training/stability.py), and the embedding
+recorder (dynunc/training/embeddings.py), each built from the config."""
 import logging
 from functools import partial
 from typing import Optional
@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 
 from data.build import build_eval_view_loader
-from pruning import embeddings
-from pruning.history import history_dir
-from pruning.stability import StabilityTracker, StopWhenStable, effective_window
+from dynunc.training import embeddings
+from dynunc.history import history_dir
+from dynunc.training.stability import StabilityTracker, StopWhenStable, effective_window
 from utils.distributed import DistInfo, all_reduce_, is_primary
 
 logger = logging.getLogger("main")

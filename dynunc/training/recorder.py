@@ -3,7 +3,7 @@ view and with the weights as they are before the step's update (docs/semantics.m
 each kind of history.py's RECORD_KINDS, i.e. the softmax
 probability of its true label, whether the top-1 prediction is right, the margin (true
 logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2); and, in the
-epochs that ask for them, after the epoch, the embeddings (pruning/embeddings.py)."""
+epochs that ask for them, after the epoch, the embeddings (dynunc/training/embeddings.py)."""
 import logging
 import os
 from contextlib import nullcontext
@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from data.file_list_index import open_index
-from pruning.embeddings import EmbeddingRecorder, remove_parts
-from pruning.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
+from dynunc.training.embeddings import EmbeddingRecorder, remove_parts
+from dynunc.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
                              list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
                              write_fingerprint)
-from pruning.stability import StabilityTracker, describe
+from dynunc.training.stability import StabilityTracker, describe
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class PredictionRecorder:
         self.records = torch.full((len(ROWS), num_samples), _UNSEEN, dtype=torch.float32, device=device)
         # None: decided on the first batch (eval() for models with BatchNorm).
         self.eval_mode_forward = eval_mode_forward
-        # Rank 0's coreset stability tracking (pruning/stability.py), fed each written epoch.
+        # Rank 0's coreset stability tracking (dynunc/training/stability.py), fed each written epoch.
         self.tracker = tracker if is_primary else None
         self.embeddings = embeddings
 
@@ -132,7 +132,7 @@ class PredictionRecorder:
         all_reduce_(self.records, op=torch.distributed.ReduceOp.MAX)
         seen = self.records[ROWS.index("prob")] > _UNSEEN
         if self.embeddings is not None and self.embeddings.collecting("embed"):
-            # One pass with the epoch's final weights (pruning/embeddings.py); the
+            # One pass with the epoch's final weights (dynunc/training/embeddings.py); the
             # embeddings go before prob, which marks the epoch complete.
             self.embeddings.embed_all(self.num_samples)
             self.embeddings.finish(epoch, "embed", self.num_samples)

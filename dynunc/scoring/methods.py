@@ -9,11 +9,11 @@ in a statistic's range scores NaN, which ranks below every number (select.py).
 
 A new method is one accumulator (a class with `update(epoch, records)` and `result()`)
 and one row in METHODS; a flag of its own is a MethodFlag in that row (get_coreset.py
-and report.py take it through pruning/scoring_plan.py, which names no method).
+and report.py take it through dynunc/scoring/plan.py, which names no method).
 
 A method of the embeddings (needs ("embed",): moderate, prototype, kcenter, d2) is a row
 with `embed`, a function of (embeddings, labels, parameters, other methods' scores)
-(pruning/embedding_scores.py), and `uses`, the methods whose scores it reads (d2's
+(dynunc/scoring/geometry.py), and `uses`, the methods whose scores it reads (d2's
 --d2-score): those are scored in the same pass, and the embeddings are loaded once, by
 the caller's `embedded()`, for every such method, after the pass.
 """
@@ -23,8 +23,9 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 
 import numpy as np
 
-from pruning.dynamic_uncertainty import default_threads, dynamic_uncertainty_scores, max_window
-from pruning.embedding_scores import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, check_gamma, d2_scores,
+from dynunc.history import list_embed_epochs
+from dynunc.uncertainty import default_threads, dynamic_uncertainty_scores, max_window
+from dynunc.scoring.geometry import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, check_gamma, d2_scores,
                                       kcenter_scores, moderate_scores, prototype_scores)
 
 # Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
@@ -345,7 +346,6 @@ DEFAULT_METHOD = "dynunc"  # the paper's
 def _embed_epoch(value: Optional[int], given: Mapping[str, object], num_epochs: int, where: str) -> Optional[int]:
     """--embed-epoch: the epoch whose embeddings are read; not given, the last recorded one
     (None if `where` holds none: the plan then names the missing file)."""
-    from pruning.history import list_embed_epochs  # history.py imports this module
 
     recorded = list_embed_epochs(where)
     if value is None:

@@ -1,10 +1,11 @@
 """The scoring plan: the flags that get_coreset.py and report.py share, checked into one
 Plan (the list, the history, the methods with their parameters, the fractions, the
 selection rule). Neither command names a method: each method's own flags are the
-MethodFlag entries of its row in pruning/scores.py's METHODS, added to both parsers
+MethodFlag entries of its row in dynunc/scoring/methods.py's METHODS, added to both parsers
 here and resolved here against the history. The paper's underscore spellings
 (--dataset_file_list) are accepted with hyphens too (--dataset-file-list)."""
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -12,12 +13,51 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data.file_list_index import FileListIndex, open_index
-from pruning.dedup import check_threshold
-from pruning.dynamic_uncertainty import check_fraction
-from pruning.history import (EMBED_CONFIG_KEYS, check_fingerprint, check_records, contiguous_epoch_files,
-                             find_history_dir, fingerprint_path, load_embeddings, missing_record, record_loader)
-from pruning.scores import METHODS, MethodFlag, ScoreParams, resolve_defaults, with_inputs
-from pruning.select import CCS, Cut, Ranking
+from dynunc.scoring.dedup import check_threshold
+from dynunc.uncertainty import check_fraction
+from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
+                            find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path)
+from dynunc.ranking import CCS, Cut, Ranking
+from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
+
+
+def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
+    """The first record file that `method` reads and `hdir` lacks, or None (prob files are
+    not checked: contiguous_epoch_files found every epoch's). An embedding method: its
+    epoch's embed_{epoch}.npy (params.embed_epoch, None if `hdir` holds none), then the
+    records of the methods whose scores it reads."""
+    if METHODS[method].embed is not None:
+        epoch = params.embed_epoch
+        path = embed_path(hdir, "<epoch>" if epoch is None else epoch)
+        if epoch is None or not os.path.exists(path):
+            return path
+        for used in METHODS[method].uses(params):
+            path = missing_record(hdir, used, params, num_epochs)
+            if path is not None:
+                return path
+        return None
+    for kind in METHODS[method].needs:
+        if kind == "prob":
+            continue
+        for epoch in epochs_read(method, params, num_epochs):
+            path = record_path(hdir, kind, epoch)
+            if not os.path.exists(path):
+                return path
+    return None
+
+
+def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int) -> None:
+    """HistoryError, naming the first missing file and its method, unless `hdir` holds
+    every record file that `methods` read."""
+    for name in methods:
+        path = missing_record(hdir, name, params, num_epochs)
+        if path is not None and os.path.basename(path).startswith("embed_"):
+            raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; a produce run "
+                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0)")
+        if path is not None:
+            kind = os.path.basename(path).split("_")[0]
+            raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
+                               f"(recorded by produce runs of this version, not by older ones or the paper's)")
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, **options) -> None:
@@ -48,7 +88,7 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
         add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
     add_flag(parser, "--seed", type=int, default=0, help=seed_help)
     add_flag(parser, "--dedup", type=float, metavar="THRESHOLD",
-             help="remove near-duplicates first (SemDeDup, pruning/dedup.py): images whose recorded embeddings "
+             help="remove near-duplicates first (SemDeDup, dynunc/scoring/dedup.py): images whose recorded embeddings "
              "(embed_{epoch}.npy, the latest epoch) have a cosine similarity >= THRESHOLD, in (0, 1], within a "
              "k-means cluster form a group, and only one image per group is kept")
     add_flag(parser, "--dedup-clusters", type=int, metavar="K",

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruning.history import EMBED_DTYPE, embed_path
+from dynunc.history import EMBED_DTYPE, embed_path
 from utils.distributed import barrier
 from utils.io import atomic_open, atomic_save_npy, remove_stale_temporaries
 

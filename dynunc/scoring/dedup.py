@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from pruning import knn
+from dynunc.scoring import knn
 
 DEFAULT_BLOCK = 1 << 24  # similarities computed at a time: 64 MiB of float32
 
@@ -32,7 +32,7 @@ def latest_embeddings(hdir: str, num_samples: int, kind: str = "embed") -> Tuple
     """(epoch, embeddings) of the latest epoch with `kind` files in the history folder,
     read by history.load_embeddings (HistoryError naming the file and PRODUCE.EMBED_DIM
     when there is none, and for a wrong row count, dtype or a non-finite value)."""
-    from pruning.history import list_embed_epochs, load_embeddings
+    from dynunc.history import list_embed_epochs, load_embeddings
 
     epochs = list_embed_epochs(hdir, kind)
     embeddings = load_embeddings(hdir, num_samples, epochs[-1] if epochs else None, kind=kind)

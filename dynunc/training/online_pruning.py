@@ -30,7 +30,7 @@ Scores, from the training forward (augmented view, weights before the update):
 - ``dynunc``: dynamic uncertainty so far of p, the softmax probability of the sample's
   own label (with Mixup/CutMix, on the mixed image). A window is WINDOW consecutive
   observations of the sample (epochs in which it was not trained are skipped, as
-  pruning/dynamic_uncertainty.py skips unseen epochs); the window score is the std
+  dynunc/uncertainty.py skips unseen epochs); the window score is the std
   (ddof=1) of its p values, the paper's without its factor 10, which the below-the-mean
   rule ignores; the score is the mean of all window scores so far, the one ending at
   the newest observation included. A sample is scored once it has WINDOW observations.

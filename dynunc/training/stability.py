@@ -23,13 +23,10 @@ from typing import Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tup
 
 import numpy as np
 
-from pruning.dynamic_uncertainty import WindowScores, check_fraction
-from pruning.select import tie_group_starts, top
+from dynunc.history import OVERLAP_KEY, SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY  # noqa: F401 (re-exported)
+from dynunc.uncertainty import WindowScores, check_fraction
+from dynunc.ranking import tie_group_starts, top
 
-OVERLAP_KEY = "stability_overlap_{fraction}"
-SPEARMAN_KEY = "stability_spearman"
-VS_EPOCH_KEY = "stability_vs_epoch"  # the earlier epoch each comparison is made with
-STOPPED_KEY = "stopped_when_stable"  # in the metrics record (and checkpoint) of the epoch the run stopped after
 TIE_SEED = 0  # get_coreset.py's default --seed: the tie rule of the coreset the user will select
 
 

@@ -24,13 +24,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pruning.scores import METHODS, ScoreParams, epochs_read
 from utils.io import atomic_save_npy, atomic_write_text
 
 HISTORY_DIRNAME = "pred_prob_history"
 _EPOCH_FILE = re.compile(r"^prob_(\d+)\.(npy|txt)$")
 EMBED_KINDS = ("embed", "val_embed")  # training-list rows, validation-list rows
 EMBED_DTYPE = np.float16
+# Keys of the coreset stability tracker (dynunc.training.stability) in a run's metrics.jsonl.
+OVERLAP_KEY = "stability_overlap_{fraction}"
+SPEARMAN_KEY = "stability_spearman"
+VS_EPOCH_KEY = "stability_vs_epoch"  # the earlier epoch each comparison is made with
+STOPPED_KEY = "stopped_when_stable"  # in the metrics record (and checkpoint) of the epoch the run stopped after
 EMBED_CONFIG_KEYS = "PRODUCE.EMBED_DIM and PRODUCE.EMBED_EPOCHS"
 
 
@@ -272,45 +276,6 @@ def record_loader(hdir: str, prob_paths: Sequence[str], num_samples: int,
         return load_epoch_record(path, kind, expected_len=num_samples, mmap=mmap)
 
     return load
-
-
-def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
-    """The first record file that `method` reads and `hdir` lacks, or None (prob files are
-    not checked: contiguous_epoch_files found every epoch's). An embedding method: its
-    epoch's embed_{epoch}.npy (params.embed_epoch, None if `hdir` holds none), then the
-    records of the methods whose scores it reads."""
-    if METHODS[method].embed is not None:
-        epoch = params.embed_epoch
-        path = embed_path(hdir, "<epoch>" if epoch is None else epoch)
-        if epoch is None or not os.path.exists(path):
-            return path
-        for used in METHODS[method].uses(params):
-            path = missing_record(hdir, used, params, num_epochs)
-            if path is not None:
-                return path
-        return None
-    for kind in METHODS[method].needs:
-        if kind == "prob":
-            continue
-        for epoch in epochs_read(method, params, num_epochs):
-            path = record_path(hdir, kind, epoch)
-            if not os.path.exists(path):
-                return path
-    return None
-
-
-def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int) -> None:
-    """HistoryError, naming the first missing file and its method, unless `hdir` holds
-    every record file that `methods` read."""
-    for name in methods:
-        path = missing_record(hdir, name, params, num_epochs)
-        if path is not None and os.path.basename(path).startswith("embed_"):
-            raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; a produce run "
-                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0)")
-        if path is not None:
-            kind = os.path.basename(path).split("_")[0]
-            raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
-                               f"(recorded by produce runs of this version, not by older ones or the paper's)")
 
 
 # (real path, inode, modification time, size) of the embedding files found finite in this

@@ -36,7 +36,7 @@ from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from pruning.select import top
+from dynunc.ranking import top
 
 # Columns (samples) per chunk: the float64 working copy of a chunk (J x 32768 x 8
 # bytes, 2.5 MiB for J = 10) stays in the L3 cache while each of the ~50 numpy calls per

@@ -5,7 +5,7 @@ paragraph that reads those numbers (which methods are within the seed spread of 
 best at each fraction, which empty or starve classes, where ties decide)."""
 from typing import Dict, List, Optional, Sequence
 
-from pruning.accuracy import FULL, TopOne, best_of, same_fraction, within_spread
+from dynunc.report.accuracy import FULL, TopOne, best_of, same_fraction, within_spread
 
 STARVED = 0.5  # a class is starved when it keeps less than this share of the fraction
 

@@ -13,14 +13,13 @@ later training run, and how the produce run's coreset settled (stability trackin
   saving) later runs. This charges the whole produce run to pruning; if its trained
   model is used as well, only the produce overhead is pruning's, and it pays off sooner.
 - Stability: per epoch, the kept-set overlap at each tracked fraction and the Spearman
-  coefficient that produce mode logged (pruning/stability.py), when the run has them.
+  coefficient that produce mode logged (dynunc/training/stability.py), when the run has them.
 """
 import math
 import os
 from typing import List, Optional, Sequence
 
-from pruning.history import HISTORY_DIRNAME
-from pruning.stability import OVERLAP_KEY, SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY
+from dynunc.history import HISTORY_DIRNAME, OVERLAP_KEY, SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY
 from utils.logger import MetricsLog
 
 # The demo's measured produce-mode epoch time / plain epoch time (README: 1.40); analytically

@@ -14,8 +14,8 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from pruning.accuracy import FULL, TopOne
-from pruning.select import Cut
+from dynunc.report.accuracy import FULL, TopOne
+from dynunc.ranking import Cut
 
 DPI = 100
 THUMB = 96  # thumbnail side, pixels
@@ -270,7 +270,7 @@ def stability_curve_size() -> Tuple[int, int]:
 
 
 def stability_curve(series: dict, title: str) -> bytes:
-    """Coreset stability against produce epochs (pruning/report_cost.py's series): the
+    """Coreset stability against produce epochs (dynunc/report/cost.py's series): the
     kept-set overlap with the earlier epoch's coreset at each tracked fraction, and the
     Spearman coefficient of the two score vectors; the epoch the run stopped at, if it did."""
     fig = _figure(stability_curve_size())

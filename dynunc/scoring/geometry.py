@@ -1,5 +1,5 @@
 """Pruning scores from one epoch's recorded embeddings (N x D, one row per line of the
-list): the geometry methods of the method table (pruning/scores.py's METHODS rows
+list): the geometry methods of the method table (dynunc/scoring/methods.py's METHODS rows
 with needs ("embed",)). Higher score = kept first, as everywhere.
 
 - `moderate_scores` (Xia et al., ICLR 2023): distance of each embedding to its class's
@@ -23,8 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from pruning import knn
-from pruning.select import tie_priority
+from dynunc.scoring import knn
+from dynunc.ranking import tie_priority
 
 KCENTER_CLUSTER_ROWS = 1024  # approximate k-center: greedy inside k-means clusters of about this many rows
 D2_KNN = 10  # the authors' code default (--n-neighbor)

@@ -1,0 +1,1 @@
+"""The decision report (report.py): accuracies, figures, statistics and the page."""
