@@ -15,6 +15,7 @@ The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_corese
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
 whose prob file exists is complete.
 """
+import hashlib
 import json
 import os
 import re
@@ -178,6 +179,58 @@ def check_fingerprint(hdir: str, list_path: str, fingerprint: dict) -> bool:
             f"({recorded['entries']} entries, sha256 {str(recorded['sha256'])[:16]}...)"
         )
     return True
+
+
+# -----------------------------------------------------------------------------
+# Samples named by keys (a history recorded without a file list)
+# -----------------------------------------------------------------------------
+SAMPLE_KEYS_NAME = "sample_keys.txt"
+
+
+def sample_keys_path(hdir: str) -> str:
+    return os.path.join(hdir, SAMPLE_KEYS_NAME)
+
+
+def check_sample_keys(keys: Sequence[str], where: str = "sample keys") -> List[str]:
+    """`keys` as a list of str, or HistoryError naming the first key that is empty, holds a
+    line break or a tab, or repeats an earlier one (with both positions)."""
+    keys = [str(k) for k in keys]
+    first: Dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if not key or any(c in key for c in "\n\r\t"):
+            raise HistoryError(f"{where}: key {i} ({key!r}) is empty or holds a line break or a tab")
+        if key in first:
+            raise HistoryError(f"{where}: key {i} ({key!r}) repeats key {first[key]}")
+        first[key] = i
+    return keys
+
+
+def write_sample_keys(hdir: str, keys: Sequence[str]) -> dict:
+    """Write `keys` (one per sample, index order) as ``sample_keys.txt`` in `hdir`, atomically,
+    and return its fingerprint (path, entries, sha256 of the file's bytes), the shape
+    write_fingerprint records for a file list."""
+    text = "".join(f"{k}\n" for k in check_sample_keys(keys, sample_keys_path(hdir)))
+    atomic_write_text(sample_keys_path(hdir), text)
+    return {"path": SAMPLE_KEYS_NAME, "entries": len(keys),
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+
+
+def read_sample_keys(hdir: str, num_samples: Optional[int] = None) -> Optional[List[str]]:
+    """The keys recorded in `hdir` (None if it records none); HistoryError if the file does not
+    hold `num_samples` keys or a key repeats."""
+    path = sample_keys_path(hdir)
+    try:
+        with open(path, "r", encoding="utf-8", newline="\n") as f:
+            keys = f.read().split("\n")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise HistoryError(f"{path}: cannot be read: {e}") from None
+    if keys and keys[-1] == "":
+        keys.pop()
+    if num_samples is not None and len(keys) != num_samples:
+        raise HistoryError(f"{path}: {len(keys)} keys, but the history has {num_samples} samples")
+    return check_sample_keys(keys, path)
 
 
 # -----------------------------------------------------------------------------
