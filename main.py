@@ -44,6 +44,8 @@ from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_l
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
 from utils.output_lock import OutputInUseError, lock_output
+from utils.paths import check_arguments
+from utils import run_identity
 
 logger = logging.getLogger("main")
 
@@ -113,17 +115,19 @@ class InputError(ValueError):
 def read_inputs(args: argparse.Namespace, dist_info: DistInfo, produce: bool = False):
     """(config, file lists), read and checked on every rank; if any rank finds a problem,
     every rank raises InputError with the message of the lowest such rank."""
-    config = data = error = None
+    config = data = error = bound = None
     try:
+        check_arguments(args, in_files=("config", "coreset", "pretrain", "resume"), out_folders=("output",))
         config = setup_config(args, produce)
-        if os.path.exists(config.OUTPUT) and not os.path.isdir(config.OUTPUT):
-            raise ValueError(f"{config.OUTPUT}: the output folder exists as a file; give another --output")
         data = load_file_lists(config, coreset=args.coreset)
+        bound = run_identity.check(args, config, data, produce, dist_info.world_size, dist_info.is_primary)
     except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     error = first_error(error)
     if error is not None:
         raise InputError(error, primary=dist_info.is_primary)
+    if bound is not None:
+        bound.record()  # OUTPUT/run.json: what this folder's run is (utils/run_identity.py)
     return config, data
 
 

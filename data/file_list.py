@@ -141,6 +141,8 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
         f = open(path, "rb")
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+    except IsADirectoryError:
+        raise FileListError(f"{path}: is a folder; a file list is expected") from None
     with f:
         bound = line_bound(f)
         f.seek(0)
@@ -186,6 +188,8 @@ def read_lines(path: str) -> List[str]:
         f = open(path, "rb")
     except FileNotFoundError:
         raise FileListError(f"file list not found: {path}") from None
+    except IsADirectoryError:
+        raise FileListError(f"{path}: is a folder; a file list is expected") from None
     with f:
         return [line for _, line in iter_lines(f, path) if line.strip()]
 

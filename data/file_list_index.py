@@ -565,6 +565,8 @@ def open_index(list_path: str, num_classes: Optional[int] = None, lookup: bool =
         list_file = open(list_path, "rb")
     except FileNotFoundError:
         raise FileListError(f"file list not found: {list_path}") from None
+    except IsADirectoryError:
+        raise FileListError(f"{list_path}: is a folder; a file list is expected") from None
     with list_file:
         st = os.fstat(list_file.fileno())
         if st.st_size == 0:

@@ -46,7 +46,7 @@ CASES = {
         "{root}/coreset_relabelled.txt:2: '/c01/img_001.jpg' has label 2, but the full list "
         "{root}/train/file_list.txt:6 gives it label 1"),
     "coreset file missing": (
-        None, ["--coreset", "{root}/gone.txt"], [], "file list not found: {root}/gone.txt"),
+        None, ["--coreset", "{root}/gone.txt"], [], "--coreset {root}/gone.txt: not found"),
     "malformed list line": (
         None, [], ["DATA.TRAIN_FILE_LIST", "{root}/malformed.txt"],
         "{root}/malformed.txt:2: expected '<relative path> <label>', got '/c00/img_001.jpg'"),
@@ -59,7 +59,7 @@ CASES = {
     "config file not YAML": ("{root}/not_yaml.yaml", [], [], "{root}/not_yaml.yaml:3: not valid YAML: "),
     "config value of the wrong type": (
         "{root}/wrong_type.yaml", [], [], "{root}/wrong_type.yaml:4: TRAIN.EPOCHS expects int, got 'many'"),
-    "config file missing": ("{root}/gone.yaml", [], [], "config file not found: {root}/gone.yaml"),
+    "config file missing": ("{root}/gone.yaml", [], [], "--config {root}/gone.yaml: not found"),
     "unknown --opts key": (None, [], ["TRAIN.EPOCHZ", "3"], "--opts: unknown config key TRAIN.EPOCHZ"),
     "negative KEEP_CHECKPOINTS": (
         None, [], ["TRAIN.KEEP_CHECKPOINTS", "-1"], "TRAIN.KEEP_CHECKPOINTS is -1: 0 keeps every checkpoint"),
@@ -76,7 +76,20 @@ CASES = {
         None, [], ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.SCORE", "entropy"],
         "TRAIN.DYNAMIC_PRUNE.SCORE: unknown score 'entropy'; known: loss, dynunc"),
     "--resume file missing": (
-        None, ["--resume", "{root}/gone.pth"], [], "MODEL.RESUME: checkpoint not found: {root}/gone.pth"),
+        None, ["--resume", "{root}/gone.pth"], [], "--resume {root}/gone.pth: not found"),
+    "MODEL.RESUME file missing": (
+        None, [], ["MODEL.RESUME", "{root}/gone.pth"], "MODEL.RESUME: checkpoint not found: {root}/gone.pth"),
+    # every path argument (utils/paths.py): a folder where a file is expected, a parent that is a file
+    "--config a folder": ("{root}/train", [], [], "--config {root}/train: is a folder; a file is expected"),
+    "--coreset a folder": (None, ["--coreset", "{root}/train"], [], "--coreset {root}/train: is a folder; a file"),
+    "--pretrain a folder": (None, ["--pretrain", "{root}/train"], [], "--pretrain {root}/train: is a folder"),
+    "--resume a folder": (None, ["--resume", "{root}/train"], [], "--resume {root}/train: is a folder"),
+    "--pretrain missing": (None, ["--pretrain", "{root}/gone.pth"], [], "--pretrain {root}/gone.pth: not found"),
+    "--coreset under a file": (
+        None, ["--coreset", "{root}/coreset_stranger.txt/x.txt"], [],
+        "--coreset {root}/coreset_stranger.txt/x.txt: not found: {root}/coreset_stranger.txt is a file, not a folder"),
+    "list file a folder": (
+        None, [], ["DATA.TRAIN_FILE_LIST", "{root}/val"], "{root}/val: is a folder; a file list is expected"),
 }
 
 
@@ -116,8 +129,40 @@ def test_an_output_that_is_a_file_is_refused_and_left_as_it_was(trees, tmp_path)
     out.write_bytes(b"not a folder\n")
     root, opts = trees
     code, stdout, stderr = run_main(cli, ["--config", CONFIG, "--output", str(out), "--opts", *opts])
-    assert code == 2 and stderr == f"main.py: error: {out}: the output folder exists as a file; give another --output\n"
+    assert code == 2 and stderr == (f"main.py: error: --output {out}: exists as a file; a folder is expected "
+                                    f"(give another --output)\n")
     assert "Traceback" not in stdout and out.read_bytes() == b"not a folder\n"
+
+
+def deny_writes_under(monkeypatch, folder):
+    """os.access says `folder` and what is under it cannot be written (a test run as root
+    passes every permission check, so chmod alone would not do)."""
+    folder = os.path.abspath(str(folder))
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        inside = os.path.abspath(str(path)) == folder or os.path.abspath(str(path)).startswith(folder + os.sep)
+        return False if inside and mode & os.W_OK else real(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("case", ["under a file", "unwritable parent", "unwritable folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(trees, tmp_path, monkeypatch, case):
+    root, opts = trees
+    (tmp_path / "a_file").write_text("x\n")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    out, expected = {
+        "under a file": (tmp_path / "a_file" / "out", f"cannot be created: {tmp_path / 'a_file'} is a file, not a folder"),
+        "unwritable parent": (locked / "out", f"cannot be created: the folder {locked} is not writable"),
+        "unwritable folder": (locked, "is not writable"),
+    }[case]
+    deny_writes_under(monkeypatch, locked)
+    before = folder_state(tmp_path)
+    code, stdout, stderr = run_main(cli, ["--config", CONFIG, "--output", out, "--opts", *opts])
+    assert code == 2 and stderr == f"main.py: error: --output {out}: {expected}\n", stderr
+    assert "Traceback" not in stdout and folder_state(tmp_path) == before
 
 
 def test_produce_refuses_too(trees, tmp_path):
