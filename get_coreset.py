@@ -48,6 +48,7 @@ from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
 from dynunc.scoring.plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
 from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
+from utils.paths import check_output_file
 
 METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
 SCORES_FRACTION = "all"  # what {fraction} becomes in a scores file's name
@@ -95,11 +96,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return run(args)
     except (HistoryError, FileListError, ValueError) as e:
-        parser.error(str(e))  # exits with code 2
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line, as every refusal
+        return 2
     except KeyboardInterrupt:
         print("get_coreset.py: interrupted; no output was replaced", file=sys.stderr)
         return 130
-    return 2  # unreachable
 
 
 def check_placeholders(args: argparse.Namespace) -> None:
@@ -142,11 +143,16 @@ def run(args: argparse.Namespace) -> int:
     # and after scoring its bytes are read once, in blocks, to copy the kept lines.
     selection = check_flags(args)
     check_placeholders(args)
+    for method in args.method:  # the outputs' paths, before the list and the history are opened
+        for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
+            check_output_file("--output", path)
     plan = make_plan(args, selection)
     outputs = plan_outputs(args.output, plan)
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
     check_output_paths(args, written + ([groups_path] if groups_path else []))
+    if groups_path:
+        check_output_file("--output", groups_path)
     labels = plan.index.labels if selection.class_balanced else None
     n = plan.num_samples
     # the embeddings are checked before any scoring

@@ -139,7 +139,7 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
     index = open_index(full_list, lookup=True)  # the coreset's own labels are checked below
     try:
         f = open(path, "rb")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise FileListError(f"file list not found: {path}") from None
     except IsADirectoryError:
         raise FileListError(f"{path}: is a folder; a file list is expected") from None
@@ -186,7 +186,7 @@ def read_lines(path: str) -> List[str]:
     ('\\n', '\\r\\n' or '\\r') and without a UTF-8 byte-order mark."""
     try:
         f = open(path, "rb")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise FileListError(f"file list not found: {path}") from None
     except IsADirectoryError:
         raise FileListError(f"{path}: is a folder; a file list is expected") from None

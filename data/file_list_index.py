@@ -563,7 +563,7 @@ def open_index(list_path: str, num_classes: Optional[int] = None, lookup: bool =
     """
     try:
         list_file = open(list_path, "rb")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise FileListError(f"file list not found: {list_path}") from None
     except IsADirectoryError:
         raise FileListError(f"{list_path}: is a folder; a file list is expected") from None

@@ -499,7 +499,7 @@ def test_existing_output_is_kept_on_refusal(setup):
 
 def test_refuse_missing_list(setup):
     s = setup
-    assert_refused(s, cli_args(s, dataset_file_list=s["tmp"] / "nope.txt"), "file list not found")
+    assert_refused(s, cli_args(s, dataset_file_list=s["tmp"] / "nope.txt"), "--dataset_file_list " + str(s["tmp"] / "nope.txt") + ": not found")
 
 
 def test_refuse_a_malformed_list_naming_its_line(setup):

@@ -37,6 +37,7 @@ from dynunc.scoring.methods import METHODS, score_history
 from dynunc.scoring.plan import add_flag, add_plan_flags, check_flags, make_plan
 from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
+from utils.paths import check_arguments, check_output_folder
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
 HARDEST_CLASSES = 20
@@ -132,6 +133,8 @@ def _matrix(matrix: np.ndarray) -> List[List]:
 def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
+    check_arguments(args, in_files=("dataset_file_list", "flipped", "val_file_list"),
+                    in_folders=("input", "data_root", "val_data_root"))
     check_leakage_flags(args)
     file_list = read_file_list(args.dataset_file_list, root=args.data_root)
     plan = make_plan(args, check_flags(args), file_list.index)  # every check that needs no record read
@@ -544,8 +547,7 @@ def leakage_html(leakage: Optional[dict]) -> List[str]:
 
 
 def check_output(output: str) -> None:
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f"--output {output!r} exists and is not a folder")
+    check_output_folder("--output", output)  # a file, a parent that is a file, not writable
 
 
 def write_report(output: str, files: Dict[str, bytes]) -> None:
@@ -568,7 +570,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         files, numbers = build_report(args)
         write_report(args.output, files)
     except (HistoryError, FileListError, ValueError) as e:
-        parser.error(str(e))  # exits with code 2
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line, as every refusal
+        return 2
     except KeyboardInterrupt:
         print("report.py: interrupted; no output was replaced", file=sys.stderr)
         return 130

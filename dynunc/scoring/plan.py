@@ -19,6 +19,7 @@ from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, 
                             find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
+from utils.paths import check_arguments
 
 
 def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
@@ -144,6 +145,7 @@ class Selection:
 
 def check_flags(args: argparse.Namespace) -> Selection:
     """The checks that need neither the list nor the history; the selection rule."""
+    check_arguments(args, in_files=("dataset_file_list",), in_folders=("input",))
     if args.method is not None:
         unknown = [m for m in args.method if m not in METHODS]
         if unknown:
