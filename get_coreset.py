@@ -16,14 +16,17 @@ them for the methods that need those; epochs must run 0..K-1 without a gap.
 By default (dynunc) the scores are exactly the paper's (docs/semantics.md §3):
 K-J windows of J = --window epochs (default: the paper's 10, where K >= 11), the window
 that ends at the last epoch NOT used (`--include-last-window` adds it). The
-int(N * fraction) highest scores are kept, ties going to the lower line index
+int(N * fraction) highest scores are kept; the lines tied at the cut are drawn at random
+from --seed (a pseudo-random priority per line, dynunc/ranking.py's tie_priority), never
+taken in list order, and the message says how many were drawn among how many
 (dynunc/scoring/methods.py: the methods; dynunc/scoring/plan.py: the flags; dynunc/ranking.py:
 the selection rules).
 
 With --dedup THRESHOLD, near-duplicates (recorded embeddings, dynunc/scoring/dedup.py) are
-removed before any method selects: the fractions stay fractions of the full list, a
-budget beyond the lines left keeps them all, and the groups go to
-OUTPUT.dedup_groups.tsv.
+removed before any method selects: the fractions stay fractions of the full list, and the
+groups go to OUTPUT.dedup_groups.tsv. A threshold that would remove more than
+--dedup-max-removed of the list (default half), or leave fewer lines than a fraction
+asks for, is refused with the numbers; --fraction 1 writes the deduplicated list.
 
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
 in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
@@ -45,7 +48,8 @@ from data.list_lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
 from dynunc.history import HistoryError
 from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
-from dynunc.scoring.plan import Plan, add_flag, add_plan_flags, check_flags, make_plan
+from dynunc.scoring.plan import (DEDUP_MAX_REMOVED, Plan, add_flag, add_plan_flags, check_dedup_left, check_flags,
+                                 make_plan)
 from utils.interrupt import deliver_interrupts_to_main_thread
 from utils.io import atomic_group, remove_stale_temporaries
 from utils.paths import check_output_file
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "{fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each method's scores go "
         "once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
     )
+    add_flag(p, "--dedup-max-removed", type=float, default=DEDUP_MAX_REMOVED, metavar="SHARE",
+             help=f"--dedup: refuse a threshold that removes more than this share of the list (default "
+             f"{DEDUP_MAX_REMOVED:g}); a fraction other than 1 that asks for more lines than are left is refused too")
     return p
 
 
@@ -143,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
     # and after scoring its bytes are read once, in blocks, to copy the kept lines.
     selection = check_flags(args)
     check_placeholders(args)
+    if not 0.0 <= args.dedup_max_removed <= 1.0:
+        raise ValueError(f"--dedup-max-removed must be in [0, 1], got {args.dedup_max_removed:g}")
     for method in args.method:  # the outputs' paths, before the list and the history are opened
         for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
             check_output_file("--output", path)
@@ -166,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed)
         dedup_seconds = time.perf_counter() - dedup_started
         pool = np.flatnonzero(~duplicates.removed)
+        check_dedup_left(args.dedup, args.dedup_max_removed, n, len(pool), plan.keeps)  # before anything is written
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     for method in plan.methods:

@@ -32,9 +32,9 @@ from models.pretrained import adapt_pretrained_state
 from dynunc.training import embeddings
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
-from dynunc.training.produce_run import make_embedder, make_tracker, stop_now
+from dynunc.training.produce_run import embed_at_stop, make_embedder, make_tracker, stop_now
 from dynunc.training.recorder import PredictionRecorder
-from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
+from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, check_stop_fits
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
                               save_checkpoint)
 from utils.config import load_config
@@ -93,7 +93,7 @@ def setup_config(args: argparse.Namespace, produce: bool = False):
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
     problems = (check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
-                + (embeddings.check_config(config) if produce else []))
+                + (embeddings.check_config(config) + check_stop_fits(config) if produce else []))
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -353,6 +353,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
         stopped = stop_now(stop_rule, record, dist_info.device)
         if stopped:
             record[STOPPED_KEY] = True
+            embed_at_stop(embedder, epoch, len(data.train), val_loader, validate, len(data.val) if data.val is not None else 0)
             saved = config.TRAIN.EPOCHS - epoch - 1
             logger.info(f"coreset stable: kept-set overlap at {stop_rule.fraction:g} >= {stop_rule.overlap} for "
                         f"{stop_rule.patience} consecutive epochs; stopping after epoch {epoch}: {saved} of "

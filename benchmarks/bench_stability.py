@@ -3,8 +3,8 @@
     python benchmarks/bench_stability.py [--n 1281167] [--window 10] [--epochs 14] [--threads T]
 
 Rank 0's end of epoch feeds the tracker the epoch's p(true label): the streamed window
-update (dynamic_uncertainty.WindowScores), then, once a score exists, the scores, their
-average ranks (Spearman), the kept set at each fraction (select.top, get_coreset's tie
+update (dynunc.uncertainty.WindowScores), then, once a score exists, the scores, their
+average ranks (Spearman), the kept set at each fraction (dynunc.ranking.top, get_coreset's tie
 rule) and the comparison with the previous epoch. Synthetic probabilities (a per-sample
 level plus noise, 100 samples unseen per epoch, float32 as produce mode writes them).
 Prints, per epoch, the seconds of `push`, and the median over the epochs that compare;

@@ -43,6 +43,29 @@ def history_dir(output: str) -> str:
     return os.path.join(output, HISTORY_DIRNAME)
 
 
+def stopped_epoch(hdir: str) -> Optional[int]:
+    """The epoch after which the produce run of history `hdir` stopped when stable (its
+    metrics.jsonl, beside the history, says so), or None."""
+    path = os.path.join(os.path.dirname(os.path.abspath(hdir)), "metrics.jsonl")
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return None
+    stops = [r.get("epoch") for r in records if isinstance(r, dict) and r.get(STOPPED_KEY)]
+    return int(stops[-1]) if stops and stops[-1] is not None else None
+
+
+def why_no_embeddings(hdir: str) -> str:
+    """Why a history holds no embeddings: a run stopped when stable before its
+    PRODUCE.EMBED_EPOCHS, or embeddings not asked for."""
+    stopped = stopped_epoch(hdir)
+    if stopped is not None:
+        return (f"the produce run stopped when stable after epoch {stopped}, before the epochs PRODUCE.EMBED_EPOCHS "
+                f"asks for (produce runs of this version record them at the stop epoch)")
+    return f"a produce run records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0, the default)"
+
+
 @dataclass(frozen=True)
 class RecordKind:
     """One quantity recorded per sample and epoch, as ``{name}_{epoch}.npy``."""
@@ -351,8 +374,7 @@ def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, ki
         if not epochs:
             raise HistoryError(
                 f"{os.path.join(hdir, kind + '_<epoch>.npy')} is missing: {hdir} holds no "
-                f"{kind} files; a produce run records them when {EMBED_CONFIG_KEYS} ask for them "
-                f"(PRODUCE.EMBED_DIM > 0, the default)")
+                f"{kind} files; {why_no_embeddings(hdir)}")
         epoch = epochs[-1]
     path = embed_path(hdir, epoch, kind)
     try:

@@ -66,6 +66,9 @@ def test_stop_when_stable_then_rerun_then_train_on(data, tmp_path):
     first = produce(out, opts)
     assert "stopping after epoch 4: 3 of 8 epochs saved" in first.stdout + first.stderr
     assert recorded_epochs(out) == [0, 1, 2, 3, 4]  # complete: every epoch trained so far
+    # PRODUCE.EMBED_EPOCHS [1, -1] is epochs 1 and 7: stopped before 7, the stop epoch's embeddings are recorded
+    embedded = {n for n in os.listdir(os.path.join(out, "pred_prob_history")) if n.startswith(("embed_", "val_embed_"))}
+    assert embedded == {"embed_1.npy", "val_embed_1.npy", "embed_4.npy", "val_embed_4.npy"}
     assert "ckpt_epoch_4.pth" in os.listdir(os.path.join(out, "ckpts"))
     records = metrics(out)
     assert [r["epoch"] for r in records] == [0, 1, 2, 3, 4]

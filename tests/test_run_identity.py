@@ -148,3 +148,26 @@ def test_differences_name_every_part():
                train_list={"path": "/b", "entries": 4, "sha256": "ab"})
     # the list moved (another path, the same bytes) and a may-change key appeared: only the processes differ
     assert run_identity.differences(old, new) == [("processes", 2, 1)]
+
+
+def test_the_demo_gives_other_settings_their_own_files_and_folders(tmp_path):
+    """`scripts/demo.py --fraction 0.3` after `make demo` used to reuse the 0.5 runs and print their accuracy."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out = str(tmp_path)
+    default = demo.run_names(out, 0.5, 4, 2)
+    assert default["train_dynunc"] == os.path.join(out, "train_dynunc")  # the names the README shows
+    assert default["report"] == os.path.join(out, "report") and default["produce"] == os.path.join(out, "produce")
+    settings = [(0.5, 4, 2), (0.3, 4, 2), (0.5, 3, 2), (0.3, 3, 2), (0.5, 4, 1)]
+    names = [demo.run_names(out, *s) for s in settings]
+    for key in ("train_dynunc", "train_random", "coreset_dynunc", "report", "record"):
+        assert len({n[key] for n in names}) == len(settings), key
+    assert names[1]["train_dynunc"].endswith("train_dynunc_fraction0.3")
+    # the produce and full-data runs depend on the processes only
+    assert len({n["produce"] for n in names[:4]}) == 1 and names[4]["produce"].endswith("produce_nproc1")
+    assert len({n["full"] for n in names[:4]}) == 1 and names[4]["full"] != names[0]["full"]

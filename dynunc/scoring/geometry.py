@@ -15,7 +15,7 @@ with needs ("embed",)). Higher score = kept first, as everywhere.
 The pick-order methods score each sample N - (its position in the order), so every
 fraction's coreset is a prefix of one order: the kept sets of several fractions are
 nested. Ties (equal distances or densities) go to the lower tie priority
-(select.tie_priority: a seeded hash of the index), never to the lower line index.
+(dynunc.ranking.tie_priority: a seeded hash of the index), never to the lower line index.
 """
 import heapq
 import math

@@ -16,7 +16,8 @@ from data.file_list_index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
-                            find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path)
+                            find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path,
+                            why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
 from utils.paths import check_arguments
@@ -53,8 +54,8 @@ def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_ep
     for name in methods:
         path = missing_record(hdir, name, params, num_epochs)
         if path is not None and os.path.basename(path).startswith("embed_"):
-            raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; a produce run "
-                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0)")
+            raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; "
+                               f"{why_no_embeddings(hdir)}")
         if path is not None:
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
@@ -157,6 +158,32 @@ def check_flags(args: argparse.Namespace) -> Selection:
         raise ValueError(f"--dedup-clusters must be >= 1, got {args.dedup_clusters}")
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if getattr(args, "ccs", None) is not None else None
     return Selection(getattr(args, "class_balanced", False), ccs, args.seed)
+
+
+# get_coreset.py --dedup refuses to remove more than this share of the list unless told
+# otherwise (--dedup-max-removed): below the similarity of a class's features to one
+# another, distinct images form large groups (README, "Near-duplicates").
+DEDUP_MAX_REMOVED = 0.5
+
+
+def check_dedup_left(threshold: float, max_removed: float, num_samples: int, left: int,
+                     keeps: Dict[str, int]) -> None:
+    """ValueError, with the numbers, when deduplication at `threshold` removes more than
+    `max_removed` of the list, or leaves fewer lines than a fraction other than 1 asks for
+    (--fraction 1 asks for the deduplicated list itself)."""
+    removed = num_samples - left
+    if removed > max_removed * num_samples:
+        raise ValueError(
+            f"--dedup {threshold:g} would remove {removed} of {num_samples} lines ({removed / num_samples:.1%}), more "
+            f"than --dedup-max-removed {max_removed:g} of the list: at this threshold distinct images group together; "
+            f"raise the threshold (report.py --dedup {threshold:g} shows the groups; README, 'Near-duplicates'), or "
+            f"raise --dedup-max-removed if the list really is mostly copies")
+    for fraction, keep in keeps.items():
+        if float(fraction) != 1.0 and keep > left:
+            raise ValueError(
+                f"--dedup {threshold:g} leaves {left} of {num_samples} lines, fewer than --fraction {fraction} asks "
+                f"for (int({num_samples} * {fraction}) = {keep}): raise the threshold or lower the fraction "
+                f"(--fraction 1 writes the deduplicated list)")
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> O
         return None
     epochs = embeddings.embed_epochs(produce.EMBED_EPOCHS, config.TRAIN.EPOCHS)
     if produce.STOP_WHEN_STABLE.ENABLE:
-        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS): a run that stops when "
-                    f"stable before them has none")
+        logger.info(f"embeddings are recorded at epochs {epochs} (PRODUCE.EMBED_EPOCHS), and at the stop epoch "
+                    f"if the run stops when stable before the last of them")
     return embeddings.EmbeddingRecorder(
         model, produce.EMBED_DIM, epochs, history_dir(config.OUTPUT), dist_info.rank, dist_info.world_size,
         dist_info.device, forward_model=fwd_model,
@@ -57,3 +57,24 @@ def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.de
         return False
     flag = torch.tensor(int(stop_rule.update(record)) if is_primary() else 0, device=device)
     return bool(all_reduce_(flag).item())
+
+
+def embed_at_stop(embedder: Optional[embeddings.EmbeddingRecorder], epoch: int, num_train: int, val_loader,
+                  validate, num_val: int) -> bool:
+    """A run that stops when stable after `epoch`, before an epoch of PRODUCE.EMBED_EPOCHS:
+    record the embeddings of `epoch` (training and, with a validation list, validation)
+    so that the history holds some (dedup, the embedding methods and the report read the
+    latest). Every rank calls it (the passes are split across ranks). Returns whether it
+    recorded them."""
+    if embedder is None or epoch in embedder.epochs or not any(e > epoch for e in embedder.epochs):
+        return False
+    logger.info(f"stopped after epoch {epoch}, before PRODUCE.EMBED_EPOCHS {sorted(embedder.epochs)}: recording "
+                f"the embeddings of epoch {epoch}")
+    embedder.epochs.add(epoch)
+    if embedder.start(epoch, "embed"):
+        embedder.embed_all(num_train)
+        embedder.finish(epoch, "embed", num_train)
+    if val_loader is not None and embedder.start(epoch, "val_embed"):
+        validate(val_loader(), capture=partial(embedder.capture, "val_embed"))
+        embedder.finish(epoch, "val_embed", num_val)
+    return True

@@ -6,9 +6,9 @@ from PRODUCE.TRACK_DELTA epochs earlier: for each fraction of PRODUCE.TRACK_FRAC
 the share of the kept set that both keep (`stability_overlap_{fraction}`), and the
 Spearman correlation of the two score vectors (`stability_spearman`). "The coreset from
 the epochs so far" is exactly get_coreset.py's on the history truncated to those
-epochs: the same streamed arithmetic (dynamic_uncertainty.WindowScores, the window
+epochs: the same streamed arithmetic (dynunc.uncertainty.WindowScores, the window
 ending at the last epoch left out), the same int(N * fraction) and the same tie rule
-(select.top with get_coreset's default --seed 0).
+(dynunc.ranking.top with get_coreset's default --seed 0).
 
 State: the ring buffer and window sum of WindowScores (O(N x J)), plus, for each of the
 last TRACK_DELTA epochs, the score ranks (8N bytes) and one kept mask per fraction (N
@@ -190,3 +190,39 @@ def check_config(produce) -> List[str]:
             problems.append(f"PRODUCE.STOP_WHEN_STABLE.FRACTION {stop.FRACTION} is not one of "
                             f"PRODUCE.TRACK_FRACTIONS {list(produce.TRACK_FRACTIONS)}")
     return problems
+
+
+def earliest_stop(produce, epochs: int) -> Optional[int]:
+    """The first epoch after which PRODUCE.STOP_WHEN_STABLE can stop a run of `epochs`
+    epochs (0-based), or None where nothing is tracked: the first score comes after epoch
+    J (the window, cut as effective_window cuts it), the first comparison TRACK_DELTA
+    epochs later, and the rule needs PATIENCE comparisons in a row."""
+    window = effective_window(produce.TRACK_WINDOW, epochs)
+    if not window or not produce.TRACK_FRACTIONS:
+        return None
+    return window + produce.TRACK_DELTA + produce.STOP_WHEN_STABLE.PATIENCE - 1
+
+
+def check_stop_fits(config) -> List[str]:
+    """PRODUCE.STOP_WHEN_STABLE that cannot stop before the last of TRAIN.EPOCHS (so that it
+    would save nothing): one problem naming the numbers and the ways out."""
+    produce, epochs = config.PRODUCE, config.TRAIN.EPOCHS
+    stop = produce.STOP_WHEN_STABLE
+    if not stop.ENABLE or stop.PATIENCE < 1 or produce.TRACK_DELTA < 1 or produce.TRACK_WINDOW < 2:
+        return []  # off, or refused by check_config already
+    first = earliest_stop(produce, epochs)
+    if first is not None and first < epochs - 1:
+        return []
+    steps = produce.TRACK_DELTA + stop.PATIENCE
+    window = epochs - 1 - steps  # the largest window that lets it stop after epoch EPOCHS - 2
+    fixes = [f"PRODUCE.TRACK_WINDOW {window} (and get_coreset.py --window {window})"] if window >= 2 else []
+    fixes.append(f"TRAIN.EPOCHS {max(produce.TRACK_WINDOW, 2) + steps + 1} or more")
+    if first is None:
+        return [f"PRODUCE.STOP_WHEN_STABLE cannot stop this run: with TRAIN.EPOCHS {epochs} and "
+                f"PRODUCE.TRACK_FRACTIONS {list(produce.TRACK_FRACTIONS)} no stability is tracked; set "
+                + " or ".join(fixes[-1:])]
+    return [f"PRODUCE.STOP_WHEN_STABLE cannot stop this run before its last epoch: the window "
+            f"{effective_window(produce.TRACK_WINDOW, epochs)} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW}), "
+            f"TRACK_DELTA {produce.TRACK_DELTA} and PATIENCE {stop.PATIENCE} allow a stop after epoch {first} at the "
+            f"earliest, and TRAIN.EPOCHS {epochs} ends after epoch {epochs - 1}; set " + ", or ".join(fixes)
+            + ", or a lower PATIENCE"]
