@@ -8,6 +8,11 @@ dynamics, for one or several fractions, from one pass over the history.
         --method dynunc forgetting el2n aum variability confidence random --window 10 \
         --output out/{method}_{fraction}.txt
 
+A produce run on WebDataset shards or a Hugging Face dataset (DATA.FORMAT wds, hf) names
+its samples by keys (pred_prob_history/sample_keys.txt): leave out --dataset_file_list and
+each coreset is the kept keys, one per line (main.py --coreset takes it, data/prune.py
+writes the pruned shards or dataset).
+
 `--input` is the produce run's output folder (history in OUTPUT/pred_prob_history/) or
 the history folder itself. Epoch files are prob_{epoch}.npy (NaN = unseen) or the
 paper's prob_{epoch}.txt (0 = unseen), with correct_/margin_/el2n_{epoch}.npy beside
@@ -44,9 +49,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from data.file_list import FileListError
+from data.keyed import KeyTable
 from data.list_lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
-from dynunc.history import HistoryError
+from dynunc.history import SAMPLE_KEYS_NAME, HistoryError, find_history_dir, read_sample_keys, sample_keys_path
 from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
 from dynunc.scoring.plan import (DEDUP_MAX_REMOVED, Plan, add_flag, add_plan_flags, check_dedup_left, check_flags,
                                  make_plan)
@@ -69,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
                    + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
-                   fraction_default=None, selection=True,
+                   fraction_default=None, selection=True, list_required=False,
                    seed_help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
                    "drawn; --ccs: the draws in each bin")
     add_flag(
@@ -131,8 +137,48 @@ def dedup_groups_path(template: str) -> str:
     return render(template, "dedup", SCORES_FRACTION) + ".dedup_groups.tsv"
 
 
+class HistoryKeys:
+    """A history's samples named by its sample_keys.txt (a produce run on shards or a
+    dataset, data/keyed.py), in the role of a file list's index: a coreset is the kept
+    keys, one per line, in the history's order."""
+
+    def __init__(self, hdir: str, keys: List[str]):
+        self.list_path = sample_keys_path(hdir)
+        self.keys = keys
+        self.count = len(keys)
+        self.lines = np.arange(1, self.count + 1)  # a key's line in sample_keys.txt
+
+    @property
+    def labels(self) -> np.ndarray:
+        raise HistoryError(f"{self.list_path} names the samples but holds no labels: --class-balanced and the "
+                           f"embedding methods need them (a history recorded on a file list has them)")
+
+    def fingerprint(self) -> dict:
+        return KeyTable.from_keys(self.keys).fingerprint(SAMPLE_KEYS_NAME)
+
+    def name(self, row: int) -> str:
+        return self.keys[row]
+
+    def write(self, targets) -> None:
+        for keep, out in targets:
+            out.write("".join(self.keys[i] + "\n" for i in np.flatnonzero(keep)).encode("utf-8"))
+
+
+def history_keys(args: argparse.Namespace) -> Optional[HistoryKeys]:
+    """Without --dataset_file_list: the samples as the history names them (sample_keys.txt,
+    checked against the history's record of them); None with a file list."""
+    if args.dataset_file_list:
+        return None
+    hdir = find_history_dir(args.input)
+    keys = read_sample_keys(hdir)
+    if keys is None:
+        raise ValueError(f"{hdir} holds no {SAMPLE_KEYS_NAME} (a history recorded on a file list): give "
+                         f"--dataset_file_list, the training list it was recorded on")
+    return HistoryKeys(hdir, keys)
+
+
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
-    listed = os.path.realpath(args.dataset_file_list)
+    listed = os.path.realpath(args.dataset_file_list or "")
     seen: Dict[str, str] = {}
     for path in written:
         real = os.path.realpath(path)
@@ -155,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
     for method in args.method:  # the outputs' paths, before the list and the history are opened
         for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
             check_output_file("--output", path)
-    plan = make_plan(args, selection)
+    keyed = history_keys(args)
+    plan = make_plan(args, selection, keyed)
     outputs = plan_outputs(args.output, plan)
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
@@ -203,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             group.save_npy(method_scores_path(args.output, method), scores[method])
         with contextlib.ExitStack() as files:
             targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
-            write_entries(plan.index, targets)
+            write_entries(plan.index, targets) if keyed is None else keyed.write(targets)
         if duplicates is not None:
             with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
                 write_groups(f, duplicates, plan.index)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from data.build import build_train_loader, build_val_loader, load_file_lists
+from data.build import build_train_loader, build_val_loader, history_identity, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
@@ -56,7 +56,8 @@ def parse_args(argv: Optional[Sequence[str]] = None, produce: bool = False) -> a
     )
     parser.add_argument("--config", required=True, help="YAML config (overrides utils/config.py defaults)")
     parser.add_argument("--output", required=True, help="output folder (logs, checkpoints, history)")
-    parser.add_argument("--coreset", help="train on this file list instead of DATA.TRAIN_FILE_LIST")
+    parser.add_argument("--coreset", help="train on this file list instead of DATA.TRAIN_FILE_LIST (DATA.FORMAT wds "
+                        "or hf: on the samples whose keys it lists, one per line)")
     parser.add_argument("--pretrain", help="start from these weights (sets MODEL.PRETRAINED)")
     parser.add_argument("--resume", help="resume from this checkpoint (else TRAIN.AUTO_RESUME looks in --output)")
     parser.add_argument("--eval", action="store_true", help="only validate (sets EVAL_MODE)")
@@ -309,7 +310,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
     if produce:
         embedder = make_embedder(config, data, model, fwd_model, ctx, dist_info)
         recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
-                                      file_list=data.train.path, tracker=tracker, embeddings=embedder)
+                                      tracker=tracker, embeddings=embedder, **history_identity(data.train))
         recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:

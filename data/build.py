@@ -2,16 +2,19 @@
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from data.datasets import dataset_info
 from data.file_list import FileList, read_coreset, read_file_list
+from data.keyed import KeyedSamples, KeyTable
 from data.pipeline import DaliLoader, ViewSpec
 from data.reader import BatchReader, eval_shard, pipeline_seed, shard, train_shard
 
 logger = logging.getLogger(__name__)
+
+Samples = Union[FileList, KeyedSamples]  # what a loader reads
 
 
 def _resolve(path: str, root: str) -> str:
@@ -20,28 +23,68 @@ def _resolve(path: str, root: str) -> str:
 
 @dataclass
 class RunData:
-    """The file lists of a run, read and validated once at start-up."""
+    """The file lists (or keyed samples) of a run, read and validated once at start-up."""
 
-    train: FileList
-    val: Optional[FileList]
+    train: Samples
+    val: Optional[Samples]
+
+
+def history_identity(train: Samples) -> dict:
+    """What a produce run's recorder stores beside the history to name its samples: the
+    train list's path (file_list.json), or the key table (sample_keys.txt and its
+    fingerprint) for shards and datasets."""
+    if isinstance(train, FileList):
+        return {"file_list": train.path}
+    whole = len(train) == len(train.keys)
+    return {"sample_keys": train.keys if whole else KeyTable.from_keys(train.files)}
+
+
+FORMATS = ("folder", "wds", "hf")
+
+
+def _open_keyed(config, split: str, num_classes: int) -> Optional[KeyedSamples]:
+    """The samples of `split` ("TRAIN" or "VAL") in DATA.FORMAT wds or hf (None when its
+    DATA.*_SHARDS / DATA.HF_* is empty)."""
+    data = config.DATA
+    if data.FORMAT == "wds":
+        from data.shards import open_shards
+
+        pattern = data[f"{split}_SHARDS"]
+        return open_shards(pattern, num_classes, f"DATA.{split}_SHARDS") if pattern or split == "TRAIN" else None
+    from data.hf_data import open_hf
+
+    path = data[f"HF_{split}"]
+    return open_hf(path, data.HF_IMAGE_KEY, data.HF_LABEL_KEY, num_classes,
+                   f"DATA.HF_{split}") if path or split == "TRAIN" else None
 
 
 def load_file_lists(config, coreset: Optional[str] = None) -> RunData:
     """Read the train list (or the coreset, whose lines must be lines of the train list)
     and the val list, checking labels against MODEL.NUM_CLASSES. Sizes that differ from
-    the dataset table's are a warning."""
+    the dataset table's are a warning. DATA.FORMAT wds or hf: the samples of the shards or
+    the dataset instead (data/keyed.py), and a coreset names kept keys."""
     num_classes = config.MODEL.NUM_CLASSES
+    info = dataset_info(config.DATA.DATASET)
+    val_classes = 1000 if info is not None and info.val_is_1k_via_mapping else num_classes
+    if config.DATA.FORMAT not in FORMATS:
+        raise ValueError(f"DATA.FORMAT: unknown value {config.DATA.FORMAT!r}; known: {', '.join(FORMATS)}")
+    if config.DATA.FORMAT != "folder":
+        train = _open_keyed(config, "TRAIN", num_classes)
+        if coreset:
+            train = train.subset(coreset)
+        val = _open_keyed(config, "VAL", val_classes)
+        if val is not None and config.DATA.REAL_LABEL:
+            raise ValueError("DATA.REAL_LABEL needs DATA.FORMAT folder (real.json follows the val file list)")
+        return RunData(train, val)
     train_root = config.DATA.DATA_PATH_TRAIN
     full_path = _resolve(config.DATA.TRAIN_FILE_LIST, train_root)
     if coreset:
         train = read_coreset(coreset, full_path, root=train_root, num_classes=num_classes)
     else:
         train = read_file_list(full_path, root=train_root, num_classes=num_classes)
-    info = dataset_info(config.DATA.DATASET)
     val = None
     if config.DATA.DATA_PATH_VAL:
         val_root = config.DATA.DATA_PATH_VAL
-        val_classes = 1000 if info is not None and info.val_is_1k_via_mapping else num_classes
         val = read_file_list(_resolve(config.DATA.VAL_FILE_LIST, val_root), root=val_root, num_classes=val_classes)
     if info is not None:
         if coreset is None and info.train_size and len(train) != info.train_size:

@@ -315,14 +315,14 @@ class SequenceFinder:
         self._windows = []
 
 
-def index_location(list_path: str) -> Optional[str]:
+def index_location(list_path: str, suffix: str = INDEX_SUFFIX, cache_name: str = "file_list_index") -> Optional[str]:
     """Where the index of `list_path` lives: beside it, else in the user's cache folder;
-    None if neither folder is writable."""
+    None if neither folder is writable. (data/shards.py keeps shard indexes the same way.)"""
     folder = os.path.dirname(os.path.abspath(list_path))
     if os.access(folder, os.W_OK):
-        return os.path.abspath(list_path) + INDEX_SUFFIX
+        return os.path.abspath(list_path) + suffix
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    cache = os.path.join(cache_home, "dynunc", "file_list_index")
+    cache = os.path.join(cache_home, "dynunc", cache_name)
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError:
@@ -330,7 +330,7 @@ def index_location(list_path: str) -> Optional[str]:
     if not os.access(cache, os.W_OK):
         return None
     key = hashlib.sha256(os.path.realpath(list_path).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return os.path.join(cache, f"{key}-{os.path.basename(list_path)}{INDEX_SUFFIX}")
+    return os.path.join(cache, f"{key}-{os.path.basename(list_path)}{suffix}")
 
 
 _DTYPES = dict(SECTIONS)

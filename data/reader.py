@@ -66,6 +66,12 @@ def pipeline_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def read_image_bytes(file_list: FileList, i: int) -> np.ndarray:
+    """Entry `i`'s encoded image: its file, or (shards, a dataset: data/keyed.py) its bytes there."""
+    if not isinstance(file_list, FileList):
+        data = file_list.read(i)
+        if data.size == 0:
+            raise DataError(f"empty image at {file_list.where(i)}")
+        return data
     path = file_list.full_path(i)
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -121,13 +127,14 @@ class BatchReader:
 def find_undecodable(file_list: FileList, indices: List[int]) -> List[str]:
     """Describe which of these images fail to decode (used to name the file behind a
     pipeline failure, which DALI reports without it)."""
+    import io
+
     from PIL import Image
 
     bad = []
     for i in indices:
-        path = file_list.full_path(int(i))
         try:
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(read_image_bytes(file_list, int(i)).tobytes())) as im:
                 im.load()
         except Exception as e:  # any decoder failure is what we are looking for
             bad.append(f"{file_list.where(int(i))}: {type(e).__name__}: {e}")

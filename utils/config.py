@@ -30,6 +30,20 @@ _C.DATA.TRAIN_FILE_LIST = "file_list.txt"
 # Validation images and their file list (relative to DATA_PATH_VAL unless absolute).
 _C.DATA.DATA_PATH_VAL = ""
 _C.DATA.VAL_FILE_LIST = "file_list.txt"
+# Where the images are: folder (an image tree named by the file lists above) | wds
+# (WebDataset tar shards, data/shards.py) | hf (a Hugging Face dataset on disk,
+# data/hf_data.py). With wds and hf, `--coreset FILE` holds sample keys, one per line.
+_C.DATA.FORMAT = "folder"
+# wds: brace patterns of local tar files (e.g. /data/imagenet-1k-wds/imagenet1k-train-{0000..1023}.tar);
+# a sample is the members sharing a key: KEY.jpg|jpeg|png|webp (image), KEY.cls (label).
+_C.DATA.TRAIN_SHARDS = ""
+_C.DATA.VAL_SHARDS = ""
+# hf: a save_to_disk folder, or parquet files (a file, a folder, a glob); never a hub name.
+_C.DATA.HF_TRAIN = ""
+_C.DATA.HF_VAL = ""
+# hf: the columns holding the encoded image (datasets' Image feature) and the integer label.
+_C.DATA.HF_IMAGE_KEY = "image"
+_C.DATA.HF_LABEL_KEY = "label"
 # Per-process batch sizes.
 _C.DATA.BATCH_SIZE_TRAIN = 128
 _C.DATA.BATCH_SIZE_VAL = 128

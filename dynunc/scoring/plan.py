@@ -77,11 +77,15 @@ def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
-                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
+                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False,
+                   list_required: bool = True) -> None:
     """The shared flags. `method_default` None: the methods the history has records for;
     `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags."""
     add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
-    add_flag(parser, "--dataset_file_list", required=True, help="the training file list the history was recorded on")
+    add_flag(parser, "--dataset_file_list", required=list_required,
+             help="the training file list the history was recorded on" + (
+                 "" if list_required else "; leave it out for a history whose samples are named by keys "
+                 "(sample_keys.txt: a produce run on shards or a dataset)"))
     add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
     add_flag(parser, "--fraction", nargs="+", metavar="F", required=not fraction_default,
              default=list(fraction_default or ()), help="fraction(s) of lines to keep, each in (0, 1]"
@@ -242,7 +246,7 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
-    if not check_fingerprint(hdir, args.dataset_file_list, index.fingerprint()):
+    if not check_fingerprint(hdir, args.dataset_file_list or index.list_path, index.fingerprint()):
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)

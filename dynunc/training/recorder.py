@@ -14,9 +14,9 @@ from torch import nn
 
 from data.file_list_index import open_index
 from dynunc.training.embeddings import EmbeddingRecorder, remove_parts
-from dynunc.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
-                             list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
-                             write_fingerprint)
+from dynunc.history import (RECORD_KINDS, SAMPLE_KEYS_NAME, HistoryError, contiguous_epoch_files, fingerprint_path,
+                             history_dir, list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from,
+                             write_epoch, write_fingerprint, write_sample_keys)
 from dynunc.training.stability import StabilityTracker, describe
 from utils.distributed import all_reduce_
 
@@ -58,11 +58,14 @@ class PredictionRecorder:
 
     def __init__(self, num_samples: int, output: str, device: torch.device, is_primary: bool,
                  eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None,
-                 tracker: Optional[StabilityTracker] = None, embeddings: Optional[EmbeddingRecorder] = None):
+                 tracker: Optional[StabilityTracker] = None, embeddings: Optional[EmbeddingRecorder] = None,
+                 sample_keys=None):
         self.num_samples = num_samples
         self.dir = history_dir(output)
         self.is_primary = is_primary
         self.file_list = file_list  # the training list; its fingerprint goes beside the history
+        # Or, for shards and datasets (data/keyed.py), the key table: sample_keys.txt and its fingerprint.
+        self.sample_keys = sample_keys
         self.records = torch.full((len(ROWS), num_samples), _UNSEEN, dtype=torch.float32, device=device)
         # None: decided on the first batch (eval() for models with BatchNorm).
         self.eval_mode_forward = eval_mode_forward
@@ -87,15 +90,24 @@ class PredictionRecorder:
                 raise HistoryError(f"{self.dir} holds {len(paths)} epochs, the checkpoint resumes at epoch {epoch}: "
                                    "cannot rebuild the coreset stability tracking")
             self.tracker.replay(load_epoch_prob(path, self.num_samples) for path in paths)
-        if self.file_list is None:
+        if self.sample_keys is not None:
+            fingerprint = self.sample_keys.fingerprint(SAMPLE_KEYS_NAME)
+            subject = "this run's samples (their keys, in order) are not the samples"
+        elif self.file_list is not None:
+            fingerprint = open_index(self.file_list).fingerprint()
+            subject = f"{self.file_list} is not the file list"
+        else:
             return
-        fingerprint = open_index(self.file_list).fingerprint()
         recorded = read_fingerprint(self.dir)
-        if recorded is not None and list_epoch_files(self.dir) and recorded["sha256"] != fingerprint["sha256"]:
+        if recorded is not None and list_epoch_files(self.dir) and (
+                recorded["sha256"] != fingerprint["sha256"] or int(recorded["entries"]) != fingerprint["entries"]):
             raise HistoryError(
-                f"{self.file_list} is not the file list the kept epochs of {self.dir} were recorded on "
-                f"({fingerprint_path(self.dir)} records {recorded['path']}); use the same list or a new --output")
+                f"{subject} the kept epochs of {self.dir} were recorded on ({fingerprint_path(self.dir)} records "
+                f"{recorded['path']}); use the same data or a new --output")
         os.makedirs(self.dir, exist_ok=True)
+        if self.sample_keys is not None:
+            written = write_sample_keys(self.dir, self.sample_keys.keys())
+            assert written["sha256"] == fingerprint["sha256"], "sample_keys.txt differs from the key table"
         write_fingerprint(self.dir, fingerprint)
 
     def start_epoch(self, epoch: Optional[int] = None) -> None:
