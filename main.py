@@ -32,7 +32,7 @@ from models.pretrained import adapt_pretrained_state
 from dynunc.training import embeddings
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
-from dynunc.training.produce_run import make_embedder, make_tracker, stop_now
+from hooks import make_embedder, make_tracker, stop_now
 from dynunc.training.recorder import PredictionRecorder
 from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,

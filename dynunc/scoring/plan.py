@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list_index import FileListIndex, open_index
+from dynunc.lists.index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,

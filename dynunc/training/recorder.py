@@ -12,13 +12,13 @@ from typing import ContextManager, Dict, Optional
 import torch
 from torch import nn
 
-from data.file_list_index import open_index
+from dynunc.lists.index import open_index
 from dynunc.training.embeddings import EmbeddingRecorder, remove_parts
 from dynunc.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, fingerprint_path, history_dir,
                              list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
                              write_fingerprint)
 from dynunc.training.stability import StabilityTracker, describe
-from utils.distributed import all_reduce_
+from dynunc.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
 
