@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: help demo test test-slow curve cheaper gpu-checks clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .  # the dynunc package (pyproject.toml), its dependencies installed above
 	touch $(STAMP)
 
 ## help: list these targets

@@ -32,7 +32,7 @@ from models.pretrained import adapt_pretrained_state
 from dynunc.training import embeddings
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
-from dynunc.training.produce_run import embed_at_stop, make_embedder, make_tracker, stop_now
+from hooks import embed_at_stop, make_embedder, make_tracker, stop_now
 from dynunc.training.recorder import PredictionRecorder
 from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, check_stop_fits
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
@@ -44,7 +44,7 @@ from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_l
 from utils.lr_scheduler import LRScheduler
 from utils.optimizer import build_optimizer
 from utils.output_lock import OutputInUseError, lock_output
-from utils.paths import check_arguments
+from dynunc.paths import check_arguments
 from utils import run_identity
 
 logger = logging.getLogger("main")

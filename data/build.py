@@ -8,7 +8,7 @@ import numpy as np
 
 from data.datasets import dataset_info
 from data.file_list import FileList, read_coreset, read_file_list
-from data.keyed import KeyedSamples, KeyTable
+from dynunc.lists.keyed import KeyedSamples, KeyTable
 from data.pipeline import DaliLoader, ViewSpec
 from data.reader import BatchReader, eval_shard, pipeline_seed, shard, train_shard
 
@@ -62,7 +62,7 @@ def load_file_lists(config, coreset: Optional[str] = None) -> RunData:
     """Read the train list (or the coreset, whose lines must be lines of the train list)
     and the val list, checking labels against MODEL.NUM_CLASSES. Sizes that differ from
     the dataset table's are a warning. DATA.FORMAT wds or hf: the samples of the shards or
-    the dataset instead (data/keyed.py), and a coreset names kept keys."""
+    the dataset instead (dynunc/lists/keyed.py), and a coreset names kept keys."""
     num_classes = config.MODEL.NUM_CLASSES
     info = dataset_info(config.DATA.DATASET)
     val_classes = 1000 if info is not None and info.val_is_1k_via_mapping else num_classes

@@ -25,7 +25,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from data.file_list_index import RACY_SECONDS, index_location
-from data.keyed import DataFormatError, KeyedSamples, KeyTable
+from dynunc.lists.keyed import DataFormatError, KeyedSamples, KeyTable
 from utils.io import atomic_open
 
 ARROW_SUFFIX = ".dynunc.arrow"

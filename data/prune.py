@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from data.keyed import DataFormatError
+from dynunc.lists.keyed import DataFormatError
 from data.shards import ShardSet, end_of_archive, scan_shard
 
 

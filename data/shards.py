@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from data.file_list_index import RACY_SECONDS, index_location
-from data.keyed import DataFormatError, KeyedSamples, KeyTable
+from dynunc.lists.keyed import DataFormatError, KeyedSamples, KeyTable
 from utils.io import atomic_open
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from utils.io import atomic_save_npy, atomic_write_text
+from dynunc.io import atomic_save_npy, atomic_write_text
 
 HISTORY_DIRNAME = "pred_prob_history"
 _EPOCH_FILE = re.compile(r"^prob_(\d+)\.(npy|txt)$")

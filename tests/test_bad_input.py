@@ -79,7 +79,7 @@ CASES = {
         None, ["--resume", "{root}/gone.pth"], [], "--resume {root}/gone.pth: not found"),
     "MODEL.RESUME file missing": (
         None, [], ["MODEL.RESUME", "{root}/gone.pth"], "MODEL.RESUME: checkpoint not found: {root}/gone.pth"),
-    # every path argument (utils/paths.py): a folder where a file is expected, a parent that is a file
+    # every path argument (dynunc/paths.py): a folder where a file is expected, a parent that is a file
     "--config a folder": ("{root}/train", [], [], "--config {root}/train: is a folder; a file is expected"),
     "--coreset a folder": (None, ["--coreset", "{root}/train"], [], "--coreset {root}/train: is a folder; a file"),
     "--pretrain a folder": (None, ["--pretrain", "{root}/train"], [], "--pretrain {root}/train: is a folder"),

@@ -13,7 +13,7 @@ from conftest import ROOT, make_image_tree, run_main
 from data.export import list_samples, to_hf, to_shards
 from data.file_list import read_file_list
 from data.hf_data import open_hf
-from data.keyed import DataFormatError, KeyTable
+from dynunc.lists.keyed import DataFormatError, KeyTable
 from data.prune import main as prune_main
 from data.reader import read_image_bytes
 from data.shards import ShardSet, expand_braces, open_shards, scan_shard, shard_index_path, tar_member

@@ -657,8 +657,8 @@ records = []
 class Keep(logging.Handler):
     def emit(self, record):
         records.append(record.getMessage())
-logging.getLogger("data.file_list_index").addHandler(Keep())
-logging.getLogger("data.file_list_index").setLevel(logging.INFO)
+logging.getLogger("dynunc.lists.index").addHandler(Keep())
+logging.getLogger("dynunc.lists.index").setLevel(logging.INFO)
 from data.file_list import read_file_list
 print("ready", flush=True)
 sys.stdin.readline()  # start together

@@ -15,7 +15,7 @@ from conftest import run_main
 from dynunc.report import page as report
 from test_bad_input import deny_writes_under
 from test_get_coreset import random_history, write_list, write_npy_history
-from utils import paths
+from dynunc import paths
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ from typing import Mapping, Optional
 import torch
 import torch.distributed as dist
 
+# The collectives the package uses live in dynunc.distributed; re-exported for the research layout.
+from dynunc.distributed import (all_reduce_, barrier, broadcast_buffers_, first_error,  # noqa: F401
+                                is_distributed, is_primary)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -179,44 +183,6 @@ def _restart_scoped_store(rank: int, world_size: int) -> Optional[dist.Store]:
                           is_master=rank == 0 and not served_by_agent, timeout=timedelta(minutes=30),
                           multi_tenant=True)
     return dist.PrefixStore(f"restart_{restart}/", store)
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def is_primary() -> bool:
-    return not is_distributed() or dist.get_rank() == 0
-
-
-def all_reduce_(tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
-    """In-place all-reduce; a no-op in a single process."""
-    if is_distributed():
-        dist.all_reduce(tensor, op=op)
-    return tensor
-
-
-def broadcast_buffers_(module: torch.nn.Module, src: int = 0) -> None:
-    """Give every rank rank `src`'s buffers (BatchNorm running statistics), so that all
-    ranks validate, and resume, with the weights the checkpoint holds."""
-    if is_distributed():
-        for buf in module.buffers():
-            dist.broadcast(buf, src)
-
-
-def first_error(error: Optional[str]) -> Optional[str]:
-    """The error of the lowest rank that has one (None: this rank has none), the same on
-    every rank, so that all stop together and one of them can say why."""
-    if not is_distributed():
-        return error
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    return next((e for e in errors if e is not None), None)
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def cleanup() -> None:

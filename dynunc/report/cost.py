@@ -20,7 +20,7 @@ import os
 from typing import List, Optional, Sequence
 
 from dynunc.history import HISTORY_DIRNAME, OVERLAP_KEY, SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY
-from utils.logger import MetricsLog
+from dynunc.metrics_log import MetricsLog
 
 # The demo's measured produce-mode epoch time / plain epoch time (README: 1.40); analytically
 # about 4/3 where the extra forward pass costs a third of a training step.

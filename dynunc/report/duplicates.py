@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from data.file_list import FileList, read_file_list
+from dynunc.lists.file_list import FileList, read_file_list
 from dynunc.report import figures
 from dynunc.scoring.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
 from dynunc.history import load_embeddings

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileList, FileListError, read_file_list
+from dynunc.lists.file_list import FileList, FileListError, read_file_list
 from dynunc.report import figures
 from dynunc.report import projection
 from dynunc.report.accuracy import FULL, TopOne, read_accuracies, summarise
@@ -35,9 +35,9 @@ from dynunc.report.stats import (MethodOrder, class_kept_fractions, epoch_curves
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
 from dynunc.scoring.methods import METHODS, score_history
 from dynunc.scoring.plan import add_flag, add_plan_flags, check_flags, make_plan
-from utils.interrupt import deliver_interrupts_to_main_thread
-from utils.io import atomic_group, remove_stale_temporaries
-from utils.paths import check_arguments, check_output_folder
+from dynunc.interrupt import deliver_interrupts_to_main_thread
+from dynunc.io import atomic_group, remove_stale_temporaries
+from dynunc.paths import check_arguments, check_output_folder
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
 HARDEST_CLASSES = 20

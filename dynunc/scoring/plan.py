@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list_index import FileListIndex, open_index
+from dynunc.lists.index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
@@ -20,7 +20,7 @@ from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, 
                             why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
-from utils.paths import check_arguments
+from dynunc.paths import check_arguments
 
 
 def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:

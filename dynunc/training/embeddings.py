@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from dynunc.history import EMBED_DTYPE, embed_path
-from utils.distributed import barrier
-from utils.io import atomic_open, atomic_save_npy, remove_stale_temporaries
+from dynunc.distributed import barrier
+from dynunc.io import atomic_open, atomic_save_npy, remove_stale_temporaries
 
 logger = logging.getLogger(__name__)
 

@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.reader import epoch_permutation, shard_length
-from utils.distributed import all_reduce_
+from dynunc.training.order import epoch_permutation, shard_length
+from dynunc.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
 
@@ -197,8 +197,10 @@ def per_sample_loss(criterion: nn.Module, output: torch.Tensor, targets: torch.T
     if isinstance(criterion, nn.CrossEntropyLoss):
         return F.cross_entropy(output, targets, weight=criterion.weight, ignore_index=criterion.ignore_index,
                                reduction="none", label_smoothing=criterion.label_smoothing)
-    from timm.loss import SoftTargetCrossEntropy
-
+    try:
+        from timm.loss import SoftTargetCrossEntropy  # optional: dynunc[timm]
+    except ImportError:
+        SoftTargetCrossEntropy = ()
     if isinstance(criterion, SoftTargetCrossEntropy):
         return torch.sum(-targets * F.log_softmax(output, dim=-1), dim=-1)
     raise TypeError(f"dynamic pruning needs a per-sample loss; {type(criterion).__name__} has none here")

@@ -12,13 +12,13 @@ from typing import ContextManager, Dict, Optional
 import torch
 from torch import nn
 
-from data.file_list_index import open_index
+from dynunc.lists.index import open_index
 from dynunc.training.embeddings import EmbeddingRecorder, remove_parts
 from dynunc.history import (RECORD_KINDS, SAMPLE_KEYS_NAME, HistoryError, contiguous_epoch_files, fingerprint_path,
                              history_dir, list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from,
                              write_epoch, write_fingerprint, write_sample_keys)
 from dynunc.training.stability import StabilityTracker, describe
-from utils.distributed import all_reduce_
+from dynunc.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class PredictionRecorder:
         self.dir = history_dir(output)
         self.is_primary = is_primary
         self.file_list = file_list  # the training list; its fingerprint goes beside the history
-        # Or, for shards and datasets (data/keyed.py), the key table: sample_keys.txt and its fingerprint.
+        # Or, for shards and datasets (dynunc/lists/keyed.py), the key table: sample_keys.txt and its fingerprint.
         self.sample_keys = sample_keys
         self.records = torch.full((len(ROWS), num_samples), _UNSEEN, dtype=torch.float32, device=device)
         # None: decided on the first batch (eval() for models with BatchNorm).

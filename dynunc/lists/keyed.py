@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from data.file_list_parse import FileListError
+from dynunc.lists.parse import FileListError
 
 __all__ = ["DataFormatError", "KeyTable", "KeyedSamples", "key_hashes"]
 

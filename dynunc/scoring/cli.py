@@ -1,0 +1,277 @@
+"""Select coresets from a produce run's prediction history: dynamic uncertainty (the
+paper's method, the default) and the standard baselines that need only training
+dynamics, for one or several fractions, from one pass over the history.
+
+    python get_coreset.py --input OUTPUT --dataset_file_list LIST --fraction 0.75 \
+        --window 10 --output CORESET
+    python get_coreset.py --input OUTPUT --dataset_file_list LIST --fraction 0.5 0.75 0.9 \
+        --method dynunc forgetting el2n aum variability confidence random --window 10 \
+        --output out/{method}_{fraction}.txt
+
+A produce run on WebDataset shards or a Hugging Face dataset (DATA.FORMAT wds, hf) names
+its samples by keys (pred_prob_history/sample_keys.txt): leave out --dataset_file_list and
+each coreset is the kept keys, one per line (main.py --coreset takes it, data/prune.py
+writes the pruned shards or dataset).
+
+`--input` is the produce run's output folder (history in OUTPUT/pred_prob_history/) or
+the history folder itself. Epoch files are prob_{epoch}.npy (NaN = unseen) or the
+paper's prob_{epoch}.txt (0 = unseen), with correct_/margin_/el2n_{epoch}.npy beside
+them for the methods that need those; epochs must run 0..K-1 without a gap.
+
+By default (dynunc) the scores are exactly the paper's (docs/semantics.md §3):
+K-J windows of J = --window epochs (default: the paper's 10, where K >= 11), the window
+that ends at the last epoch NOT used (`--include-last-window` adds it). The
+int(N * fraction) highest scores are kept; the lines tied at the cut are drawn at random
+from --seed (a pseudo-random priority per line, dynunc/ranking.py's tie_priority), never
+taken in list order, and the message says how many were drawn among how many
+(dynunc/scoring/methods.py: the methods; dynunc/scoring/plan.py: the flags; dynunc/ranking.py:
+the selection rules).
+
+With --dedup THRESHOLD, near-duplicates (recorded embeddings, dynunc/scoring/dedup.py) are
+removed before any method selects: the fractions stay fractions of the full list, and the
+groups go to OUTPUT.dedup_groups.tsv. A threshold that would remove more than
+--dedup-max-removed of the list (default half), or leave fewer lines than a fraction
+asks for, is refused with the numbers; --fraction 1 writes the deduplicated list.
+
+Writes, atomically and all together at the end: each coreset (the kept lines of LIST
+in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
+any refusal nothing is written and the exit code is 2; an interrupted run leaves the
+old outputs as they were.
+"""
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from dynunc.lists.file_list import FileListError
+from dynunc.lists.keyed import KeyTable
+from dynunc.lists.lines import write_entries
+from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
+from dynunc.history import SAMPLE_KEYS_NAME, HistoryError, find_history_dir, read_sample_keys, sample_keys_path
+from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
+from dynunc.interrupt import deliver_interrupts_to_main_thread
+from dynunc.io import atomic_group, remove_stale_temporaries
+from dynunc.paths import check_output_file
+from dynunc.scoring.plan import (DEDUP_MAX_REMOVED, Plan, add_flag, add_plan_flags, check_dedup_left, check_flags,
+                                 make_plan)
+
+METHOD_PLACEHOLDER, FRACTION_PLACEHOLDER = "{method}", "{fraction}"
+SCORES_FRACTION = "all"  # what {fraction} becomes in a scores file's name
+
+
+def scores_path(output: str) -> str:
+    return output + ".scores.npy"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="get_coreset.py",
+        description="Keep the samples with the highest pruning scores (dynamic uncertainty by default).",
+    )
+    add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
+                   + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
+                   fraction_default=None, selection=True, list_required=False,
+                   seed_help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
+                   "drawn; --ccs: the draws in each bin")
+    add_flag(
+        p, "--output", required=True,
+        help="coreset file to write. With several methods it must contain {method}, with several fractions "
+        "{fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each method's scores go "
+        "once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
+    )
+    add_flag(p, "--dedup-max-removed", type=float, default=DEDUP_MAX_REMOVED, metavar="SHARE",
+             help=f"--dedup: refuse a threshold that removes more than this share of the list (default "
+             f"{DEDUP_MAX_REMOVED:g}); a fraction other than 1 that asks for more lines than are left is refused too")
+    return p
+
+
+@dataclass(frozen=True)
+class Output:
+    method: str
+    fraction: str  # as written on the command line
+    keep: int
+    path: str
+
+
+def render(template: str, method: str, fraction: str) -> str:
+    return template.replace(METHOD_PLACEHOLDER, method).replace(FRACTION_PLACEHOLDER, fraction)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    deliver_interrupts_to_main_thread()
+    try:
+        return run(args)
+    except (HistoryError, FileListError, ValueError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line, as every refusal
+        return 2
+    except KeyboardInterrupt:
+        print("get_coreset.py: interrupted; no output was replaced", file=sys.stderr)
+        return 130
+
+
+def check_placeholders(args: argparse.Namespace) -> None:
+    for flag, needed in ((METHOD_PLACEHOLDER, len(args.method) > 1), (FRACTION_PLACEHOLDER, len(args.fraction) > 1)):
+        if needed and flag not in args.output:
+            raise ValueError(f"--output {args.output!r} must contain {flag}: several "
+                             f"{'methods' if flag == METHOD_PLACEHOLDER else 'fractions'} are asked for")
+
+
+def plan_outputs(template: str, plan: Plan) -> List[Output]:
+    return [Output(m, fraction, keep, render(template, m, fraction))
+            for fraction, keep in plan.keeps.items() for m in plan.methods]
+
+
+def method_scores_path(template: str, method: str) -> str:
+    return scores_path(render(template, method, SCORES_FRACTION))
+
+
+def dedup_groups_path(template: str) -> str:
+    """--dedup's groups file: OUTPUT.dedup_groups.tsv, {method} written 'dedup' and {fraction} 'all'."""
+    return render(template, "dedup", SCORES_FRACTION) + ".dedup_groups.tsv"
+
+
+class HistoryKeys:
+    """A history's samples named by its sample_keys.txt (a produce run on shards or a
+    dataset, dynunc/lists/keyed.py), in the role of a file list's index: a coreset is the kept
+    keys, one per line, in the history's order."""
+
+    def __init__(self, hdir: str, keys: List[str]):
+        self.list_path = sample_keys_path(hdir)
+        self.keys = keys
+        self.count = len(keys)
+        self.lines = np.arange(1, self.count + 1)  # a key's line in sample_keys.txt
+
+    @property
+    def labels(self) -> np.ndarray:
+        raise HistoryError(f"{self.list_path} names the samples but holds no labels: --class-balanced and the "
+                           f"embedding methods need them (a history recorded on a file list has them)")
+
+    def fingerprint(self) -> dict:
+        return KeyTable.from_keys(self.keys).fingerprint(SAMPLE_KEYS_NAME)
+
+    def name(self, row: int) -> str:
+        return self.keys[row]
+
+    def write(self, targets) -> None:
+        for keep, out in targets:
+            out.write("".join(self.keys[i] + "\n" for i in np.flatnonzero(keep)).encode("utf-8"))
+
+
+def history_keys(args: argparse.Namespace) -> Optional[HistoryKeys]:
+    """Without --dataset_file_list: the samples as the history names them (sample_keys.txt,
+    checked against the history's record of them); None with a file list."""
+    if args.dataset_file_list:
+        return None
+    hdir = find_history_dir(args.input)
+    keys = read_sample_keys(hdir)
+    if keys is None:
+        raise ValueError(f"{hdir} holds no {SAMPLE_KEYS_NAME} (a history recorded on a file list): give "
+                         f"--dataset_file_list, the training list it was recorded on")
+    return HistoryKeys(hdir, keys)
+
+
+def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
+    listed = os.path.realpath(args.dataset_file_list or "")
+    seen: Dict[str, str] = {}
+    for path in written:
+        real = os.path.realpath(path)
+        if real == listed:
+            raise ValueError(f"{path!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
+        if real in seen:
+            raise ValueError(f"--output {args.output!r}: two outputs would both be written to {path!r}")
+        seen[real] = path
+
+
+def run(args: argparse.Namespace) -> int:
+    # Cheap checks first; nothing is written until every check has passed and every
+    # score is computed. The list is never held as Python strings (13M lines would take
+    # gigabytes): its count, identity and labels come from its index (the plan opens it),
+    # and after scoring its bytes are read once, in blocks, to copy the kept lines.
+    selection = check_flags(args)
+    check_placeholders(args)
+    if not 0.0 <= args.dedup_max_removed <= 1.0:
+        raise ValueError(f"--dedup-max-removed must be in [0, 1], got {args.dedup_max_removed:g}")
+    for method in args.method:  # the outputs' paths, before the list and the history are opened
+        for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
+            check_output_file("--output", path)
+    keyed = history_keys(args)
+    plan = make_plan(args, selection, keyed)
+    outputs = plan_outputs(args.output, plan)
+    written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
+    groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
+    check_output_paths(args, written + ([groups_path] if groups_path else []))
+    if groups_path:
+        check_output_file("--output", groups_path)
+    labels = plan.index.labels if selection.class_balanced else None
+    n = plan.num_samples
+    # the embeddings are checked before any scoring
+    embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
+    t0 = time.perf_counter()
+    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params,
+                           embedded=plan.embedded)
+    duplicates, pool = None, None  # pool: the lines methods select from (all when None)
+    if embeddings is not None:
+        dedup_started = time.perf_counter()
+        duplicates = deduplicate(embeddings, args.dedup, args.dedup_clusters, args.seed)
+        dedup_seconds = time.perf_counter() - dedup_started
+        pool = np.flatnonzero(~duplicates.removed)
+        check_dedup_left(args.dedup, args.dedup_max_removed, n, len(pool), plan.keeps)  # before anything is written
+    kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
+    cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
+    for method in plan.methods:
+        if pool is None:
+            ranking = selection.ranking(scores[method], labels)
+        else:
+            ranking = selection.ranking(scores[method][pool], None if labels is None else labels[pool])
+        for o in outputs:
+            if o.method == method:
+                try:
+                    indices, cuts[o] = selection.choose(ranking, o.keep if pool is None else min(o.keep, len(pool)))
+                except ValueError as e:
+                    if selection.ccs is None:
+                        raise
+                    raise ValueError(f"--ccs {selection.ccs.beta} with --fraction {o.fraction} ({method}): "
+                                     f"{e}") from None
+                kept[o] = np.zeros(n, dtype=bool)
+                kept[o][indices if pool is None else pool[indices]] = True
+    elapsed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for path in written + ([groups_path] if groups_path else []):
+        remove_stale_temporaries(path)  # left by a run of this command killed while writing
+    with atomic_group() as group:
+        for method in plan.methods:
+            group.save_npy(method_scores_path(args.output, method), scores[method])
+        with contextlib.ExitStack() as files:
+            targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
+            write_entries(plan.index, targets) if keyed is None else keyed.write(targets)
+        if duplicates is not None:
+            with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
+                write_groups(f, duplicates, plan.index)
+    size = sum(os.path.getsize(path) for path in written)
+    print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
+          f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
+          f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(written[:len(plan.methods)])}", file=sys.stderr)
+    rule = selection.describe()
+    if duplicates is not None:
+        print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}, in {dedup_seconds:.1f}s; methods select "
+              f"from the other {len(pool)} -> {groups_path}")
+        if duplicates.warning():
+            print(f"get_coreset.py: warning: {duplicates.warning()}", file=sys.stderr)
+    for o in outputs:
+        detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
+        ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""
+        whole = (f"; int(N * fraction) = {o.keep} exceeds the {len(pool)} lines left after --dedup: all kept"
+                 if pool is not None and o.keep > len(pool) else "")
+        print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}{whole}) -> {o.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
