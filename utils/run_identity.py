@@ -12,9 +12,10 @@ define it.
 every rank) and raises ValueError with one line naming the first key that differs, its
 old and new value, how many others differ, and the two ways on (a new --output, or
 --resume CKPT to continue deliberately, which rebinds the folder to the new command).
-`RunIdentity.record` then writes run.json atomically (rank 0; nothing when the folder
-is held by a live run, which the output lock refuses next). A folder made before
-run.json existed is compared by its config.yaml (the lists' identity is unknown there).
+`RunIdentity.record` then writes run.json atomically (rank 0). A folder held by a live
+run is neither compared nor written: the output lock refuses the command next. A folder
+made before run.json existed is compared by its config.yaml (the lists' identity is
+unknown there).
 Evaluation and throughput runs (--eval, --throughput) neither check nor record.
 """
 import hashlib
@@ -201,6 +202,8 @@ def check(args, config, data, produce: bool, world_size: int, primary: bool) -> 
         return None
     new = identity(args, config, data, produce, world_size)
     output = config.OUTPUT
+    if os.path.isdir(output) and in_use(output):
+        return RunIdentity(output, new, primary)  # a live run's folder: the output lock refuses it next
     old = _recorded(output, produce) if os.path.isdir(output) else None
     if old is not None:
         found = differences(old, new)
