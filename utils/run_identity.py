@@ -139,9 +139,10 @@ def _short(value) -> str:
 
 
 def differences(old: Dict[str, object], new: Dict[str, object]) -> List[Tuple[str, object, object]]:
-    """(key, old value, new value) for each part that differs; the lists by entries and sha256."""
+    """(key, old value, new value) for each part that differs: the command, the lists (by
+    entries and sha256), the config keys, then the number of processes."""
     found = []
-    for key in ("command", "processes", "train_list", "coreset", "val_list"):
+    for key in ("command", "coreset", "train_list", "val_list"):
         if key not in old:
             continue
         a, b = old.get(key), new.get(key)
@@ -158,6 +159,8 @@ def differences(old: Dict[str, object], new: Dict[str, object]) -> List[Tuple[st
         a, b = old_config.get(key, "(unset)"), new_config.get(key, "(unset)")
         if a != b:
             found.append((key, a, b))
+    if "processes" in old and old["processes"] != new.get("processes"):  # last: the least likely slip
+        found.append(("processes", old["processes"], new.get("processes")))
     return found
 
 
