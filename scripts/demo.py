@@ -107,7 +107,7 @@ def forgetting_ties(scores_path: str, train_list: str, fraction: float) -> dict:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -123,6 +123,7 @@ def main() -> int:
                         help="also train on the forgetting, EL2N, AUM, variability and confidence coresets")
     args = parser.parse_args()
     start = time.time()
+    commit = git_commit()
     out = os.path.abspath(args.output)
     names = run_names(out, args.fraction, args.window, args.nproc)
     data = os.path.join(out, "data")
@@ -181,7 +182,7 @@ def main() -> int:
         "wall_seconds": round(wall),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_1min": round(os.getloadavg()[0], 2)},
-        "commit": git_commit(),
+        "commit": commit,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
     with open(names["record"] + ".tmp", "w") as f:

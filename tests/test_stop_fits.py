@@ -58,10 +58,11 @@ def test_the_readme_example_can_stop():
     commands = [c for c in re.findall(r"```\n(.*?)```", readme, re.S)
                 if "PRODUCE.STOP_WHEN_STABLE.ENABLE True" in c and "main_and_produce.py" in c]
     assert commands, "README: no example command with PRODUCE.STOP_WHEN_STABLE.ENABLE True"
-    words = " ".join(commands[0].replace("\\\n", " ").split()).split(" ")
-    opts = words[words.index("--opts") + 1:]
-    opts = [w for w in opts if not w.startswith("DATA.DATA_PATH")]
-    opts = opts[:len(opts) - len(opts) % 2]
+    command = [c for c in commands[0].replace("\\\n", " ").splitlines() if "main_and_produce.py" in c][0]
+    words = command.split()
+    given = words[words.index("--opts") + 1:]
+    assert len(given) % 2 == 0, given
+    opts = [w for k, v in zip(given[0::2], given[1::2]) if not k.startswith("DATA.DATA_PATH") for w in (k, v)]
     config = load_config(os.path.join(ROOT, words[words.index("--config") + 1]), opts)
     assert config.PRODUCE.STOP_WHEN_STABLE.ENABLE and check_stop_fits(config) == []
 

@@ -12,9 +12,10 @@ define it.
 every rank) and raises ValueError with one line naming the first key that differs, its
 old and new value, how many others differ, and the two ways on (a new --output, or
 --resume CKPT to continue deliberately, which rebinds the folder to the new command).
-`RunIdentity.record` then writes run.json atomically (rank 0; nothing when the folder
-is held by a live run, which the output lock refuses next). A folder made before
-run.json existed is compared by its config.yaml (the lists' identity is unknown there).
+`RunIdentity.record` then writes run.json atomically (rank 0). A folder held by a live
+run is neither compared nor written: the output lock refuses the command next. A folder
+made before run.json existed is compared by its config.yaml (the lists' identity is
+unknown there).
 Evaluation and throughput runs (--eval, --throughput) neither check nor record.
 """
 import hashlib
@@ -138,9 +139,10 @@ def _short(value) -> str:
 
 
 def differences(old: Dict[str, object], new: Dict[str, object]) -> List[Tuple[str, object, object]]:
-    """(key, old value, new value) for each part that differs; the lists by entries and sha256."""
+    """(key, old value, new value) for each part that differs: the command, the lists (by
+    entries and sha256), the config keys, then the number of processes."""
     found = []
-    for key in ("command", "processes", "train_list", "coreset", "val_list"):
+    for key in ("command", "coreset", "train_list", "val_list"):
         if key not in old:
             continue
         a, b = old.get(key), new.get(key)
@@ -157,6 +159,8 @@ def differences(old: Dict[str, object], new: Dict[str, object]) -> List[Tuple[st
         a, b = old_config.get(key, "(unset)"), new_config.get(key, "(unset)")
         if a != b:
             found.append((key, a, b))
+    if "processes" in old and old["processes"] != new.get("processes"):  # last: the least likely slip
+        found.append(("processes", old["processes"], new.get("processes")))
     return found
 
 
@@ -201,6 +205,8 @@ def check(args, config, data, produce: bool, world_size: int, primary: bool) -> 
         return None
     new = identity(args, config, data, produce, world_size)
     output = config.OUTPUT
+    if os.path.isdir(output) and in_use(output):
+        return RunIdentity(output, new, primary)  # a live run's folder: the output lock refuses it next
     old = _recorded(output, produce) if os.path.isdir(output) else None
     if old is not None:
         found = differences(old, new)
