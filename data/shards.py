@@ -36,7 +36,7 @@ from utils.io import atomic_open
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXT = "cls"
 INDEX_SUFFIX = ".keys.npz"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: int32 image sizes and labels
 BLOCK = 512
 _ZERO = bytes(BLOCK)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # key = up to the first '.' of the last component
@@ -139,6 +139,10 @@ def _scan(path: str, mm: mmap.mmap, size: int) -> Dict[str, np.ndarray]:
             label = int(text)
         except ValueError:
             raise DataFormatError(f"{path}: sample {key!r}: label {text[:40]!r} is not an integer") from None
+        if not 0 <= label < 2**31:
+            raise DataFormatError(f"{path}: key {key!r}: label {label} is outside [0, 2**31)")
+        if image[1] >= 2**31:
+            raise DataFormatError(f"{path}: key {key!r}: an image of {image[1]} bytes (at most 2 GiB)")
         keys.append(current)
         img_off.append(image[0])
         img_len.append(image[1])
@@ -206,8 +210,8 @@ def _scan(path: str, mm: mmap.mmap, size: int) -> Dict[str, np.ndarray]:
             raise DataFormatError(f"{path}: key {k!r} holds a line break or a tab")
     table = KeyTable.from_keys([k.decode("utf-8", "surrogateescape") for k in keys])
     return {"key_blob": table.blob, "key_starts": table.starts, "key_hash": table.hashes,
-            "image_offset": np.array(img_off, np.int64), "image_size": np.array(img_len, np.int64),
-            "label": np.array(labels, np.int64), "sample_start": np.array(starts, np.int64),
+            "image_offset": np.array(img_off, np.int64), "image_size": np.array(img_len, np.int32),
+            "label": np.array(labels, np.int32), "sample_start": np.array(starts, np.int64),
             "sample_end": np.array(ends, np.int64)}
 
 
@@ -273,20 +277,30 @@ def shard_index(shard: str) -> Dict[str, np.ndarray]:
 class ShardSet:
     """The shards of a pattern and their samples in order (shard order, then member order)."""
 
-    def __init__(self, pattern: str, what: str = "DATA.TRAIN_SHARDS"):
+    def __init__(self, pattern: str, what: str = "DATA.TRAIN_SHARDS", byte_ranges: bool = False):
+        """`byte_ranges`: also hold each sample's byte range (for `sample_bytes`: data/prune.py)."""
         self.pattern = pattern
         self.paths = shard_paths(pattern, what)
-        indexes = [shard_index(p) for p in self.paths]
+        drop = () if byte_ranges else ("sample_start", "sample_end")
+        indexes = [{k: v for k, v in shard_index(p).items() if k not in drop} for p in self.paths]
         counts = [len(ix["label"]) for ix in indexes]
-        self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32), counts)
-        self.keys = KeyTable.concatenate([KeyTable(ix["key_blob"], ix["key_starts"], ix["key_hash"])
-                                          for ix in indexes])
-        cat = (lambda name: np.concatenate([ix[name] for ix in indexes]))
-        self.image_offset, self.image_size = cat("image_offset"), cat("image_size")
-        self.sample_start, self.sample_end = cat("sample_start"), cat("sample_end")
-        raw = cat("label")
-        self.labels = np.clip(raw, -1, 2**31 - 1).astype(np.int32)
-        self._raw_labels = raw
+        self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32 if len(self.paths) < 2**31 else np.int64),
+                                  counts)
+        # One field at a time, each shard's copy dropped once copied: the peak is the table
+        # plus one field of the shards' arrays (13M keys: docs/benchmarks.md, "Data formats").
+        blob_sizes = [len(ix["key_blob"]) for ix in indexes]
+        starts = np.empty(len(self.shard_of) + 1, dtype=np.int64)
+        at = 0
+        for ix, n, offset in zip(indexes, counts, np.cumsum([0] + blob_sizes[:-1])):
+            starts[at:at + n] = ix.pop("key_starts")[:-1] + offset
+            at += n
+        starts[-1] = sum(blob_sizes)
+        self.keys = KeyTable(self._gather(indexes, "key_blob"), starts, self._gather(indexes, "key_hash"))
+        self.image_offset, self.image_size = self._gather(indexes, "image_offset"), self._gather(indexes, "image_size")
+        self.labels = self._gather(indexes, "label")
+        if byte_ranges:
+            self.sample_start, self.sample_end = self._gather(indexes, "sample_start"), self._gather(indexes, "sample_end")
+        del indexes
         twice = self.keys.repeats()
         if twice is not None:
             i, j = twice
@@ -294,6 +308,17 @@ class ShardSet:
             raise DataFormatError(f"{a} and {b}: both hold key {self.keys.key(i)!r} (keys must be unique)"
                                   if a != b else f"{a}: key {self.keys.key(i)!r} appears twice")
         self._fds: Dict[int, int] = {}
+
+    @staticmethod
+    def _gather(indexes: List[Dict[str, np.ndarray]], name: str) -> np.ndarray:
+        parts = [ix[name] for ix in indexes]
+        out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype if parts else np.int64)
+        at = 0
+        for ix, part in zip(indexes, parts):
+            out[at:at + len(part)] = part
+            at += len(part)
+            del ix[name]
+        return out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -321,10 +346,6 @@ class ShardSet:
 
     def samples(self, num_classes: Optional[int]) -> KeyedSamples:
         samples = KeyedSamples(self.pattern, self.keys, self.labels, self.read, self.where)
-        big = np.flatnonzero(self._raw_labels != self.labels)
-        if len(big):
-            row = int(big[0])
-            raise DataFormatError(f"{self.where(row)}: label {int(self._raw_labels[row])} is outside [0, 2**31)")
         samples.check_labels(num_classes)
         return samples
 
