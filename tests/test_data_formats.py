@@ -268,3 +268,29 @@ def test_sample_keys_of_a_keyed_history_are_checked_on_resume(tmp_path):
     with pytest.raises(HistoryError, match="this run's samples .* are not the samples the kept epochs"):
         other.resume_from(1)
     PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=keys).resume_from(1)
+
+
+def test_get_coreset_on_a_keyed_history_writes_kept_keys_and_checks_the_key_table(tmp_path):
+    import get_coreset
+    from dynunc.history import history_dir, sample_keys_path, write_epoch, write_fingerprint, write_sample_keys
+
+    hdir = history_dir(str(tmp_path / "run"))
+    os.makedirs(hdir)
+    rng = np.random.default_rng(0)
+    keys = [f"shard-{i // 4}/{i:04d}" for i in range(12)]
+    for epoch in range(3):
+        prob = rng.random(12).astype(np.float32)
+        write_epoch(hdir, epoch, prob=prob, correct=(prob > 0.5).astype(np.int8))
+    write_fingerprint(hdir, write_sample_keys(hdir, keys))
+    args = ["--input", tmp_path / "run", "--fraction", "0.5", "--window", "2", "--output", tmp_path / "kept.txt"]
+    code, _, stderr = run_main(get_coreset.main, args)
+    assert code == 0, stderr
+    kept = open(tmp_path / "kept.txt").read().splitlines()
+    scores = np.load(str(tmp_path / "kept.txt.scores.npy"))
+    assert len(kept) == 6 and kept == [keys[i] for i in sorted(np.argsort(-scores, kind="stable")[:6])]
+    code, _, stderr = run_main(get_coreset.main, args[:2] + ["--class-balanced"] + args[2:])
+    assert code == 2 and "sample_keys.txt names the samples but holds no labels" in stderr, stderr
+    with open(sample_keys_path(hdir), "a") as f:  # the key table no longer the one recorded
+        f.write("extra\n")
+    code, _, stderr = run_main(get_coreset.main, args)
+    assert code == 2 and "sample_keys.txt (13 entries" in stderr and "records sample_keys.txt (12 entries" in stderr
