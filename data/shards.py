@@ -25,6 +25,7 @@ import mmap
 import os
 import re
 import time
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -226,7 +227,7 @@ def _load_cached(location: str, st: os.stat_result) -> Optional[Dict[str, np.nda
     try:
         with np.load(location, allow_pickle=False) as z:
             arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, KeyError):
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # zipfile checks each array's CRC-32
         return None
     ident = arrays.pop("identity", None)
     if ident is None or ident.tolist() != [INDEX_VERSION, st.st_size, st.st_mtime_ns]:

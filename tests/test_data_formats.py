@@ -104,6 +104,12 @@ def test_shard_index_is_cached_and_rebuilt_when_the_shard_changes(tmp_path, monk
         f.write(tar_member("b.png", b"y" * 10) + tar_member("b.cls", b"2") + bytes(1024))
     os.utime(path, ns=(10**18 + 1, 10**18 + 1))
     assert shards.ShardSet(path).labels.tolist() == [2] and len(scans) == 2
+    index = shard_index_path(path)
+    raw = bytearray(open(index, "rb").read())
+    at = raw.find(b"b\n")  # the key blob's bytes, inside the zip: its CRC no longer matches
+    raw[at] = ord("c")
+    open(index, "wb").write(bytes(raw))
+    assert shards.ShardSet(path).keys.keys() == ["b"] and len(scans) == 3
 
 
 def test_key_table_text_is_sample_keys_and_finds_keys():
