@@ -300,7 +300,8 @@ class ShardSet:
         self.image_offset, self.image_size = self._gather(indexes, "image_offset"), self._gather(indexes, "image_size")
         self.labels = self._gather(indexes, "label")
         if byte_ranges:
-            self.sample_start, self.sample_end = self._gather(indexes, "sample_start"), self._gather(indexes, "sample_end")
+            self.sample_start = self._gather(indexes, "sample_start")
+            self.sample_end = self._gather(indexes, "sample_end")
         del indexes
         twice = self.keys.repeats()
         if twice is not None:

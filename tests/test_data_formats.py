@@ -270,7 +270,8 @@ def test_sample_keys_of_a_keyed_history_are_checked_on_resume(tmp_path):
     hdir = str(tmp_path / "pred_prob_history")
     assert read_sample_keys(hdir, 3) == ["a", "b", "c"]
     write_epoch(hdir, 0, prob=np.zeros(3, np.float32), correct=np.zeros(3, np.int8))
-    other = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=KeyTable.from_keys(["a", "c", "b"]))
+    other = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True,
+                               sample_keys=KeyTable.from_keys(["a", "c", "b"]))
     with pytest.raises(HistoryError, match="this run's samples .* are not the samples the kept epochs"):
         other.resume_from(1)
     PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=keys).resume_from(1)
