@@ -37,7 +37,7 @@ from utils.io import atomic_open
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXT = "cls"
 INDEX_SUFFIX = ".keys.npz"
-INDEX_VERSION = 2  # 2: int32 image sizes and labels
+INDEX_VERSION = 3  # 2: int32 image sizes and labels; 3: the sample count in the identity
 BLOCK = 512
 _ZERO = bytes(BLOCK)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # key = up to the first '.' of the last component
@@ -223,19 +223,37 @@ def shard_index_path(shard: str) -> Optional[str]:
     return index_location(shard, suffix=INDEX_SUFFIX, cache_name="shard_index")
 
 
-def _load_cached(location: str, st: os.stat_result) -> Optional[Dict[str, np.ndarray]]:
+class _Index:
+    """One shard's index: its sample count, and its arrays read one at a time (from the
+    cached file, so that a process never holds every shard's copy of every array at once)."""
+
+    def __init__(self, count: int, location: Optional[str] = None, arrays: Optional[Dict[str, np.ndarray]] = None):
+        self.count, self.location, self.arrays = count, location, arrays
+
+    def field(self, name: str) -> np.ndarray:
+        if self.arrays is not None:
+            return self.arrays.pop(name)
+        with np.load(self.location, allow_pickle=False) as z:
+            return z[name]
+
+
+def _load_cached(location: str, st: os.stat_result) -> Optional[_Index]:
+    """The cached index at `location` if it describes the shard (index version, shard size
+    and mtime) and every array's CRC-32 checks; None otherwise."""
     try:
+        with zipfile.ZipFile(location) as z:
+            if z.testzip() is not None:  # reads each array once, keeps none
+                return None
         with np.load(location, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # zipfile checks each array's CRC-32
+            ident = z["identity"].tolist()
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    ident = arrays.pop("identity", None)
-    if ident is None or ident.tolist() != [INDEX_VERSION, st.st_size, st.st_mtime_ns]:
+    if ident[:3] != [INDEX_VERSION, st.st_size, st.st_mtime_ns]:
         return None
-    return arrays
+    return _Index(int(ident[3]), location=location)
 
 
-def shard_index(shard: str) -> Dict[str, np.ndarray]:
+def shard_index(shard: str) -> _Index:
     """The index of `shard`: the cached one if it still describes the file (same size and
     modification time), else a new scan, cached (atomically; under a lock on the shard, so
     that the ranks of a node scan it once)."""
@@ -263,13 +281,15 @@ def shard_index(shard: str) -> Dict[str, np.ndarray]:
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise DataFormatError(f"{shard}: changed while it was indexed; try again")
         racy = st.st_mtime_ns > time.time_ns() - int(RACY_SECONDS * 1e9)
+        count = len(arrays["label"])
         if location is not None and not racy:
+            identity = np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns, count], np.int64)
             try:
                 with atomic_open(location, "wb") as out:
-                    np.savez(out, identity=np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns], np.int64), **arrays)
+                    np.savez(out, identity=identity, **arrays)
             except OSError:
                 pass  # kept for this process only
-        return arrays
+        return _Index(count, arrays=arrays)
 
 
 # -----------------------------------------------------------------------------
@@ -282,27 +302,26 @@ class ShardSet:
         """`byte_ranges`: also hold each sample's byte range (for `sample_bytes`: data/prune.py)."""
         self.pattern = pattern
         self.paths = shard_paths(pattern, what)
-        drop = () if byte_ranges else ("sample_start", "sample_end")
-        indexes = [{k: v for k, v in shard_index(p).items() if k not in drop} for p in self.paths]
-        counts = [len(ix["label"]) for ix in indexes]
+        indexes = [shard_index(p) for p in self.paths]
+        counts = [ix.count for ix in indexes]
         self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32 if len(self.paths) < 2**31 else np.int64),
                                   counts)
-        # One field at a time, each shard's copy dropped once copied: the peak is the table
-        # plus one field of the shards' arrays (13M keys: docs/benchmarks.md, "Data formats").
-        blob_sizes = [len(ix["key_blob"]) for ix in indexes]
+        # One array at a time, shard by shard: the peak is the table plus one shard's array
+        # (13M keys: docs/benchmarks.md, "Data formats").
         starts = np.empty(len(self.shard_of) + 1, dtype=np.int64)
-        at = 0
-        for ix, n, offset in zip(indexes, counts, np.cumsum([0] + blob_sizes[:-1])):
-            starts[at:at + n] = ix.pop("key_starts")[:-1] + offset
+        at, offset, blob_sizes = 0, 0, []
+        for ix, n in zip(indexes, counts):
+            part = ix.field("key_starts")
+            starts[at:at + n] = part[:-1] + offset
             at += n
-        starts[-1] = sum(blob_sizes)
-        self.keys = KeyTable(self._gather(indexes, "key_blob"), starts, self._gather(indexes, "key_hash"))
-        self.image_offset, self.image_size = self._gather(indexes, "image_offset"), self._gather(indexes, "image_size")
-        self.labels = self._gather(indexes, "label")
+            blob_sizes.append(int(part[-1]))
+            offset += blob_sizes[-1]
+        starts[-1] = offset
+        gather = (lambda name: self._gather(indexes, name, counts))
+        self.keys = KeyTable(self._gather(indexes, "key_blob", blob_sizes), starts, gather("key_hash"))
+        self.image_offset, self.image_size, self.labels = gather("image_offset"), gather("image_size"), gather("label")
         if byte_ranges:
-            self.sample_start = self._gather(indexes, "sample_start")
-            self.sample_end = self._gather(indexes, "sample_end")
-        del indexes
+            self.sample_start, self.sample_end = gather("sample_start"), gather("sample_end")
         twice = self.keys.repeats()
         if twice is not None:
             i, j = twice
@@ -312,14 +331,15 @@ class ShardSet:
         self._fds: Dict[int, int] = {}
 
     @staticmethod
-    def _gather(indexes: List[Dict[str, np.ndarray]], name: str) -> np.ndarray:
-        parts = [ix[name] for ix in indexes]
-        out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype if parts else np.int64)
-        at = 0
-        for ix, part in zip(indexes, parts):
-            out[at:at + len(part)] = part
-            at += len(part)
-            del ix[name]
+    def _gather(indexes: List[_Index], name: str, sizes: Sequence[int]) -> np.ndarray:
+        """Array `name` of every shard, concatenated, read shard by shard into one array."""
+        out, at = None, 0
+        for ix, n in zip(indexes, sizes):
+            part = ix.field(name)
+            if out is None:
+                out = np.empty(sum(sizes), dtype=part.dtype)
+            out[at:at + n] = part
+            at += n
         return out
 
     def __len__(self) -> int:
