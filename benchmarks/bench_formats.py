@@ -17,7 +17,7 @@ process: the shards' key table built by scanning the tars (ShardSet, the first r
 them; indexes are cached), built again from the cached indexes (every later run), and
 the key table written as a history's sample_keys.txt with its fingerprint (what a produce
 run does at start). Wall time and peak RSS of each. The shards are removed at the end
-unless --keep.
+unless --keep. --indexes-only: see write_indexes_only (13M keys without 26 GiB of tars).
 """
 import argparse
 import json
@@ -165,22 +165,72 @@ def keys_child(what: str, args) -> dict:
     shards = ShardSet(pattern)
     built = time.perf_counter() - t0
     out = {"what": what, "keys": len(shards), "build_s": built}
-    if what == "sample_keys":
-        from dynunc.history import write_sample_keys
+    hdir = os.path.join(args.dir, "history")
+    if what == "write_keys":  # what the recorder does at a produce run's start (rank 0)
+        from dynunc.history import SAMPLE_KEYS_NAME, sample_keys_path, write_fingerprint
+        from utils.io import atomic_open
 
-        hdir = os.path.join(args.dir, "history")
         os.makedirs(hdir, exist_ok=True)
         t1 = time.perf_counter()
-        written = write_sample_keys(hdir, shards.keys.keys())
-        out["write_s"] = time.perf_counter() - t1
-        out["same_fingerprint"] = written["sha256"] == shards.keys.fingerprint("x")["sha256"]
+        fingerprint = shards.keys.fingerprint(SAMPLE_KEYS_NAME)
+        with atomic_open(sample_keys_path(hdir), "wb") as f:
+            f.write(shards.keys.text())
+        write_fingerprint(hdir, fingerprint)
+        out["step_s"] = time.perf_counter() - t1
     return out
+
+
+def read_keys_child(args) -> dict:
+    """get_coreset.py without a file list: the history's sample_keys.txt read and checked."""
+    from dynunc.history import read_sample_keys
+
+    t0 = time.perf_counter()
+    keys = read_sample_keys(os.path.join(args.dir, "history"))
+    return {"what": "read_keys", "keys": len(keys), "build_s": 0.0, "step_s": time.perf_counter() - t0}
+
+
+def write_indexes_only(args) -> None:
+    """--indexes-only: one real shard is scanned; every other shard is a sparse file of the
+    same size (no disk blocks) whose cached index is that scan's with its own keys, as the
+    scan would have written it. The cached-index steps then run on ImageNet-21K's key count
+    without 26 GiB of tar on disk; the scan step is left out."""
+    from data.keyed import key_hashes
+    from data.shards import INDEX_VERSION, scan_shard, shard_index_path
+    from utils.io import atomic_open
+
+    template_path = os.path.join(args.dir, "template.tar")
+    with open(template_path, "wb") as f:
+        f.write(synthetic_shard(0, args.per_shard))
+    template = scan_shard(template_path)
+    size = os.path.getsize(template_path)
+    for s in range(args.shard_count):
+        path = os.path.join(args.dir, f"k-{s:06d}.tar")
+        n = min(args.per_shard, args.keys - s * args.per_shard)
+        if os.path.exists(path) and os.path.exists(shard_index_path(path)):
+            continue
+        with open(path, "wb") as f:
+            f.truncate(size if n == args.per_shard else 0)
+        if n != args.per_shard:  # the last shard, shorter: a real one
+            with open(path, "wb") as f:
+                f.write(synthetic_shard(s * args.per_shard, n))
+        os.utime(path, ns=(10**18, 10**18))
+        if n != args.per_shard:
+            continue
+        arrays = {k: v.copy() for k, v in template.items()}
+        blob = arrays["key_blob"].reshape(n, 11)
+        blob[:, :6] = np.frombuffer(f"{s:06d}".encode(), dtype=np.uint8)
+        arrays["key_hash"] = key_hashes([bytes(row[:10]) for row in blob])
+        st = os.stat(path)
+        with atomic_open(shard_index_path(path), "wb") as out:
+            np.savez(out, identity=np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns, n], np.int64), **arrays)
 
 
 def bench_keys(args) -> None:
     os.makedirs(args.dir, exist_ok=True)
     args.shard_count = -(-args.keys // args.per_shard)
     t0 = time.perf_counter()
+    if args.indexes_only:
+        write_indexes_only(args)
     for s in range(args.shard_count):
         path = os.path.join(args.dir, f"k-{s:06d}.tar")
         if not os.path.exists(path):
@@ -190,18 +240,20 @@ def bench_keys(args) -> None:
             os.replace(path + ".tmp", path)
             os.utime(path, ns=(10**18, 10**18))  # an old file: its index is kept
     size = sum(os.path.getsize(os.path.join(args.dir, f"k-{s:06d}.tar")) for s in range(args.shard_count))
-    print(f"{args.keys:,} samples in {args.shard_count} shards ({size / 2**30:.1f} GiB) ready in "
+    print(f"{args.keys:,} samples in {args.shard_count} shards ({size / 2**30:.1f} GiB"
+          f"{', sparse: cached indexes only' if args.indexes_only else ''}) ready in "
           f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
     try:
-        for what, label in (("scan", "key table, scanning the tars (first run; writes the indexes)"),
-                            ("cached", "key table from the cached indexes (every later run)"),
-                            ("sample_keys", "key table from the indexes + sample_keys.txt written (produce start)")):
+        steps = (("scan", "key table, scanning the tars (first run; writes the indexes)"),
+                 ("cached", "key table from the cached indexes (every later run)"),
+                 ("write_keys", "key table + sample_keys.txt and file_list.json written (produce start, rank 0)"),
+                 ("read_keys", "sample_keys.txt read by get_coreset.py (read_sample_keys)"))
+        for what, label in steps[1:] if args.indexes_only else steps:
             cmd = [sys.executable, os.path.abspath(__file__), "keys-child", "--what", what, "--dir", args.dir,
                    "--keys", str(args.keys), "--per-shard", str(args.per_shard)]
             run = run_child(cmd, cwd=ROOT)
             result = json.loads(run.stdout.strip().splitlines()[-1])
-            extra = (f"; sample_keys.txt written in {result['write_s']:.1f} s (fingerprint as the table's: "
-                     f"{result['same_fingerprint']})") if "write_s" in result else ""
+            extra = f"; the step itself {result['step_s']:.1f} s" if "step_s" in result else ""
             print(f"{label}: {result['keys']:,} keys, built in {result['build_s']:.1f} s{extra}; process "
                   f"{run.summary()}", flush=True)
     finally:
@@ -221,6 +273,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=13_000_000)
     ap.add_argument("--per-shard", type=int, default=10_000)
     ap.add_argument("--keep", action="store_true", help="keys: keep the synthetic shards")
+    ap.add_argument("--indexes-only", action="store_true",
+                    help="keys: sparse shards with their cached indexes written directly (no scan step)")
     ap.add_argument("--fmt", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--shards", type=int, help=argparse.SUPPRESS)
@@ -234,7 +288,7 @@ def main() -> None:
         print(json.dumps(loader_child(args.fmt, args.dir, args.rank, args)))
     else:
         args.shard_count = -(-args.keys // args.per_shard)
-        print(json.dumps(keys_child(args.what, args)))
+        print(json.dumps(read_keys_child(args) if args.what == "read_keys" else keys_child(args.what, args)))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def prune_shards(pattern: str, keys_path: str, output: str, num_shards: Optional
     """Write the kept samples of the shards of `pattern` as shards named `output` % k."""
     if "%" not in output:
         raise DataFormatError(f"--output {output!r}: needs a %d field for the shard number (e.g. train-%05d.tar)")
-    shards = ShardSet(pattern, "--shards")
+    shards = ShardSet(pattern, "--shards", byte_ranges=True)
     rows = _kept_rows(shards, keys_path)
     k = num_shards or max(1, round(len(shards.paths) * len(rows) / len(shards)))
     if not 1 <= k <= len(rows):

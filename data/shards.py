@@ -25,6 +25,7 @@ import mmap
 import os
 import re
 import time
+import zipfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,7 +37,7 @@ from utils.io import atomic_open
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXT = "cls"
 INDEX_SUFFIX = ".keys.npz"
-INDEX_VERSION = 1
+INDEX_VERSION = 3  # 2: int32 image sizes and labels; 3: the sample count in the identity
 BLOCK = 512
 _ZERO = bytes(BLOCK)
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)\.([^/]*)$")  # key = up to the first '.' of the last component
@@ -139,6 +140,10 @@ def _scan(path: str, mm: mmap.mmap, size: int) -> Dict[str, np.ndarray]:
             label = int(text)
         except ValueError:
             raise DataFormatError(f"{path}: sample {key!r}: label {text[:40]!r} is not an integer") from None
+        if not 0 <= label < 2**31:
+            raise DataFormatError(f"{path}: key {key!r}: label {label} is outside [0, 2**31)")
+        if image[1] >= 2**31:
+            raise DataFormatError(f"{path}: key {key!r}: an image of {image[1]} bytes (at most 2 GiB)")
         keys.append(current)
         img_off.append(image[0])
         img_len.append(image[1])
@@ -206,8 +211,8 @@ def _scan(path: str, mm: mmap.mmap, size: int) -> Dict[str, np.ndarray]:
             raise DataFormatError(f"{path}: key {k!r} holds a line break or a tab")
     table = KeyTable.from_keys([k.decode("utf-8", "surrogateescape") for k in keys])
     return {"key_blob": table.blob, "key_starts": table.starts, "key_hash": table.hashes,
-            "image_offset": np.array(img_off, np.int64), "image_size": np.array(img_len, np.int64),
-            "label": np.array(labels, np.int64), "sample_start": np.array(starts, np.int64),
+            "image_offset": np.array(img_off, np.int64), "image_size": np.array(img_len, np.int32),
+            "label": np.array(labels, np.int32), "sample_start": np.array(starts, np.int64),
             "sample_end": np.array(ends, np.int64)}
 
 
@@ -218,19 +223,37 @@ def shard_index_path(shard: str) -> Optional[str]:
     return index_location(shard, suffix=INDEX_SUFFIX, cache_name="shard_index")
 
 
-def _load_cached(location: str, st: os.stat_result) -> Optional[Dict[str, np.ndarray]]:
+class _Index:
+    """One shard's index: its sample count, and its arrays read one at a time (from the
+    cached file, so that a process never holds every shard's copy of every array at once)."""
+
+    def __init__(self, count: int, location: Optional[str] = None, arrays: Optional[Dict[str, np.ndarray]] = None):
+        self.count, self.location, self.arrays = count, location, arrays
+
+    def field(self, name: str) -> np.ndarray:
+        if self.arrays is not None:
+            return self.arrays.pop(name)
+        with np.load(self.location, allow_pickle=False) as z:
+            return z[name]
+
+
+def _load_cached(location: str, st: os.stat_result) -> Optional[_Index]:
+    """The cached index at `location` if it describes the shard (index version, shard size
+    and mtime) and every array's CRC-32 checks; None otherwise."""
     try:
+        with zipfile.ZipFile(location) as z:
+            if z.testzip() is not None:  # reads each array once, keeps none
+                return None
         with np.load(location, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-    except (OSError, ValueError, EOFError, KeyError):
+            ident = z["identity"].tolist()
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
         return None
-    ident = arrays.pop("identity", None)
-    if ident is None or ident.tolist() != [INDEX_VERSION, st.st_size, st.st_mtime_ns]:
+    if ident[:3] != [INDEX_VERSION, st.st_size, st.st_mtime_ns]:
         return None
-    return arrays
+    return _Index(int(ident[3]), location=location)
 
 
-def shard_index(shard: str) -> Dict[str, np.ndarray]:
+def shard_index(shard: str) -> _Index:
     """The index of `shard`: the cached one if it still describes the file (same size and
     modification time), else a new scan, cached (atomically; under a lock on the shard, so
     that the ranks of a node scan it once)."""
@@ -258,13 +281,15 @@ def shard_index(shard: str) -> Dict[str, np.ndarray]:
         if (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
             raise DataFormatError(f"{shard}: changed while it was indexed; try again")
         racy = st.st_mtime_ns > time.time_ns() - int(RACY_SECONDS * 1e9)
+        count = len(arrays["label"])
         if location is not None and not racy:
+            identity = np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns, count], np.int64)
             try:
                 with atomic_open(location, "wb") as out:
-                    np.savez(out, identity=np.array([INDEX_VERSION, st.st_size, st.st_mtime_ns], np.int64), **arrays)
+                    np.savez(out, identity=identity, **arrays)
             except OSError:
                 pass  # kept for this process only
-        return arrays
+        return _Index(count, arrays=arrays)
 
 
 # -----------------------------------------------------------------------------
@@ -273,20 +298,30 @@ def shard_index(shard: str) -> Dict[str, np.ndarray]:
 class ShardSet:
     """The shards of a pattern and their samples in order (shard order, then member order)."""
 
-    def __init__(self, pattern: str, what: str = "DATA.TRAIN_SHARDS"):
+    def __init__(self, pattern: str, what: str = "DATA.TRAIN_SHARDS", byte_ranges: bool = False):
+        """`byte_ranges`: also hold each sample's byte range (for `sample_bytes`: data/prune.py)."""
         self.pattern = pattern
         self.paths = shard_paths(pattern, what)
         indexes = [shard_index(p) for p in self.paths]
-        counts = [len(ix["label"]) for ix in indexes]
-        self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32), counts)
-        self.keys = KeyTable.concatenate([KeyTable(ix["key_blob"], ix["key_starts"], ix["key_hash"])
-                                          for ix in indexes])
-        cat = (lambda name: np.concatenate([ix[name] for ix in indexes]))
-        self.image_offset, self.image_size = cat("image_offset"), cat("image_size")
-        self.sample_start, self.sample_end = cat("sample_start"), cat("sample_end")
-        raw = cat("label")
-        self.labels = np.clip(raw, -1, 2**31 - 1).astype(np.int32)
-        self._raw_labels = raw
+        counts = [ix.count for ix in indexes]
+        self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32 if len(self.paths) < 2**31 else np.int64),
+                                  counts)
+        # One array at a time, shard by shard: the peak is the table plus one shard's array
+        # (13M keys: docs/benchmarks.md, "Data formats").
+        starts = np.empty(len(self.shard_of) + 1, dtype=np.int64)
+        at, offset, blob_sizes = 0, 0, []
+        for ix, n in zip(indexes, counts):
+            part = ix.field("key_starts")
+            starts[at:at + n] = part[:-1] + offset
+            at += n
+            blob_sizes.append(int(part[-1]))
+            offset += blob_sizes[-1]
+        starts[-1] = offset
+        gather = (lambda name: self._gather(indexes, name, counts))
+        self.keys = KeyTable(self._gather(indexes, "key_blob", blob_sizes), starts, gather("key_hash"))
+        self.image_offset, self.image_size, self.labels = gather("image_offset"), gather("image_size"), gather("label")
+        if byte_ranges:
+            self.sample_start, self.sample_end = gather("sample_start"), gather("sample_end")
         twice = self.keys.repeats()
         if twice is not None:
             i, j = twice
@@ -294,6 +329,18 @@ class ShardSet:
             raise DataFormatError(f"{a} and {b}: both hold key {self.keys.key(i)!r} (keys must be unique)"
                                   if a != b else f"{a}: key {self.keys.key(i)!r} appears twice")
         self._fds: Dict[int, int] = {}
+
+    @staticmethod
+    def _gather(indexes: List[_Index], name: str, sizes: Sequence[int]) -> np.ndarray:
+        """Array `name` of every shard, concatenated, read shard by shard into one array."""
+        out, at = None, 0
+        for ix, n in zip(indexes, sizes):
+            part = ix.field(name)
+            if out is None:
+                out = np.empty(sum(sizes), dtype=part.dtype)
+            out[at:at + n] = part
+            at += n
+        return out
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -321,10 +368,6 @@ class ShardSet:
 
     def samples(self, num_classes: Optional[int]) -> KeyedSamples:
         samples = KeyedSamples(self.pattern, self.keys, self.labels, self.read, self.where)
-        big = np.flatnonzero(self._raw_labels != self.labels)
-        if len(big):
-            row = int(big[0])
-            raise DataFormatError(f"{self.where(row)}: label {int(self._raw_labels[row])} is outside [0, 2**31)")
         samples.check_labels(num_classes)
         return samples
 

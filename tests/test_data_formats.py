@@ -104,6 +104,12 @@ def test_shard_index_is_cached_and_rebuilt_when_the_shard_changes(tmp_path, monk
         f.write(tar_member("b.png", b"y" * 10) + tar_member("b.cls", b"2") + bytes(1024))
     os.utime(path, ns=(10**18 + 1, 10**18 + 1))
     assert shards.ShardSet(path).labels.tolist() == [2] and len(scans) == 2
+    index = shard_index_path(path)
+    raw = bytearray(open(index, "rb").read())
+    at = raw.find(b"b\n")  # the key blob's bytes, inside the zip: its CRC no longer matches
+    raw[at] = ord("c")
+    open(index, "wb").write(bytes(raw))
+    assert shards.ShardSet(path).keys.keys() == ["b"] and len(scans) == 3
 
 
 def test_key_table_text_is_sample_keys_and_finds_keys():
@@ -208,14 +214,14 @@ def test_coreset_by_keys_is_the_kept_samples_in_the_data_order(formats, tmp_path
 # -----------------------------------------------------------------------------
 def test_pruned_shards_hold_the_kept_samples_unchanged_in_balanced_shards(formats, tmp_path):
     pattern = str(formats / "wds" / "train-{00..02}.tar")
-    whole = ShardSet(pattern)
+    whole = ShardSet(pattern, byte_ranges=True)
     kept = [whole.keys.key(i) for i in (0, 2, 3, 5, 7, 8, 11)]
     (tmp_path / "kept.txt").write_text("".join(k + "\n" for k in reversed(kept)))
     out = str(tmp_path / "p" / "t-%d.tar")
     code, stdout, stderr = run_main(prune_main, ["--shards", pattern, "--keys", tmp_path / "kept.txt", "--output", out,
                                                  "--num-shards", "3"])
     assert code == 0, stderr
-    pruned = ShardSet(str(tmp_path / "p" / "t-{0..2}.tar"))
+    pruned = ShardSet(str(tmp_path / "p" / "t-{0..2}.tar"), byte_ranges=True)
     assert pruned.keys.keys() == kept
     assert [int((pruned.shard_of == s).sum()) for s in range(3)] == [3, 2, 2]
     for j, i in enumerate((0, 2, 3, 5, 7, 8, 11)):
@@ -264,7 +270,34 @@ def test_sample_keys_of_a_keyed_history_are_checked_on_resume(tmp_path):
     hdir = str(tmp_path / "pred_prob_history")
     assert read_sample_keys(hdir, 3) == ["a", "b", "c"]
     write_epoch(hdir, 0, prob=np.zeros(3, np.float32), correct=np.zeros(3, np.int8))
-    other = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=KeyTable.from_keys(["a", "c", "b"]))
+    other = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True,
+                               sample_keys=KeyTable.from_keys(["a", "c", "b"]))
     with pytest.raises(HistoryError, match="this run's samples .* are not the samples the kept epochs"):
         other.resume_from(1)
     PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=keys).resume_from(1)
+
+
+def test_get_coreset_on_a_keyed_history_writes_kept_keys_and_checks_the_key_table(tmp_path):
+    import get_coreset
+    from dynunc.history import history_dir, sample_keys_path, write_epoch, write_fingerprint, write_sample_keys
+
+    hdir = history_dir(str(tmp_path / "run"))
+    os.makedirs(hdir)
+    rng = np.random.default_rng(0)
+    keys = [f"shard-{i // 4}/{i:04d}" for i in range(12)]
+    for epoch in range(3):
+        prob = rng.random(12).astype(np.float32)
+        write_epoch(hdir, epoch, prob=prob, correct=(prob > 0.5).astype(np.int8))
+    write_fingerprint(hdir, write_sample_keys(hdir, keys))
+    args = ["--input", tmp_path / "run", "--fraction", "0.5", "--window", "2", "--output", tmp_path / "kept.txt"]
+    code, _, stderr = run_main(get_coreset.main, args)
+    assert code == 0, stderr
+    kept = open(tmp_path / "kept.txt").read().splitlines()
+    scores = np.load(str(tmp_path / "kept.txt.scores.npy"))
+    assert len(kept) == 6 and kept == [keys[i] for i in sorted(np.argsort(-scores, kind="stable")[:6])]
+    code, _, stderr = run_main(get_coreset.main, args[:2] + ["--class-balanced"] + args[2:])
+    assert code == 2 and "sample_keys.txt names the samples but holds no labels" in stderr, stderr
+    with open(sample_keys_path(hdir), "a") as f:  # the key table no longer the one recorded
+        f.write("extra\n")
+    code, _, stderr = run_main(get_coreset.main, args)
+    assert code == 2 and "sample_keys.txt (13 entries" in stderr and "records sample_keys.txt (12 entries" in stderr

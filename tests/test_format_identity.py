@@ -34,7 +34,8 @@ def digits(tmp_path_factory):
     write_mnist_demo(str(root))
     for split in ("train", "val"):
         lines = open(root / split / "file_list.txt").read().splitlines()
-        (root / split / "slice.txt").write_text("".join(line + "\n" for line in lines[::EVERY if split == "train" else 4]))
+        kept = lines[::EVERY if split == "train" else 4]
+        (root / split / "slice.txt").write_text("".join(line + "\n" for line in kept))
         samples = list_samples(str(root / split / "slice.txt"))
         to_shards(samples, str(root / f"{split}-%02d.tar"), 200)
         to_hf(samples, 10, folder=str(root / f"hf_{split}"), parquet=str(root / f"{split}.parquet"))

@@ -46,15 +46,6 @@ class KeyTable:
         blob = np.frombuffer(b"".join(k + b"\n" for k in encoded), dtype=np.uint8)
         return cls(blob, starts, key_hashes(encoded))
 
-    @classmethod
-    def concatenate(cls, tables: Sequence["KeyTable"]) -> "KeyTable":
-        if not tables:
-            return cls(np.empty(0, np.uint8), np.zeros(1, np.int64), np.empty(0, np.uint64))
-        offsets = np.cumsum([0] + [len(t.blob) for t in tables[:-1]])
-        starts = np.concatenate([t.starts[:-1] + o for t, o in zip(tables, offsets)]
-                                + [np.array([sum(len(t.blob) for t in tables)], dtype=np.int64)])
-        return cls(np.concatenate([t.blob for t in tables]), starts, np.concatenate([t.hashes for t in tables]))
-
     def __len__(self) -> int:
         return len(self.hashes)
 

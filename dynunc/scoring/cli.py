@@ -40,6 +40,7 @@ old outputs as they were.
 """
 import argparse
 import contextlib
+import hashlib
 import os
 import sys
 import time
@@ -49,7 +50,6 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from dynunc.lists.file_list import FileListError
-from dynunc.lists.keyed import KeyTable
 from dynunc.lists.lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
 from dynunc.history import SAMPLE_KEYS_NAME, HistoryError, find_history_dir, read_sample_keys, sample_keys_path
@@ -154,7 +154,9 @@ class HistoryKeys:
                            f"embedding methods need them (a history recorded on a file list has them)")
 
     def fingerprint(self) -> dict:
-        return KeyTable.from_keys(self.keys).fingerprint(SAMPLE_KEYS_NAME)
+        """As write_sample_keys gives it: the sha256 of the keys, one per line."""
+        text = "".join(k + "\n" for k in self.keys).encode("utf-8")
+        return {"path": SAMPLE_KEYS_NAME, "entries": self.count, "sha256": hashlib.sha256(text).hexdigest()}
 
     def name(self, row: int) -> str:
         return self.keys[row]
@@ -178,7 +180,7 @@ def history_keys(args: argparse.Namespace) -> Optional[HistoryKeys]:
 
 
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
-    listed = os.path.realpath(args.dataset_file_list or "")
+    listed = os.path.realpath(args.dataset_file_list) if args.dataset_file_list else None
     seen: Dict[str, str] = {}
     for path in written:
         real = os.path.realpath(path)

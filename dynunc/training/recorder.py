@@ -16,9 +16,10 @@ from dynunc.lists.index import open_index
 from dynunc.training.embeddings import EmbeddingRecorder, remove_parts
 from dynunc.history import (RECORD_KINDS, SAMPLE_KEYS_NAME, HistoryError, contiguous_epoch_files, fingerprint_path,
                              history_dir, list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from,
-                             write_epoch, write_fingerprint, write_sample_keys)
+                             sample_keys_path, write_epoch, write_fingerprint)
 from dynunc.training.stability import StabilityTracker, describe
 from dynunc.distributed import all_reduce_
+from dynunc.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class PredictionRecorder:
         elif self.file_list is not None:
             fingerprint = open_index(self.file_list).fingerprint()
             subject = f"{self.file_list} is not the file list"
+            if os.path.exists(sample_keys_path(self.dir)) and not list_epoch_files(self.dir):
+                os.remove(sample_keys_path(self.dir))  # an earlier run's keys: this history is named by the list
         else:
             return
         recorded = read_fingerprint(self.dir)
@@ -105,9 +108,12 @@ class PredictionRecorder:
                 f"{subject} the kept epochs of {self.dir} were recorded on ({fingerprint_path(self.dir)} records "
                 f"{recorded['path']}); use the same data or a new --output")
         os.makedirs(self.dir, exist_ok=True)
-        if self.sample_keys is not None:
-            written = write_sample_keys(self.dir, self.sample_keys.keys())
-            assert written["sha256"] == fingerprint["sha256"], "sample_keys.txt differs from the key table"
+        keys_path = sample_keys_path(self.dir)
+        if self.sample_keys is not None and (recorded != fingerprint or not os.path.exists(keys_path)):
+            # The table's bytes are sample_keys.txt's (its keys were checked when it was
+            # built); write_sample_keys would hold a Python string per key (13M: +1.8 GB, 63 s).
+            with atomic_open(keys_path, "wb") as f:
+                f.write(self.sample_keys.text())
         write_fingerprint(self.dir, fingerprint)
 
     def start_epoch(self, epoch: Optional[int] = None) -> None:
