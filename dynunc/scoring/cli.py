@@ -26,7 +26,9 @@ budget beyond the lines left keeps them all, and the groups go to
 OUTPUT.dedup_groups.tsv.
 
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
-in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
+in LIST's order; without --dataset_file_list, the kept samples' indices, or their keys
+for a history that names its samples by keys (sample_keys.txt), one per line,
+ascending) and, once per method, its scores (float64, one per line of LIST). On
 any refusal nothing is written and the exit code is 2; an interrupted run leaves the
 old outputs as they were.
 """
@@ -123,8 +125,19 @@ def dedup_groups_path(template: str) -> str:
     return render(template, "dedup", SCORES_FRACTION) + ".dedup_groups.tsv"
 
 
+def write_kept_names(f, kept: np.ndarray, keys: Optional[Sequence[str]]) -> None:
+    """The kept samples of a history without a file list, ascending, one per line: their
+    key (sample_keys.txt) or, without keys, their index."""
+    chunk = 1 << 16
+    indices = np.flatnonzero(kept)
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        names = [keys[i] for i in part] if keys is not None else part.astype(str).tolist()
+        f.write("".join(f"{name}\n" for name in names))
+
+
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
-    listed = os.path.realpath(args.dataset_file_list)
+    listed = os.path.realpath(args.dataset_file_list) if args.dataset_file_list is not None else None
     seen: Dict[str, str] = {}
     for path in written:
         real = os.path.realpath(path)
@@ -147,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
     check_output_paths(args, written + ([groups_path] if groups_path else []))
-    labels = plan.index.labels if selection.class_balanced else None
+    labels = plan.labels if selection.class_balanced else None
     n = plan.num_samples
     # the embeddings are checked before any scoring
     embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
@@ -185,12 +198,17 @@ def run(args: argparse.Namespace) -> int:
     with atomic_group() as group:
         for method in plan.methods:
             group.save_npy(method_scores_path(args.output, method), scores[method])
-        with contextlib.ExitStack() as files:
-            targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
-            write_entries(plan.index, targets)
+        if plan.index is not None:
+            with contextlib.ExitStack() as files:
+                targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
+                write_entries(plan.index, targets)
+        else:
+            for o in outputs:
+                with group.open(o.path, "w", encoding="utf-8", newline="\n") as f:
+                    write_kept_names(f, kept[o], plan.keys)
         if duplicates is not None:
             with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
-                write_groups(f, duplicates, plan.index)
+                write_groups(f, duplicates, plan.index, plan.keys)
     size = sum(os.path.getsize(path) for path in written)
     print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
