@@ -271,3 +271,51 @@ def test_plain_loop_writes_the_bytes_main_and_produce_writes(tmp_path):
     for name in main_files:
         a = (tmp_path / "main" / "pred_prob_history" / name).read_bytes()
         assert a == (tmp_path / "plain" / "pred_prob_history" / name).read_bytes(), name
+
+
+def test_dynamic_pruning_from_a_plain_loop_is_the_training_loops(tmp_path):
+    """The sampler plus per-sample weights and observe() give what main.py's
+    weighted_loss gives (same losses, same scores, same plans), and the sampler yields
+    the epoch's kept samples, this rank's share."""
+    from torch import nn
+
+    from dynunc.training.online_pruning import DynamicPruner
+
+    n, epochs = 60, 6
+    torch.manual_seed(0)
+    x, y = torch.randn(n, 5), torch.randint(0, 3, (n,))
+    model = nn.Linear(5, 3)
+    criterion = nn.CrossEntropyLoss()
+    for score in ("loss", "dynunc"):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        plain = DynamicPruner.for_loop(n, epochs, ratio=0.5, anneal=0.2, score=score, window=2, seed=3)
+        inside = DynamicPruner.for_loop(n, epochs, ratio=0.5, anneal=0.2, score=score, window=2, seed=3)
+        sampler, other_rank = plain.sampler(0, 2), plain.sampler(1, 2)
+        dropped = []
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            other_rank.plan = sampler.plan
+            plan = inside.plan(epoch)
+            assert np.array_equal(sampler.plan.order, plan.order)
+            mine, theirs = list(sampler), list(other_rank)
+            assert len(mine) == len(theirs) == len(plan.order) // 2 and not set(mine) & set(theirs)
+            dropped.append(plan.dropped)
+            for start in range(0, len(mine), 8):
+                idx = torch.tensor(mine[start:start + 8] + theirs[start:start + 8])
+                logits = model(x[idx])
+                losses = nn.functional.cross_entropy(logits, y[idx], reduction="none")
+                plain.observe(idx, losses=losses, logits=logits, labels=y[idx])
+                weights = plain.weights(idx)
+                assert set(weights.tolist()) <= {1.0, float(np.float32(plan.scale))}
+                loss = (losses * weights).mean()
+                assert torch.equal(loss.detach(), inside.weighted_loss(criterion, logits.detach(), y[idx], y[idx], idx))
+                optimizer.zero_grad()
+                loss.backward()  # the scores move from epoch to epoch
+                optimizer.step()
+            plain.end_epoch()
+            inside.end_epoch()
+        for name, array in plain.score.arrays().items():
+            assert np.array_equal(array, inside.score.arrays()[name]), (score, name)
+        assert dropped[0] == 0 and max(dropped) > 0 and dropped[-1] == 0  # epoch 0 and the anneal train on all
+    with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\), got 1"):
+        DynamicPruner.for_loop(n, epochs, ratio=1)
