@@ -319,3 +319,23 @@ def test_dynamic_pruning_from_a_plain_loop_is_the_training_loops(tmp_path):
         assert dropped[0] == 0 and max(dropped) > 0 and dropped[-1] == 0  # epoch 0 and the anneal train on all
     with pytest.raises(ValueError, match=r"ratio must be in \[0, 1\), got 1"):
         DynamicPruner.for_loop(n, epochs, ratio=1)
+
+
+def test_features_through_update_make_the_embedding_file(tmp_path):
+    from dynunc.history import embed_path, load_embeddings
+    from dynunc.training.embeddings import projection
+
+    n, dim = 6, 4
+    features = torch.randn(n, 10)
+    rec = Recorder(str(tmp_path), n, embed_dim=dim, device=CPU)
+    for idx in (torch.tensor([4, 1, 0]), torch.tensor([2, 5, 3])):
+        rec.update(idx, logits_for(idx % 3), idx % 3, features=features[idx])
+    rec.end_epoch(0)
+    hdir = history_dir(str(tmp_path))
+    np.testing.assert_array_equal(load_embeddings(hdir, n), (features @ projection(10, dim)).half().numpy())
+    # an epoch with features for only some samples is refused, nothing of it written
+    rec.update(torch.tensor([0, 1]), logits_for([0, 1]), torch.tensor([0, 1]), features=features[:2])
+    rec.update(torch.tensor([2]), logits_for([2]), torch.tensor([2]))
+    with pytest.raises(RecorderError, match=r"epoch 1: features were given for 2 of 6 samples \(none for sample 2\)"):
+        rec.end_epoch(1)
+    assert not os.path.exists(embed_path(hdir, 1)) and 1 not in list_epoch_files(hdir)
