@@ -1,13 +1,14 @@
 """The training loop: one epoch of training, validation, and throughput measurement.
 
-Produce mode is not a second loop: `train_one_epoch` takes an optional recorder that sees
-each batch's eval view before the update.
+Produce mode and dynamic pruning are not a second loop: `train_one_epoch` takes the
+run's hooks (hooks.py), which see each batch before the update and give its loss.
 """
 import logging
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, Iterable, Optional
 
 import torch
@@ -47,15 +48,51 @@ class StepContext:
     accumulation_steps: int = 1
     clip_grad: float = 0.0
     mixup: Optional[Callable] = None
-    pruner: Optional["object"] = None  # dynunc.training.online_pruning.DynamicPruner (TRAIN.DYNAMIC_PRUNE)
+
+
+def make_autocast(config, device: torch.device):
+    if device.type != "cuda" or not config.AMP_ENABLE:
+        return nullcontext, None
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[config.AMP_DTYPE]  # checked: hooks.check_config
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return partial(torch.autocast, "cuda", dtype=dtype), scaler
+
+
+def make_criterion(config, num_classes: int):
+    aug = config.AUG
+    if aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        mixup = Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
+                      prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
+                      label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
+        return SoftTargetCrossEntropy(), mixup
+    return nn.CrossEntropyLoss(label_smoothing=config.MODEL.LABEL_SMOOTHING), None
+
+
+def build_step_context(config, model: nn.Module, device: torch.device, num_samples: int,
+                       world_size: int) -> StepContext:
+    """The step context of a run from its config: autocast and scaler, criterion and
+    Mixup/CutMix, optimizer, and the LR schedule over the epoch's updates."""
+    from utils.lr_scheduler import LRScheduler
+    from utils.optimizer import build_optimizer
+
+    autocast, scaler = make_autocast(config, device)
+    criterion, mixup = make_criterion(config, config.MODEL.NUM_CLASSES)
+    optimizer = build_optimizer(config, model)
+    batches = (num_samples // world_size) // config.DATA.BATCH_SIZE_TRAIN
+    updates_per_epoch = -(-batches // config.TRAIN.ACCUMULATION_STEPS)
+    scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
+    return StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
+                       config.TRAIN.CLIP_GRAD, mixup)
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]], ctx: StepContext, epoch: int,
-                    device: torch.device, print_freq: int = 10, recorder=None,
-                    recorder_model: Optional[nn.Module] = None) -> Dict[str, float]:
-    """One pass over `loader`. With a recorder, each batch's ``eval_images`` go through
-    `recorder_model` (the model without its DDP wrapper) before the update. With
-    ``ctx.pruner`` (dynamic pruning), the loss is its weighted mean of per-sample losses.
+                    device: torch.device, print_freq: int = 10, hooks=None) -> Dict[str, float]:
+    """One pass over `loader`. With `hooks` (hooks.py), ``hooks.observe`` sees each batch
+    before the update (produce mode's recorder) and ``hooks.loss`` gives its loss (the
+    criterion's, or dynamic pruning's weighted mean of per-sample losses).
 
     A NaN or infinite loss raises TrainingDiverged naming the epoch and the first bad
     step; it is detected at the next print_freq read-back (the last step is always one),
@@ -75,9 +112,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
     for step, batch in enumerate(loader):
         images = batch["images"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
-        if recorder is not None:
-            recorder.record(recorder_model, batch["eval_images"].to(device, non_blocking=True), labels,
-                            batch["indices"].to(device, non_blocking=True), ctx.autocast())
+        if hooks is not None:
+            hooks.observe(batch, labels)
         targets = labels
         if ctx.mixup is not None:
             images, targets = ctx.mixup(images, labels)
@@ -86,11 +122,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable[Dict[str, torch.Tensor]],
         with sync:
             with ctx.autocast():
                 output = model(images)
-                if ctx.pruner is None:
+                if hooks is None:
                     loss = ctx.criterion(output, targets)
                 else:
-                    loss = ctx.pruner.weighted_loss(ctx.criterion, output, targets, labels,
-                                                    batch["indices"].to(device, non_blocking=True))
+                    loss = hooks.loss(ctx.criterion, output, targets, labels, batch["indices"])
             scaled = loss / ctx.accumulation_steps
             if ctx.scaler is not None:
                 ctx.scaler.scale(scaled).backward()

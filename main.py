@@ -13,36 +13,29 @@ import logging
 import os
 import random
 import sys
-from contextlib import nullcontext
 from functools import partial
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from data.build import build_train_loader, build_val_loader, history_identity, load_file_lists
 from data.datasets import dataset_info
 from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
-from engine import StepContext, evaluate, throughput, train_one_epoch
+from dynunc.distributed import barrier, broadcast_buffers_, first_error
+from dynunc.io import atomic_write_text
+from dynunc.training.stability import STOPPED_KEY
+from engine import build_step_context, evaluate, throughput, train_one_epoch
+from hooks import Hooks, build_hooks, check_config
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
-from dynunc.training import embeddings
-from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
-from dynunc.training.online_pruning import check_config as check_prune_config
-from hooks import embed_at_stop, make_embedder, make_tracker, stop_now
-from dynunc.training.recorder import PredictionRecorder
-from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config, check_stop_fits
-from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
+from utils.checkpoint import (checkpoint_path, checkpoint_state, load_pretrained, prune_checkpoints, resume,
                               save_checkpoint)
 from utils.config import load_config
-from utils.distributed import DistInfo, barrier, broadcast_buffers_, cleanup, first_error, init_distributed
-from utils.io import atomic_write_text
+from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
-from utils.lr_scheduler import LRScheduler
-from utils.optimizer import build_optimizer
 from utils.output_lock import OutputInUseError, lock_output
 from dynunc.paths import check_arguments
 from utils import run_identity
@@ -68,7 +61,7 @@ def parse_args(argv: Optional[Sequence[str]] = None, produce: bool = False) -> a
 
 def setup_config(args: argparse.Namespace, produce: bool = False):
     """The run's config: file, --opts, then the command-line flags and the derived class
-    count. PRODUCE.EMBED_* are checked in produce mode only (main.py does not read them)."""
+    count; every value checked (hooks.check_config; PRODUCE.EMBED_* in produce mode only)."""
     opts = list(args.opts)
     opts += ["OUTPUT", args.output]
     if args.pretrain:
@@ -90,11 +83,7 @@ def setup_config(args: argparse.Namespace, produce: bool = False):
     elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
         logging.getLogger("main").warning(
             f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
-    if config.TRAIN.KEEP_CHECKPOINTS < 0:
-        raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
-                         f"N > 0 the newest N")
-    problems = (check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
-                + (embeddings.check_config(config) + check_stop_fits(config) if produce else []))
+    problems = check_config(config, produce)
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -121,6 +110,8 @@ def read_inputs(args: argparse.Namespace, dist_info: DistInfo, produce: bool = F
         check_arguments(args, in_files=("config", "coreset", "pretrain", "resume"), out_folders=("output",))
         config = setup_config(args, produce)
         data = load_file_lists(config, coreset=args.coreset)
+        if config.EVAL_MODE and data.val is None:
+            raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
         bound = run_identity.check(args, config, data, produce, dist_info.world_size, dist_info.is_primary)
     except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -139,71 +130,6 @@ def seed_everything(seed: int, epoch: int, rank: int) -> None:
     random.seed(int(state[0]))
     np.random.seed(int(state[1]))
     torch.manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def make_autocast(config, device: torch.device):
-    if device.type != "cuda" or not config.AMP_ENABLE:
-        return nullcontext, None
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-    if config.AMP_DTYPE not in dtypes:
-        raise ValueError(f"AMP_DTYPE: unknown dtype {config.AMP_DTYPE!r}; known: float16, bfloat16")
-    dtype = dtypes[config.AMP_DTYPE]
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return partial(torch.autocast, "cuda", dtype=dtype), scaler
-
-
-def make_criterion(config, num_classes: int):
-    aug = config.AUG
-    if aug.MIXUP > 0 or aug.CUTMIX > 0 or aug.CUTMIX_MINMAX is not None:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixup = Mixup(mixup_alpha=aug.MIXUP, cutmix_alpha=aug.CUTMIX, cutmix_minmax=aug.CUTMIX_MINMAX,
-                      prob=aug.MIXUP_PROB, switch_prob=aug.MIXUP_SWITCH_PROB, mode=aug.MIXUP_MODE,
-                      label_smoothing=config.MODEL.LABEL_SMOOTHING, num_classes=num_classes)
-        return SoftTargetCrossEntropy(), mixup
-    return nn.CrossEntropyLoss(label_smoothing=config.MODEL.LABEL_SMOOTHING), None
-
-
-def checkpoint_state(config, epoch: int, model: nn.Module, ctx: StepContext, metrics: dict) -> dict:
-    return {
-        "model": model.state_dict(),
-        "optimizer": ctx.optimizer.state_dict(),
-        "lr_scheduler": ctx.scheduler.state_dict(),
-        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
-        "epoch": epoch,
-        "config": config.dump(),
-        "metrics": metrics,
-        **({"dynamic_prune": ctx.pruner.state_dict()} if ctx.pruner is not None else {}),
-    }
-
-
-def resume(config, model: nn.Module, ctx: StepContext) -> Tuple[int, dict]:
-    """Restore from MODEL.RESUME or the newest complete checkpoint in OUTPUT; returns the
-    first epoch still to run and the metrics record the checkpoint holds ({} if none)."""
-    if config.MODEL.RESUME:
-        found = (config.MODEL.RESUME, load_checkpoint(config.MODEL.RESUME))
-    elif config.TRAIN.AUTO_RESUME:
-        found = latest_checkpoint(config.OUTPUT)
-    else:
-        found = None
-    if found is None:
-        return config.TRAIN.START_EPOCH, {}
-    path, state = found
-    model.load_state_dict(state["model"])
-    if not config.EVAL_MODE:
-        ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler.load_state_dict(state["lr_scheduler"])
-        if ctx.scaler is not None and state.get("scaler"):
-            ctx.scaler.load_state_dict(state["scaler"])
-        if ctx.pruner is not None:
-            if "dynamic_prune" in state:
-                ctx.pruner.load_state_dict(state["dynamic_prune"], path)
-            else:
-                logger.warning(f"{path} holds no dynamic-pruning scores (a run without TRAIN.DYNAMIC_PRUNE): "
-                               f"scores start from the resumed epoch")
-    logger.info(f"resumed from {path} (epoch {state['epoch']})")
-    return int(state["epoch"]) + 1, dict(state.get("metrics") or {})
 
 
 def main(args: argparse.Namespace, produce: bool = False) -> dict:
@@ -240,17 +166,9 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
     if config.MODEL.PRETRAINED:
         load_pretrained(model, config.MODEL.PRETRAINED, adapt=partial(adapt_pretrained_state, config))
 
-    autocast, scaler = make_autocast(config, device)
-    criterion, mixup = make_criterion(config, config.MODEL.NUM_CLASSES)
-    optimizer = build_optimizer(config, model)
-    batches = (len(data.train) // dist_info.world_size) // config.DATA.BATCH_SIZE_TRAIN
-    updates_per_epoch = -(-batches // config.TRAIN.ACCUMULATION_STEPS)
-    scheduler = LRScheduler(optimizer, config, max(1, updates_per_epoch))
-    pruner = DynamicPruner(config.TRAIN.DYNAMIC_PRUNE, len(data.train), config.TRAIN.EPOCHS, config.SEED,
-                           device) if config.TRAIN.DYNAMIC_PRUNE.ENABLE else None
-    ctx = StepContext(optimizer, scheduler, criterion, scaler, autocast, config.TRAIN.ACCUMULATION_STEPS,
-                      config.TRAIN.CLIP_GRAD, mixup, pruner)
-    start_epoch, resumed = resume(config, model, ctx)
+    ctx = build_step_context(config, model, device, len(data.train), dist_info.world_size)
+    autocast = ctx.autocast
+    start_epoch, resumed, checkpoint, where = resume(config, model, ctx)
 
     # Training runs through DDP when distributed; the recorder and validation use the
     # model without the DDP wrapper (no collectives there). With COMPILE_ENABLE the DDP
@@ -277,87 +195,55 @@ def run(config, data, dist_info: DistInfo, produce: bool) -> dict:
                                              dist_info.world_size, dist_info.device_id)))
         return throughput(fwd_model, batch["images"], batch["labels"], ctx, device)
     if config.EVAL_MODE:
-        if val_loader is None:
-            raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
         metrics = validate(val_loader())
         logger.info(f"validation: {metrics}")
         if dist_info.is_primary:
             atomic_write_text(os.path.join(config.OUTPUT, "eval.json"), json.dumps(metrics, indent=1) + "\n")
         return metrics
-    stop_rule = None
-    if produce and config.PRODUCE.STOP_WHEN_STABLE.ENABLE:
-        stop = config.PRODUCE.STOP_WHEN_STABLE
-        stop_rule = StopWhenStable(stop.OVERLAP, stop.PATIENCE, stop.FRACTION)
-        if resumed.get(STOPPED_KEY):
-            # A rerun of the command that stopped (auto-resume): the produce run is done.
-            logger.info(f"this produce run stopped when stable after epoch {resumed['epoch']} (of "
-                        f"{config.TRAIN.EPOCHS}); its history and checkpoint are complete, nothing to do. To train "
-                        f"on, set PRODUCE.STOP_WHEN_STABLE.ENABLE False")
-            return resumed
-    tracker = make_tracker(config, len(data.train)) if produce and dist_info.is_primary else None
+    hooks = build_hooks(config, data, model, fwd_model, autocast, dist_info, produce, start_epoch, resumed,
+                        checkpoint, where)
     try:
-        return fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
-                   validate, tracker, stop_rule)
+        return resumed if hooks.already_stopped else fit(config, data, train_model, model, ctx, hooks, dist_info,
+                                                         start_epoch, val_loader, validate)
     finally:
-        if tracker is not None:
-            tracker.close()
+        hooks.close()
 
 
-def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch, produce, val_loader,
-        validate, tracker: Optional[StabilityTracker] = None, stop_rule: Optional[StopWhenStable] = None) -> dict:
+def fit(config, data, train_model, model, ctx, hooks: Hooks, dist_info, start_epoch, val_loader, validate) -> dict:
     metrics_log = MetricsLog(config.OUTPUT)
-    recorder = embedder = None
-    if produce:
-        embedder = make_embedder(config, data, model, fwd_model, ctx, dist_info)
-        recorder = PredictionRecorder(len(data.train), config.OUTPUT, dist_info.device, dist_info.is_primary,
-                                      tracker=tracker, embeddings=embedder, **history_identity(data.train))
-        recorder.resume_from(start_epoch)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:
         earlier = metrics_log.truncate_from(start_epoch)
         best = max([r["acc1"] for r in earlier if "acc1" in r], default=0.0)
-        if stop_rule is not None:
-            stop_rule.replay(earlier)
+        hooks.replay(earlier)
     barrier()
     record = {}
     for epoch in range(start_epoch, config.TRAIN.EPOCHS):
         seed_everything(config.SEED, epoch, dist_info.rank)
-        plan = plan_pruned_epoch(config, ctx.pruner, ctx.scheduler, epoch, len(data.train), dist_info.world_size)
+        order = hooks.start_epoch(epoch, ctx.scheduler, len(data.train), dist_info.world_size)
         loader = build_train_loader(config, data.train, epoch, dist_info.rank, dist_info.world_size,
-                                    dist_info.device_id, eval_view=produce,
-                                    epoch_order=plan.order if plan is not None else None)
-        if recorder is not None:
-            recorder.start_epoch(epoch)
-        stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ,
-                                recorder=recorder, recorder_model=fwd_model)
-        if ctx.pruner is not None:
-            ctx.pruner.end_epoch()
+                                    dist_info.device_id, eval_view=hooks.recorder is not None, epoch_order=order)
+        stats = train_one_epoch(train_model, loader, ctx, epoch, dist_info.device, config.PRINT_FREQ, hooks=hooks)
+        hooks.after_training()
         broadcast_buffers_(model)  # DDP syncs buffers only at training forwards
-        # Validation before the history is written: its embeddings go before prob_{epoch}.
-        val_metrics = {}
-        if val_loader is not None:
-            embedding_val = embedder is not None and embedder.start(epoch, "val_embed")
-            val_metrics = validate(val_loader(), capture=partial(embedder.capture, "val_embed") if embedding_val
-                                   else None)
-            if embedding_val:
-                embedder.finish(epoch, "val_embed", len(data.val))
-        stability = recorder.end_epoch(epoch) if recorder is not None else {}
-        record = {"epoch": epoch, **stats, **stability, **val_metrics}
-        if plan is not None:
-            record.update(images_seen=plan_images(config, plan, dist_info.world_size),
-                          prune_candidates=plan.candidates, prune_dropped=plan.dropped)
+        val_metrics = validate(val_loader(), capture=hooks.val_capture(epoch)) if val_loader is not None else {}
+        # The history of the epoch (embeddings, then the records, prob last) and its stability.
+        record = {"epoch": epoch, **stats, **hooks.end_epoch(epoch, dist_info.world_size, dist_info.rank),
+                  **val_metrics, **hooks.extras}
         if val_loader is not None:
             best = max(best, record["acc1"])
             record["best_acc1"] = best
             logger.info(f"epoch {epoch}: top-1 {record['acc1']:.2f}% top-5 {record['acc5']:.2f}% "
                         f"(best {best:.2f}%) on {record['val_samples']} images")
-        stopped = stop_now(stop_rule, record, dist_info.device)
+        stopped = hooks.stop(record)
         if stopped:
             record[STOPPED_KEY] = True
-            embed_at_stop(embedder, epoch, len(data.train), val_loader, validate, len(data.val) if data.val is not None else 0)
+            hooks.embed_at_stop(epoch, dist_info.world_size, dist_info.rank,
+                                None if val_loader is None else lambda capture: validate(val_loader(), capture=capture))
             saved = config.TRAIN.EPOCHS - epoch - 1
-            logger.info(f"coreset stable: kept-set overlap at {stop_rule.fraction:g} >= {stop_rule.overlap} for "
-                        f"{stop_rule.patience} consecutive epochs; stopping after epoch {epoch}: {saved} of "
+            rule = hooks.stop_rule
+            logger.info(f"coreset stable: kept-set overlap at {rule.fraction:g} >= {rule.overlap} for "
+                        f"{rule.patience} consecutive epochs; stopping after epoch {epoch}: {saved} of "
                         f"{config.TRAIN.EPOCHS} epochs saved ({saved / config.TRAIN.EPOCHS:.0%}); the history of "
                         f"epochs 0..{epoch} and a checkpoint are kept")
         last = epoch + 1 == config.TRAIN.EPOCHS or stopped
@@ -366,7 +252,8 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
             # epoch, and resuming drops its records before writing them again.
             metrics_log.append(record)
             if (epoch + 1) % config.SAVE_FREQ == 0 or last:
-                save_checkpoint(checkpoint_path(config.OUTPUT, epoch), checkpoint_state(config, epoch, model, ctx, record))
+                state = checkpoint_state(config, epoch, model, ctx, record, hooks)
+                save_checkpoint(checkpoint_path(config.OUTPUT, epoch), state)
                 if config.TRAIN.KEEP_CHECKPOINTS:  # older ones go only once the new one loads
                     prune_checkpoints(config.OUTPUT, config.TRAIN.KEEP_CHECKPOINTS)
         barrier()

@@ -90,7 +90,9 @@ def end_of_epoch_pass(out: str, data: str, rounds: int) -> float:
 
     from data.build import build_eval_view_loader, load_file_lists
     from models.build import build_model
-    from dynunc.training.embeddings import EmbeddingRecorder
+    import numpy as np
+
+    from dynunc.training.embeddings import EmbeddingStore, FeatureCapture, embedding_pass
     from utils.config import load_config
 
     torch.set_num_threads(1)
@@ -105,19 +107,28 @@ def end_of_epoch_pass(out: str, data: str, rounds: int) -> float:
     hdir = os.path.join(out, "end_of_epoch")
     shutil.rmtree(hdir, ignore_errors=True)
 
+    class Rows:
+        """What embedding_pass gives the features to (the Recorder's update_features)."""
+
+        def __init__(self, store):
+            self.store = store
+
+        def update_features(self, indices, features, kind="embed"):
+            self.store.add(indices, features)
+
     def timed(rank: int, world_size: int):
         """(seconds of this rank's share of the pass, of its part file and the merge)."""
-        embedder = EmbeddingRecorder(model, DIM, [0], hdir, rank, world_size, cpu, rest_loader=loader)
+        capture = FeatureCapture(model)
+        store = EmbeddingStore(hdir, DIM, rank, world_size)
         try:
-            embedder.start(0, "embed")
             start = time.perf_counter()
-            embedder.embed_all(n)
+            embedding_pass(model, loader(np.arange(rank, n, world_size)), capture, Rows(store))
             passed = time.perf_counter()
             if world_size == 1:
-                embedder.finish(0, "embed", n)
+                store.finish(0, "embed", n)
             return passed - start, time.perf_counter() - passed
         finally:
-            embedder.close()
+            capture.close()
 
     # Alternated rounds, the fastest of each kept: the machine is shared, and other jobs
     # only ever add time.
@@ -134,16 +145,17 @@ def end_of_epoch_pass(out: str, data: str, rounds: int) -> float:
     classifier = model.get_classifier()
     features = torch.randn(batch, classifier.in_features)
     indices = torch.arange(batch)
-    embedder = EmbeddingRecorder(model, DIM, [0], os.path.join(out, "capture"), 0, 1, cpu)
-    embedder.start(0, "embed")
+    capture = FeatureCapture(model)
+    store = EmbeddingStore(os.path.join(out, "capture"), DIM, 0, 1)
 
     def armed():
-        with embedder.capture("embed", indices):
+        with capture.armed():
             classifier(features)
+        store.add(indices, capture.take())
 
     bare = min(seconds_per_call(lambda: classifier(features), cpu, warmup=20, iters=2000) for _ in range(rounds))
     captured = min(seconds_per_call(armed, cpu, warmup=20, iters=2000) for _ in range(rounds))
-    embedder.close()
+    capture.close()
     print(f"the capture alone ({batch} x {classifier.in_features} features -> {DIM}): classifier {1e6 * bare:.0f} us, "
           f"with the capture {1e6 * captured:.0f} us ({1e6 * (captured - bare):+.0f} us per batch of {batch}, "
           f"{-(-n // batch)} batches per pass)", flush=True)

@@ -16,7 +16,7 @@ parent's RSS copied at fork). Mapped index pages the child touched count in RSS
 - coreset: read_coreset of the 70% coreset against the full list;
 - startup: --processes concurrent processes, each doing what main_and_produce.py does with
   the list before its first step: load_file_lists (train list; no val list), the epoch's
-  train_shard (permutation of N), and the PredictionRecorder's (2, N) buffer (on CPU here).
+  train_shard (permutation of N), and the Recorder's (4, N) buffer (on CPU here).
 The synthetic files are deleted unless --keep (a kept list is reused by the next run).
 """
 import argparse
@@ -113,7 +113,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         from data.build import load_file_lists
         from data.reader import train_shard
         from utils.config import load_config
-        from dynunc.training.recorder import PredictionRecorder
+        from dynunc.training.recorder import Recorder
 
         config = load_config(None, ["DATA.DATASET", "custom", "MODEL.NUM_CLASSES", str(classes),
                                     "DATA.DATA_PATH_TRAIN", os.path.dirname(full),
@@ -125,7 +125,7 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         order = train_shard(len(data.train), config.SEED, 0, rank, world, config.DATA.BATCH_SIZE_TRAIN)
         t_shard = time.perf_counter()
         with tempfile.TemporaryDirectory() as out:
-            PredictionRecorder(len(data.train), out, torch.device("cpu"), rank == 0)
+            Recorder(out, len(data.train), device=torch.device("cpu"))
         t_rec, cpu_rec = time.perf_counter(), time.process_time()
         report.update(entries=len(data.train), shard=len(order), imports_s=t_import - t0,
                       load_file_lists_s=t_lists - t_import, train_shard_s=t_shard - t_lists,

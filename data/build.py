@@ -36,7 +36,7 @@ def history_identity(train: Samples) -> dict:
     if isinstance(train, FileList):
         return {"file_list": train.path}
     whole = len(train) == len(train.keys)
-    return {"sample_keys": train.keys if whole else KeyTable.from_keys(train.files)}
+    return {"keys": train.keys if whole else KeyTable.from_keys(train.files)}
 
 
 FORMATS = ("folder", "wds", "hf")

@@ -1,6 +1,6 @@
 """dynunc/training/embeddings.py: the config keys, the classifier hook on every model type, the
-fixed projection, the recorder's rows (seen, the extra pass over the unseen, validation)
-against a plain reference, and the per-rank parts merged into one file."""
+fixed projection, the recorder's rows (the end-of-epoch pass, validation) against a plain
+reference, and the per-rank parts merged into one file."""
 import os
 
 import numpy as np
@@ -10,10 +10,10 @@ from torch import nn
 
 from models.build import build_model
 from dynunc.training import embeddings
-from dynunc.training.embeddings import (EmbeddingRecorder, embed_epochs, find_classifier, merge_parts, part_paths,
-                                projection)
+from dynunc.training.embeddings import (EmbeddingStore, FeatureCapture, embed_epochs, embedding_pass, find_classifier,
+                                       merge_parts, part_paths, projection)
 from dynunc.history import embed_path, history_dir, load_embeddings, record_path
-from dynunc.training.recorder import PredictionRecorder
+from dynunc.training.recorder import Recorder
 from test_models import SMALL, small_config
 from utils.config import load_config
 
@@ -46,18 +46,20 @@ def test_check_config_names_the_keys():
 def test_the_hook_captures_the_pre_logits_features_of_every_model_type(model_type):
     torch.manual_seed(0)
     model = build_model(small_config(model_type)).eval()
-    recorder = EmbeddingRecorder(model, 8, [0], "unused", 0, 1, torch.device("cpu"))
-    recorder.start(0, "embed")
+    capture = FeatureCapture(model)
+    store = EmbeddingStore("unused", 8, 0, 1)
     x = torch.randn(3, 3, 32, 32)
     indices = torch.tensor([2, 0, 1])
     with torch.no_grad():
-        with recorder.capture("embed", indices):
+        with capture.armed():
             logits = model(x)
+        store.add(indices, capture.take())
         model(x)  # unarmed: nothing kept
+        assert capture.captured is None
         reference = model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
-    recorder.close()
+    capture.close()
     assert logits.shape == (3, 7)
-    idx, rows = recorder.stores["embed"].sorted_rows(8)
+    idx, rows = store.store.sorted_rows(8)
     assert idx.tolist() == [0, 1, 2]
     expected = (reference @ projection(reference.shape[1], 8)).half().numpy()
     np.testing.assert_allclose(rows.astype(np.float32), expected[[1, 2, 0]].astype(np.float32), rtol=1e-2, atol=1e-3)
@@ -108,20 +110,19 @@ def test_recorder_writes_every_row_and_leaves_prob_as_without_embeddings(tmp_pat
     outputs = {}
     for name, with_embed in (("plain", False), ("embed", True)):
         out = str(tmp_path / name)
-        embedder = EmbeddingRecorder(model, dim, [0], history_dir(out), 0, 1, torch.device("cpu"),
-                                     rest_loader=rest_loader) if with_embed else None
-        recorder = PredictionRecorder(n, out, torch.device("cpu"), True, embeddings=embedder)
-        recorder.start_epoch(0)
+        recorder = Recorder(out, n, embed_dim=dim if with_embed else 0, device=torch.device("cpu"))
+        capture = FeatureCapture(model) if with_embed else None
         for ids in seen:
-            recorder.record(model, ids.view(-1, 1), labels[ids], ids)
+            recorder.update(ids, model(ids.view(-1, 1)).detach(), labels[ids])
+        if with_embed:
+            assert embedding_pass(model, rest_loader(np.arange(n)), capture, recorder) == n
         recorder.end_epoch(0)
         # a second epoch that is not an embedding epoch records none
-        recorder.start_epoch(1)
-        recorder.record(model, seen[0].view(-1, 1), labels[seen[0]], seen[0])
+        recorder.update(seen[0], model(seen[0].view(-1, 1)).detach(), labels[seen[0]])
         recorder.end_epoch(1)
         outputs[name] = out
-        if embedder is not None:
-            embedder.close()
+        if capture is not None:
+            capture.close()
     for epoch in (0, 1):
         for kind in ("prob", "correct", "margin", "el2n"):
             with open(record_path(history_dir(outputs["plain"]), kind, epoch), "rb") as a, \
@@ -143,16 +144,26 @@ def test_validation_rows_through_evaluate(tmp_path):
     n, dim = 5, 3
     features = torch.randn(n, 6)
     model = TableModel(features)
-    embedder = EmbeddingRecorder(model, dim, [2], str(tmp_path), 0, 1, torch.device("cpu"))
-    assert not embedder.start(1, "val_embed")
-    assert embedder.start(2, "val_embed")
+    capture = FeatureCapture(model)
+    store = EmbeddingStore(str(tmp_path), dim, 0, 1)
+
+    def capture_rows(indices):
+        import contextlib
+
+        @contextlib.contextmanager
+        def armed():
+            with capture.armed():
+                yield
+            store.add(indices, capture.take())
+
+        return armed()
+
     loader = [{"images": torch.tensor([[4], [2]]), "labels": torch.tensor([0, 1]), "indices": torch.tensor([4, 2])},
               {"images": torch.tensor([[0], [1], [3]]), "labels": torch.tensor([2, 0, 1]),
                "indices": torch.tensor([0, 1, 3])}]
-    metrics = evaluate(model, loader, torch.device("cpu"),
-                       capture=lambda indices: embedder.capture("val_embed", indices))
+    metrics = evaluate(model, loader, torch.device("cpu"), capture=capture_rows)
     assert metrics["val_samples"] == 5
-    embedder.finish(2, "val_embed", n)
+    store.finish(2, "val_embed", n)
     np.testing.assert_array_equal(load_embeddings(str(tmp_path), n, kind="val_embed"),
                                   (features @ projection(6, dim)).half().numpy())
 
@@ -165,12 +176,11 @@ def test_parts_of_several_ranks_merge_block_by_block(tmp_path, monkeypatch):
     order = rng.permutation(n)
     shards = [order[:5], order[5:], np.zeros(0, np.int64)]  # the last rank saw nothing
     for rank in (1, 2, 0):  # rank 0 merges after the others wrote (the barrier)
-        recorder = EmbeddingRecorder(TableModel(np.zeros((1, 2))), dim, [4], hdir, rank, world, torch.device("cpu"))
-        recorder.start(4, "embed")
+        store = EmbeddingStore(hdir, dim, rank, world)
         shard = shards[rank]
         for chunk in np.array_split(shard, 2):
-            recorder.stores["embed"].add(torch.as_tensor(chunk), torch.as_tensor(values[chunk]))
-        result = recorder.finish(4, "embed", n)
+            store.store.add(torch.as_tensor(chunk), torch.as_tensor(values[chunk]))
+        result = store.finish(4, "embed", n)
         assert (result is not None) == (rank == 0)
     np.testing.assert_array_equal(np.load(embed_path(hdir, 4), mmap_mode="r"), values)
     assert os.listdir(hdir) == ["embed_4.npy"]  # parts removed

@@ -1,7 +1,8 @@
 """dynunc/training/recorder.py: what produce mode records per sample, in which model
-mode, and the history files it writes."""
+mode (hooks.py's forward on the eval view), and the history files it writes."""
 import json
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ from torch import nn
 
 from data.file_list_index import open_index
 from dynunc.history import HistoryError, history_dir, record_path, write_epoch
-from dynunc.training.recorder import PredictionRecorder, has_batchnorm
+from dynunc.training.recorder import Recorder, RecorderError, has_batchnorm
+from hooks import Hooks
 
 
 class FixedLogits(nn.Module):
@@ -26,8 +28,15 @@ class FixedLogits(nn.Module):
         return self.table[x.view(-1).long()]
 
 
-def make_recorder(tmp_path, n):
-    return PredictionRecorder(n, str(tmp_path), torch.device("cpu"), is_primary=True)
+def make_recorder(tmp_path, n, **kwargs):
+    return Recorder(str(tmp_path), n, device=torch.device("cpu"), **kwargs)
+
+
+def record(recorder, model, images, labels, indices, eval_mode_forward=None):
+    """main.py's per-step call: the eval view through `model` (hooks.Hooks.observe)."""
+    hooks = Hooks(None, torch.device("cpu"), nullcontext, recorder=recorder, record_model=model,
+                  eval_mode_forward=eval_mode_forward)
+    hooks.observe({"eval_images": images, "indices": indices}, labels)
 
 
 def load_epoch(tmp_path, epoch):
@@ -39,11 +48,10 @@ def test_record_and_write(tmp_path):
     logits = [[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 5.0]]
     model = FixedLogits(logits)
     recorder = make_recorder(tmp_path, 6)
-    recorder.start_epoch()
     images = torch.tensor([[0], [1], [2]])
     labels = torch.tensor([0, 2, 1])
     indices = torch.tensor([4, 0, 2])
-    recorder.record(model, images, labels, indices)
+    record(recorder, model, images, labels, indices)
     recorder.end_epoch(0)
 
     prob, correct = load_epoch(tmp_path, 0)
@@ -62,17 +70,15 @@ def test_record_and_write(tmp_path):
 def test_two_batches_accumulate_and_start_epoch_resets(tmp_path):
     model = FixedLogits([[5.0, 0.0], [0.0, 5.0]])
     recorder = make_recorder(tmp_path, 4)
-    recorder.start_epoch()
-    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([3]))
-    recorder.record(model, torch.tensor([[1]]), torch.tensor([1]), torch.tensor([1]))
+    record(recorder, model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([3]))
+    record(recorder, model, torch.tensor([[1]]), torch.tensor([1]), torch.tensor([1]))
     recorder.end_epoch(0)
     prob, correct = load_epoch(tmp_path, 0)
     assert np.isnan(prob[[0, 2]]).all()
     assert not np.isnan(prob[[1, 3]]).any()
     assert correct.tolist() == [-1, 1, -1, 1]
 
-    recorder.start_epoch()
-    recorder.record(model, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
+    record(recorder, model, torch.tensor([[1]]), torch.tensor([0]), torch.tensor([0]))
     recorder.end_epoch(1)
     prob, correct = load_epoch(tmp_path, 1)
     assert correct.tolist() == [0, -1, -1, -1]  # epoch 0's records do not leak into epoch 1
@@ -82,8 +88,7 @@ def test_two_batches_accumulate_and_start_epoch_resets(tmp_path):
 def test_probability_zero_is_not_unseen(tmp_path):
     model = FixedLogits([[1000.0, -1000.0]])
     recorder = make_recorder(tmp_path, 3)
-    recorder.start_epoch()
-    recorder.record(model, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([1]))
+    record(recorder, model, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([1]))
     recorder.end_epoch(0)
     prob, correct = load_epoch(tmp_path, 0)
     assert prob[1] == 0.0  # a real probability that underflows stays 0, seen
@@ -114,21 +119,20 @@ def test_batchnorm_model_runs_in_eval_and_is_restored(tmp_path):
     recorder = make_recorder(tmp_path, 5)
     images = torch.randn(5, 3) * 3 + 1
     labels = torch.tensor([0, 1, 1, 0, 1])
-    recorder.start_epoch()
-    recorder.record(model, images, labels, torch.arange(5))
+    record(recorder, model, images, labels, torch.arange(5))
     assert model.modes == [False]  # the forward used running statistics
     assert model.training and model.bn.training  # restored
     for k, v in model.bn.state_dict().items():
         assert torch.equal(v, stats[k]), k  # running stats and num_batches_tracked untouched
     model.eval()
     expected = torch.softmax(model(images), dim=1)[torch.arange(5), labels]
-    torch.testing.assert_close(recorder.records[0], expected)
+    torch.testing.assert_close(recorder.records[0, :5], expected)
 
 
 def test_model_in_eval_stays_in_eval(tmp_path):
     model = BNNet().eval()
     recorder = make_recorder(tmp_path, 2)
-    recorder.record(model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    record(recorder, model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert not model.training
 
 
@@ -137,26 +141,26 @@ def test_model_without_batchnorm_stays_in_train_mode(tmp_path):
     model.train()
     assert not has_batchnorm(model)
     recorder = make_recorder(tmp_path, 1)
-    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    record(recorder, model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
     assert model.modes == [True]  # drop-path etc. active, as in the paper's Swin/ConvNeXt
     assert model.training
 
 
 def test_eval_mode_forward_override(tmp_path):
     model = FixedLogits([[1.0, 0.0]])
-    recorder = PredictionRecorder(1, str(tmp_path), torch.device("cpu"), True, eval_mode_forward=True)
-    recorder.record(model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    recorder = make_recorder(tmp_path, 1)
+    record(recorder, model, torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]), eval_mode_forward=True)
     assert model.modes == [False] and model.training
     bn = BNNet()
-    recorder = PredictionRecorder(1, str(tmp_path), torch.device("cpu"), True, eval_mode_forward=False)
-    recorder.record(bn, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 0]))
+    recorder = make_recorder(tmp_path, 2)
+    record(recorder, bn, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]), eval_mode_forward=False)
     assert bn.modes == [True]
 
 
 def test_record_does_not_build_a_graph(tmp_path):
     model = nn.Linear(3, 2)
     recorder = make_recorder(tmp_path, 2)
-    recorder.record(model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    record(recorder, model, torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([0, 1]))
     assert not recorder.records.requires_grad
     assert model.weight.grad is None
 
@@ -169,23 +173,14 @@ def test_mode_restored_when_forward_raises(tmp_path):
     model = Broken().train()
     recorder = make_recorder(tmp_path, 1)
     with pytest.raises(RuntimeError, match="boom"):
-        recorder.record(model, torch.randn(1, 3), torch.tensor([0]), torch.tensor([0]))
+        record(recorder, model, torch.randn(1, 3), torch.tensor([0]), torch.tensor([0]))
     assert model.training
-
-
-def test_non_primary_writes_nothing(tmp_path):
-    recorder = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), is_primary=False)
-    recorder.start_epoch()
-    recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
-    recorder.end_epoch(0)
-    assert not os.path.exists(history_dir(str(tmp_path)))
 
 
 def test_no_temporary_files_left(tmp_path):
     recorder = make_recorder(tmp_path, 4)
     for epoch in range(3):
-        recorder.start_epoch()
-        recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([epoch]))
+        record(recorder, FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([epoch]))
         recorder.end_epoch(epoch)
     names = sorted(os.listdir(history_dir(str(tmp_path))))
     assert names == sorted(f"{kind}_{e}.npy" for e in range(3) for kind in ("prob", "correct", "margin", "el2n"))
@@ -201,8 +196,7 @@ def test_resume_from_deletes_newer_epochs_only(tmp_path):
     np.savetxt(os.path.join(hdir, "prob_6.txt"), np.full(3, 0.5))
     with open(os.path.join(hdir, "notes.txt"), "w") as f:
         f.write("keep me")
-    recorder = make_recorder(tmp_path, 3)
-    recorder.resume_from(2)
+    make_recorder(tmp_path, 3, start_epoch=2)
     assert sorted(os.listdir(hdir)) == ["correct_0.npy", "correct_1.npy", "notes.txt", "prob_0.npy", "prob_1.npy"]
 
 
@@ -210,16 +204,18 @@ def test_resume_from_zero_and_from_the_future(tmp_path):
     hdir = history_dir(str(tmp_path))
     for epoch in range(2):
         write_epoch(hdir, epoch, np.zeros(2, dtype=np.float32), np.zeros(2, dtype=np.int8))
-    make_recorder(tmp_path, 2).resume_from(5)
+    with pytest.raises(RecorderError, match="epoch 2 is missing, but start_epoch 5 resumes after it"):
+        make_recorder(tmp_path, 2, start_epoch=5)
+    assert len(os.listdir(hdir)) == 4  # refused before anything is removed
+    make_recorder(tmp_path, 2, start_epoch=2)
     assert len(os.listdir(hdir)) == 4
-    PredictionRecorder(2, str(tmp_path), torch.device("cpu"), is_primary=False).resume_from(0)
-    assert len(os.listdir(hdir)) == 4  # only the primary rank deletes
-    make_recorder(tmp_path, 2).resume_from(0)
+    make_recorder(tmp_path, 2)
     assert os.listdir(hdir) == []
 
 
 def test_resume_from_without_history(tmp_path):
-    make_recorder(tmp_path, 2).resume_from(3)  # nothing to delete, no error
+    with pytest.raises(RecorderError, match="epoch 0 is missing, but start_epoch 3"):
+        make_recorder(tmp_path, 2, start_epoch=3)
     assert not os.path.exists(history_dir(str(tmp_path)))
 
 
@@ -228,8 +224,7 @@ def test_margin_and_el2n_worked_out(tmp_path):
     logits = [[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [1.0, 1.0, 5.0], [4.0, 4.0, -1.0]]
     labels = torch.tensor([0, 2, 1, 1])
     recorder = make_recorder(tmp_path, 5)
-    recorder.start_epoch()
-    recorder.record(FixedLogits(logits), torch.tensor([[0], [1], [2], [3]]), labels, torch.tensor([3, 0, 1, 4]))
+    record(recorder, FixedLogits(logits), torch.tensor([[0], [1], [2], [3]]), labels, torch.tensor([3, 0, 1, 4]))
     recorder.end_epoch(0)
     hdir = history_dir(str(tmp_path))
     margin = np.load(record_path(hdir, "margin", 0))
@@ -245,8 +240,7 @@ def test_margin_and_el2n_worked_out(tmp_path):
 def test_negative_margins_survive_the_max_gather(tmp_path):
     """With the old -1 fill a margin below -1 would have read as unseen."""
     recorder = make_recorder(tmp_path, 2)
-    recorder.start_epoch()
-    recorder.record(FixedLogits([[-50.0, 50.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([1]))
+    record(recorder, FixedLogits([[-50.0, 50.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([1]))
     recorder.end_epoch(0)
     hdir = history_dir(str(tmp_path))
     assert np.load(record_path(hdir, "margin", 0))[1] == -100.0
@@ -257,8 +251,7 @@ def test_negative_margins_survive_the_max_gather(tmp_path):
 
 def test_confident_el2n_does_not_cancel(tmp_path):
     recorder = make_recorder(tmp_path, 1)
-    recorder.start_epoch()
-    recorder.record(FixedLogits([[12.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
+    record(recorder, FixedLogits([[12.0, 0.0]]), torch.tensor([[0]]), torch.tensor([0]), torch.tensor([0]))
     recorder.end_epoch(0)
     q = 1.0 / (1.0 + np.exp(12.0))  # p of the wrong class, ~6e-6
     np.testing.assert_allclose(np.load(record_path(history_dir(str(tmp_path)), "el2n", 0))[0], np.sqrt(2) * q,
@@ -272,8 +265,7 @@ def write_list(path, lines):
 
 def test_file_list_fingerprint_written_at_start(tmp_path):
     flist = write_list(tmp_path / "train.txt", ["/a/1.jpg 0", "/b/2.jpg 1"])
-    recorder = PredictionRecorder(2, str(tmp_path / "out"), torch.device("cpu"), True, file_list=flist)
-    recorder.resume_from(0)
+    Recorder(str(tmp_path / "out"), 2, file_list=flist, device=torch.device("cpu"))
     with open(os.path.join(history_dir(str(tmp_path / "out")), "file_list.json")) as f:
         recorded = json.load(f)
     import hashlib
@@ -281,21 +273,18 @@ def test_file_list_fingerprint_written_at_start(tmp_path):
     assert recorded == {"path": flist, "entries": 2,
                         "sha256": hashlib.sha256((tmp_path / "train.txt").read_bytes()).hexdigest()}
     assert recorded == open_index(flist).fingerprint()
-    PredictionRecorder(2, str(tmp_path / "other"), torch.device("cpu"), False, file_list=flist).resume_from(0)
-    assert not os.path.exists(history_dir(str(tmp_path / "other")))  # rank 0 only
 
 
 def test_resume_on_a_different_list_is_refused(tmp_path):
     flist = write_list(tmp_path / "train.txt", ["/a/1.jpg 0", "/b/2.jpg 1"])
     out = str(tmp_path / "out")
-    recorder = PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist)
-    recorder.resume_from(0)
+    Recorder(out, 2, file_list=flist, device=torch.device("cpu"))
     write_epoch(history_dir(out), 0, np.full(2, 0.5, dtype=np.float32), np.ones(2, dtype=np.int8))
     write_list(tmp_path / "train.txt", ["/b/2.jpg 1", "/a/1.jpg 0"])  # same N, other order
-    with pytest.raises(HistoryError, match="train.txt is not the file list the kept epochs"):
-        PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(1)
+    with pytest.raises(RecorderError, match="train.txt is not the file list the kept epochs"):
+        Recorder(out, 2, file_list=flist, start_epoch=1, device=torch.device("cpu"))
     # starting over (epoch 0) drops the old epochs and records the new list
-    PredictionRecorder(2, out, torch.device("cpu"), True, file_list=flist).resume_from(0)
+    Recorder(out, 2, file_list=flist, device=torch.device("cpu"))
     recorded = json.loads((tmp_path / "out" / "pred_prob_history" / "file_list.json").read_text())
     assert recorded == open_index(flist).fingerprint()
 
@@ -306,8 +295,7 @@ def test_every_record_kind_is_written_and_read_as_its_table_row(tmp_path):
     from dynunc.history import RECORD_KINDS, load_epoch_record
 
     recorder = make_recorder(tmp_path, 3)
-    recorder.start_epoch()
-    recorder.record(FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([1]), torch.tensor([2]))
+    record(recorder, FixedLogits([[1.0, 0.0]]), torch.tensor([[0]]), torch.tensor([1]), torch.tensor([2]))
     recorder.end_epoch(0)
     hdir = history_dir(str(tmp_path))
     assert sorted(os.listdir(hdir)) == sorted(f"{kind}_0.npy" for kind in RECORD_KINDS)

@@ -168,3 +168,39 @@ def load_pretrained(model: nn.Module, path: str, adapt=None) -> None:
     if unexpected:
         logger.warning(f"--pretrain {path}: ignored keys: {unexpected}")
     logger.info(f"loaded pretrained weights from {path}")
+
+
+def checkpoint_state(config, epoch: int, model: nn.Module, ctx, metrics: dict, hooks) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "lr_scheduler": ctx.scheduler.state_dict(),
+        "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else {},
+        "epoch": epoch,
+        "config": config.dump(),
+        "metrics": metrics,
+        **hooks.state_dict(),
+    }
+
+
+def resume(config, model: nn.Module, ctx) -> Tuple[int, dict, Optional[dict], str]:
+    """Restore from MODEL.RESUME or the newest complete checkpoint in OUTPUT; returns the
+    first epoch still to run, the metrics record the checkpoint holds ({} if none), and
+    the checkpoint with its path (for the hooks' state; None, "" if none)."""
+    if config.MODEL.RESUME:
+        found = (config.MODEL.RESUME, load_checkpoint(config.MODEL.RESUME))
+    elif config.TRAIN.AUTO_RESUME:
+        found = latest_checkpoint(config.OUTPUT)
+    else:
+        found = None
+    if found is None:
+        return config.TRAIN.START_EPOCH, {}, None, ""
+    path, state = found
+    model.load_state_dict(state["model"])
+    if not config.EVAL_MODE:
+        ctx.optimizer.load_state_dict(state["optimizer"])
+        ctx.scheduler.load_state_dict(state["lr_scheduler"])
+        if ctx.scaler is not None and state.get("scaler"):
+            ctx.scaler.load_state_dict(state["scaler"])
+    logger.info(f"resumed from {path} (epoch {state['epoch']})")
+    return int(state["epoch"]) + 1, dict(state.get("metrics") or {}), None if config.EVAL_MODE else state, path

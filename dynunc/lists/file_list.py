@@ -3,9 +3,9 @@
 Paths are relative to the data root (a leading '/' is allowed and ignored when joining).
 The label is the last whitespace-separated token; the path is everything before it (it
 may hold spaces). Lines may end in '\\n' or '\\r\\n', the file may start with a UTF-8
-byte-order mark, and the last line may lack its newline (data/file_list_parse.py).
+byte-order mark, and the last line may lack its newline (dynunc/lists/parse.py).
 
-A file list is parsed once into a memory-mapped index (data/file_list_index.py), so
+A file list is parsed once into a memory-mapped index (dynunc/lists/index.py), so
 that a 13M-line list costs each process a fraction of a second of CPU and tens of MB,
 not gigabytes of Python strings (docs/benchmarks.md, "Figures behind code choices"). A coreset file is a subset of the lines of a file list, in the same
 format; it is read against that full list, and each of its entries maps to its row there.

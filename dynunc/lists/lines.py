@@ -1,9 +1,9 @@
 """Copy chosen entries of a large file list to coresets, in one read of the list.
 
 ImageNet-21K's list has ~13M lines (~550 MB): as Python strings it would take seconds
-and ~1.3 GB. The entries are known from the list's index (data/file_list_index.py:
+and ~1.3 GB. The entries are known from the list's index (dynunc/lists/index.py:
 their line numbers), so the copy only cuts the list's bytes into lines
-(data/file_list_parse.py: `read_blocks`, `line_ends`) and keeps the chosen ones with
+(dynunc/lists/parse.py: `read_blocks`, `line_ends`) and keeps the chosen ones with
 numpy. A line is copied as written (leading and trailing whitespace kept), without its
 terminator and the byte-order mark, and ends with b"\\n": what `read_lines(path)[i] +
 "\\n"` written in text mode gives.

@@ -551,7 +551,7 @@ def check_output(output: str) -> None:
 
 
 def write_report(output: str, files: Dict[str, bytes]) -> None:
-    """All files replace their old versions together (utils/io.py's atomic group)."""
+    """All files replace their old versions together (dynunc/io.py's atomic group)."""
     check_output(output)
     os.makedirs(output, exist_ok=True)
     for name in files:

@@ -34,13 +34,14 @@ groups go to OUTPUT.dedup_groups.tsv. A threshold that would remove more than
 asks for, is refused with the numbers; --fraction 1 writes the deduplicated list.
 
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
-in LIST's order) and, once per method, its scores (float64, one per line of LIST). On
+in LIST's order; without --dataset_file_list, the kept samples' indices, or their keys
+for a history that names its samples by keys (sample_keys.txt), one per line,
+ascending) and, once per method, its scores (float64, one per line of LIST). On
 any refusal nothing is written and the exit code is 2; an interrupted run leaves the
 old outputs as they were.
 """
 import argparse
 import contextlib
-import hashlib
 import os
 import sys
 import time
@@ -52,7 +53,7 @@ import numpy as np
 from dynunc.lists.file_list import FileListError
 from dynunc.lists.lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
-from dynunc.history import SAMPLE_KEYS_NAME, HistoryError, find_history_dir, read_sample_keys, sample_keys_path
+from dynunc.history import HistoryError
 from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
 from dynunc.interrupt import deliver_interrupts_to_main_thread
 from dynunc.io import atomic_group, remove_stale_temporaries
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
                    + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
-                   fraction_default=None, selection=True, list_required=False,
+                   fraction_default=None, selection=True,
                    seed_help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
                    "drawn; --ccs: the draws in each bin")
     add_flag(
@@ -137,50 +138,19 @@ def dedup_groups_path(template: str) -> str:
     return render(template, "dedup", SCORES_FRACTION) + ".dedup_groups.tsv"
 
 
-class HistoryKeys:
-    """A history's samples named by its sample_keys.txt (a produce run on shards or a
-    dataset, dynunc/lists/keyed.py), in the role of a file list's index: a coreset is the kept
-    keys, one per line, in the history's order."""
-
-    def __init__(self, hdir: str, keys: List[str]):
-        self.list_path = sample_keys_path(hdir)
-        self.keys = keys
-        self.count = len(keys)
-        self.lines = np.arange(1, self.count + 1)  # a key's line in sample_keys.txt
-
-    @property
-    def labels(self) -> np.ndarray:
-        raise HistoryError(f"{self.list_path} names the samples but holds no labels: --class-balanced and the "
-                           f"embedding methods need them (a history recorded on a file list has them)")
-
-    def fingerprint(self) -> dict:
-        """As write_sample_keys gives it: the sha256 of the keys, one per line."""
-        text = "".join(k + "\n" for k in self.keys).encode("utf-8")
-        return {"path": SAMPLE_KEYS_NAME, "entries": self.count, "sha256": hashlib.sha256(text).hexdigest()}
-
-    def name(self, row: int) -> str:
-        return self.keys[row]
-
-    def write(self, targets) -> None:
-        for keep, out in targets:
-            out.write("".join(self.keys[i] + "\n" for i in np.flatnonzero(keep)).encode("utf-8"))
-
-
-def history_keys(args: argparse.Namespace) -> Optional[HistoryKeys]:
-    """Without --dataset_file_list: the samples as the history names them (sample_keys.txt,
-    checked against the history's record of them); None with a file list."""
-    if args.dataset_file_list:
-        return None
-    hdir = find_history_dir(args.input)
-    keys = read_sample_keys(hdir)
-    if keys is None:
-        raise ValueError(f"{hdir} holds no {SAMPLE_KEYS_NAME} (a history recorded on a file list): give "
-                         f"--dataset_file_list, the training list it was recorded on")
-    return HistoryKeys(hdir, keys)
+def write_kept_names(f, kept: np.ndarray, keys: Optional[Sequence[str]]) -> None:
+    """The kept samples of a history without a file list, ascending, one per line: their
+    key (sample_keys.txt) or, without keys, their index."""
+    chunk = 1 << 16
+    indices = np.flatnonzero(kept)
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        names = [keys[i] for i in part] if keys is not None else part.astype(str).tolist()
+        f.write("".join(f"{name}\n" for name in names))
 
 
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
-    listed = os.path.realpath(args.dataset_file_list) if args.dataset_file_list else None
+    listed = os.path.realpath(args.dataset_file_list) if args.dataset_file_list is not None else None
     seen: Dict[str, str] = {}
     for path in written:
         real = os.path.realpath(path)
@@ -203,15 +173,14 @@ def run(args: argparse.Namespace) -> int:
     for method in args.method:  # the outputs' paths, before the list and the history are opened
         for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
             check_output_file("--output", path)
-    keyed = history_keys(args)
-    plan = make_plan(args, selection, keyed)
+    plan = make_plan(args, selection)
     outputs = plan_outputs(args.output, plan)
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
     check_output_paths(args, written + ([groups_path] if groups_path else []))
     if groups_path:
         check_output_file("--output", groups_path)
-    labels = plan.index.labels if selection.class_balanced else None
+    labels = plan.labels if selection.class_balanced else None
     n = plan.num_samples
     # the embeddings are checked before any scoring
     embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
@@ -250,12 +219,17 @@ def run(args: argparse.Namespace) -> int:
     with atomic_group() as group:
         for method in plan.methods:
             group.save_npy(method_scores_path(args.output, method), scores[method])
-        with contextlib.ExitStack() as files:
-            targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
-            write_entries(plan.index, targets) if keyed is None else keyed.write(targets)
+        if plan.index is not None:
+            with contextlib.ExitStack() as files:
+                targets = [(kept[o], files.enter_context(group.open(o.path, "wb"))) for o in outputs]
+                write_entries(plan.index, targets)
+        else:
+            for o in outputs:
+                with group.open(o.path, "w", encoding="utf-8", newline="\n") as f:
+                    write_kept_names(f, kept[o], plan.keys)
         if duplicates is not None:
             with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
-                write_groups(f, duplicates, plan.index)
+                write_groups(f, duplicates, plan.index, plan.keys)
     size = sum(os.path.getsize(path) for path in written)
     print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "

@@ -212,15 +212,21 @@ def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 <<
 GROUPS_HEADER = ("group", "index", "line", "path", "cosine_to_kept", "kept")
 
 
-def write_groups(f, duplicates: Duplicates, index) -> None:
+def write_groups(f, duplicates: Duplicates, index, keys=None) -> None:
     """The groups as tab-separated text (GROUPS_HEADER, one row per member, the kept one
     first in its group): `index` the entry (row of the embeddings, 0-based), `line` its
     line in the list (1-based), `path` as written in the list. `index`: the list's
-    FileListIndex. `f`: a text file opened with newline=''."""
+    FileListIndex; None for a history without a list: `line` is then the entry + 1 and
+    `path` its key (`keys`, sample_keys.txt) or its index. `f`: a text file opened with
+    newline=''."""
     import csv
 
     out = csv.writer(f, delimiter="\t", lineterminator="\n")
     out.writerow(GROUPS_HEADER)
     for g, i, cosine, kept in zip(duplicates.group.tolist(), duplicates.index.tolist(),
                                   duplicates.cosine_to_kept.tolist(), duplicates.kept.tolist()):
-        out.writerow((g, i, int(index.lines[i]), index.name(i), f"{cosine:.4f}", "yes" if kept else "no"))
+        if index is not None:
+            line, name = int(index.lines[i]), index.name(i)
+        else:
+            line, name = i + 1, keys[i] if keys is not None else str(i)
+        out.writerow((g, i, line, name, f"{cosine:.4f}", "yes" if kept else "no"))

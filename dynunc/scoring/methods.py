@@ -265,6 +265,9 @@ class Method:
     embed: Optional[Callable[[np.ndarray, np.ndarray, ScoreParams, Mapping[str, np.ndarray]], np.ndarray]] = None
     # The other methods whose scores it reads, given its resolved parameters.
     uses: Callable[[ScoreParams], Sequence[str]] = lambda params: ()
+    # Whether it reads the samples' class labels (the file list's), given its parameters:
+    # a history without a file list cannot be scored by it then.
+    labels: Callable[[ScoreParams], bool] = lambda params: False
 
 
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
@@ -433,11 +436,12 @@ METHODS: Dict[str, Method] = {
     "moderate": Method(("embed",), "-|2r - (N-1)|, r the rank of the distance to the class's coordinate-wise median "
                        "embedding: the band around the median distance", "Xia et al. 2023",
                        axis="closeness to the median distance (minus twice the rank's distance from the median rank)",
-                       embed=lambda e, y, p, s: moderate_scores(e, y, p.seed), flags=(EMBED_EPOCH_FLAG,)),
+                       embed=lambda e, y, p, s: moderate_scores(e, y, p.seed), flags=(EMBED_EPOCH_FLAG,),
+                       labels=lambda p: True),
     "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids); no "
                         "labels", "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
                         embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed),
-                        flags=PROTOTYPE_FLAGS),
+                        flags=PROTOTYPE_FLAGS, labels=lambda p: not p.prototypes),
     "kcenter": Method(("embed",), "greedy k-center pick order (farthest from the picked first), N - position; "
                       "within k-means clusters above 2048 samples", "Sener and Savarese 2018",
                       axis="k-center pick order (N - position, 1 to N)",

@@ -5,6 +5,7 @@ MethodFlag entries of its row in dynunc/scoring/methods.py's METHODS, added to b
 here and resolved here against the history. The paper's underscore spellings
 (--dataset_file_list) are accepted with hyphens too (--dataset-file-list)."""
 import argparse
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -16,8 +17,8 @@ from dynunc.lists.index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
-                            find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path,
-                            why_no_embeddings)
+                            find_history_dir, fingerprint_path, load_embeddings, load_epoch_prob, read_sample_keys,
+                            record_loader, record_path, sample_keys_path, why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
 from dynunc.paths import check_arguments
@@ -77,15 +78,15 @@ def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
-                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False,
-                   list_required: bool = True) -> None:
+                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
     """The shared flags. `method_default` None: the methods the history has records for;
-    `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags."""
+    `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags
+    (and --dataset_file_list optional: without it the coreset is the kept indices or keys)."""
     add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
-    add_flag(parser, "--dataset_file_list", required=list_required,
+    add_flag(parser, "--dataset_file_list", required=not selection,
              help="the training file list the history was recorded on" + (
-                 "" if list_required else "; leave it out for a history whose samples are named by keys "
-                 "(sample_keys.txt: a produce run on shards or a dataset)"))
+                 "; without it, the coreset file holds the kept samples' indices (0-based), or their keys if the "
+                 "history names its samples by keys (sample_keys.txt), one per line" if selection else ""))
     add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
     add_flag(parser, "--fraction", nargs="+", metavar="F", required=not fraction_default,
              default=list(fraction_default or ()), help="fraction(s) of lines to keep, each in (0, 1]"
@@ -194,7 +195,7 @@ def check_dedup_left(threshold: float, max_removed: float, num_samples: int, lef
 class Plan:
     """What to score and keep, checked against the list and the history before any record is read."""
 
-    index: FileListIndex  # the list: its count, labels, identity and bytes
+    index: Optional[FileListIndex]  # the list: its count, labels, identity and bytes (None: no list given)
     hdir: str
     prob_paths: List[str]
     methods: List[str]
@@ -202,10 +203,16 @@ class Plan:
     fractions: List[str]  # as written on the command line
     keeps: Dict[str, int]  # fraction -> int(N * fraction)
     selection: Selection
+    count: int = 0  # N, read from the history when no list is given
+    keys: Optional[List[str]] = None  # sample_keys.txt of a history without a list (None: named by index)
 
     @property
     def num_samples(self) -> int:
-        return self.index.count
+        return self.index.count if self.index is not None else self.count
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        return self.index.labels if self.index is not None else None
 
     @property
     def num_epochs(self) -> int:
@@ -217,7 +224,7 @@ class Plan:
     def embedded(self) -> Tuple[np.ndarray, np.ndarray]:
         """(the embeddings of --embed-epoch, a checked float16 memory map N x D; the
         list's labels): what the embedding methods read, loaded once for all of them."""
-        return load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch), self.index.labels
+        return load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch), self.labels
 
     def describe_params(self) -> str:
         """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""
@@ -243,6 +250,8 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
     if the list is not the one it was recorded on) and resolve the method flags; --method
     None: every method whose records the history holds. ValueError / HistoryError /
     FileListError naming the flag or file."""
+    if args.dataset_file_list is None:
+        return _plan_without_list(args, selection)
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
@@ -250,6 +259,34 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
+    chosen, params = _methods(args, hdir, paths)
+    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
+
+
+def _plan_without_list(args: argparse.Namespace, selection: Selection) -> Plan:
+    """The plan of a history scored without its file list: N from its first epoch file,
+    the samples named by its sample_keys.txt or by index; no labels, so class-balanced
+    selection and the methods that read labels are refused."""
+    hdir = find_history_dir(args.input)
+    paths = contiguous_epoch_files(hdir)
+    count = len(load_epoch_prob(paths[0], mmap=True))
+    keys = read_sample_keys(hdir, count)
+    if keys is not None:  # the keys must be the ones the history was recorded on
+        text = "".join(k + "\n" for k in keys).encode("utf-8")
+        check_fingerprint(hdir, sample_keys_path(hdir), {"entries": len(keys), "sha256": hashlib.sha256(text).hexdigest()})
+    if selection.class_balanced:
+        raise ValueError("--class-balanced needs --dataset_file_list: the classes are the list's labels")
+    keeps = fraction_keeps(args.fraction, count)
+    chosen, params = _methods(args, hdir, paths)
+    needing = [m for m in with_inputs(chosen, params) if METHODS[m].labels(params)]
+    if needing:
+        raise ValueError(f"method {needing[0]} reads the class labels: give --dataset_file_list")
+    return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys)
+
+
+def _methods(args: argparse.Namespace, hdir: str, paths: List[str]) -> Tuple[List[str], ScoreParams]:
+    """The methods to score (--method, or every one whose records `hdir` holds) and their
+    resolved parameters."""
     chosen = list(args.method) if args.method is not None else list(METHODS)
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
@@ -273,4 +310,4 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
                   "only; ignored", file=sys.stderr)
     if not chosen:
         raise ValueError(f"{hdir}: holds the records of no method (give --method)")
-    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
+    return chosen, params

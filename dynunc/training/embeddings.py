@@ -10,7 +10,9 @@ model's classifier, randomly projected to D and stored float16 as history.py lay
   but each row would come from the weights of its own step: two identical images
   would not get the same embedding (measured: a cosine of 0.88 between exact copies in
   a demo run), which defeats deduplication and every distance-based method.
-- Captured by a forward pre-hook on the classifier, armed only around those forwards.
+- Captured by a forward pre-hook on the classifier, armed only around those forwards
+  (FeatureCapture), and given to the Recorder (recorder.py), which projects and stores
+  them (EmbeddingStore).
 - Projected by a fixed Gaussian matrix (C x D, entries N(0, 1/D)) drawn from its own
   seeded generator: recording draws nothing from the training's random streams.
 - Each rank keeps its own rows (float16, host memory) and writes them as a part file;
@@ -189,96 +191,66 @@ def merge_parts(hdir: str, epoch: int, kind: str, num_samples: int, dim: int, wo
     return path
 
 
-class EmbeddingRecorder:
-    """Captures, projects and stores the embeddings of produce mode (see the module).
+class FeatureCapture:
+    """The input of `model`'s classifier (find_classifier) in the forwards run inside
+    `armed()`: a forward pre-hook, inert outside it.
 
-    `model`: the module whose classifier is hooked (the one without DDP or compile
-    wrappers); `forward_model`: what runs the end-of-epoch eval-view pass;
-    `rest_loader(indices)`: an eval-view loader over those samples."""
+        with capture.armed():
+            model(images)
+        features = capture.take()"""
 
-    def __init__(self, model: nn.Module, dim: int, epochs: Iterable[int], hdir: str, rank: int, world_size: int,
-                 device: torch.device, forward_model: Optional[nn.Module] = None,
-                 rest_loader: Optional[Callable[[np.ndarray], Iterable[dict]]] = None,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.dim = dim
-        self.device = device
-        self.autocast = autocast
-        self.epochs = set(epochs)
-        self.dir = hdir
-        self.rank, self.world_size = rank, world_size
-        self.forward_model = forward_model if forward_model is not None else model
-        self.rest_loader = rest_loader
-        self.projection: Optional[torch.Tensor] = None
-        self.armed = False
+    def __init__(self, model: nn.Module):
+        self.armed_now = False
         self.captured: Optional[torch.Tensor] = None
-        self.stores = {}
         self.hook = find_classifier(model).register_forward_pre_hook(self._hook)
 
     def close(self) -> None:
         self.hook.remove()
 
     def _hook(self, module: nn.Module, inputs) -> None:
-        if self.armed:
+        if self.armed_now:
             self.captured = inputs[0].detach()
 
-    def start(self, epoch: int, kind: str) -> bool:
-        """Begin collecting `kind` rows of `epoch` if it is an embedding epoch."""
-        if epoch not in self.epochs:
-            return False
-        self.stores[kind] = RowStore()
-        return True
-
-    def collecting(self, kind: str) -> bool:
-        return kind in self.stores
-
     @contextlib.contextmanager
-    def capture(self, kind: str, indices: torch.Tensor) -> Iterator[None]:
-        """Around one forward: keep its classifier input, projected, as the rows of
-        `indices` (nothing when `kind` is not being collected)."""
-        store = self.stores.get(kind)
-        if store is None:
-            yield
-            return
-        self.armed, self.captured = True, None
+    def armed(self) -> Iterator["FeatureCapture"]:
+        self.armed_now, self.captured = True, None
         try:
-            yield
+            yield self
         finally:
-            self.armed = False
+            self.armed_now = False
+
+    def take(self) -> torch.Tensor:
+        """The classifier input of the last armed forward (RuntimeError if none ran)."""
         features, self.captured = self.captured, None
         if features is None:
             raise RuntimeError("the classifier did not run in this forward: no embedding to record")
-        features = features.flatten(1).float()
-        if self.projection is None or self.projection.shape[0] != features.shape[1]:
-            self.projection = projection(features.shape[1], self.dim).to(features.device)
-        store.add(indices, (features @ self.projection).to(torch.float16))
+        return features
 
-    @torch.no_grad()
-    def embed_all(self, num_samples: int) -> int:
-        """The eval-view pass over every training sample with the current weights, in eval
-        mode, split across ranks (rank r takes samples r, r + W, ...). Returns this rank's
-        count."""
-        mine = np.arange(self.rank, num_samples, self.world_size)
-        if len(mine) == 0 or "embed" not in self.stores:
-            return 0
-        model = self.forward_model
-        was_training = model.training
-        model.eval()
-        try:
-            for batch in self.rest_loader(mine):
-                images = batch["images"].to(self.device, non_blocking=True)
-                indices = batch["indices"].to(self.device, non_blocking=True)
-                with self.capture("embed", indices), self.autocast():
-                    model(images)
-        finally:
-            model.train(was_training)
-        return len(mine)
+
+class EmbeddingStore:
+    """One rank's embedding rows of one kind (embed, val_embed) in the current epoch:
+    features projected to `dim` (the fixed matrix of `projection`), float16, in host
+    memory; `finish` writes them as history.py lays out (module docstring)."""
+
+    def __init__(self, hdir: str, dim: int, rank: int, world_size: int):
+        self.dir, self.dim = hdir, dim
+        self.rank, self.world_size = rank, world_size
+        self.projection: Optional[torch.Tensor] = None
+        self.store = RowStore()
+        self.rows = 0  # rows given this epoch (a sample given twice counts twice)
+
+    def add(self, indices: torch.Tensor, features: torch.Tensor) -> None:
+        features = features.flatten(1).float()
+        if self.projection is None or self.projection.shape[0] != features.shape[1] or (
+                self.projection.device != features.device):
+            self.projection = projection(features.shape[1], self.dim).to(features.device)
+        self.store.add(indices, (features @ self.projection).to(torch.float16))
+        self.rows += len(indices)
 
     def finish(self, epoch: int, kind: str, num_samples: int) -> Optional[str]:
         """Write this rank's part of ``{kind}_{epoch}.npy``; after a barrier rank 0 merges
-        the parts into the file (returned on rank 0; None elsewhere or if not collected)."""
-        store = self.stores.pop(kind, None)
-        if store is None:
-            return None
+        the parts into the file (returned on rank 0; None elsewhere). Every rank calls it."""
+        store, self.store, self.rows = self.store, RowStore(), 0
         indices, rows = store.sorted_rows(self.dim)
         ipath, rpath = part_paths(self.dir, epoch, kind, self.rank)
         os.makedirs(self.dir, exist_ok=True)
@@ -291,3 +263,25 @@ class EmbeddingRecorder:
         path = merge_parts(self.dir, epoch, kind, num_samples, self.dim, self.world_size)
         logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 -> {path}")
         return path
+
+
+@torch.no_grad()
+def embedding_pass(model: nn.Module, batches: Iterable[dict], capture: FeatureCapture, recorder,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   device: Optional[torch.device] = None, kind: str = "embed") -> int:
+    """One forward of `model` in eval mode over `batches` (dicts with ``images`` and
+    ``indices``), each batch's classifier input given to ``recorder.update_features``:
+    the end-of-epoch pass that gives every row the same weights. Returns the rows given."""
+    was_training = model.training
+    model.eval()
+    count = 0
+    try:
+        for batch in batches:
+            images = batch["images"].to(device, non_blocking=True) if device is not None else batch["images"]
+            with capture.armed(), autocast():
+                model(images)
+            recorder.update_features(batch["indices"], capture.take(), kind)
+            count += len(batch["indices"])
+    finally:
+        model.train(was_training)
+    return count

@@ -48,11 +48,26 @@ buffer (-inf elsewhere); one MAX all-reduce at the end of the epoch gathers them
 sample is trained by at most one rank per epoch), and every rank updates the same state
 from the same array with the same numpy operations, so every rank plans the same epoch.
 The state goes in the checkpoint: a resumed run plans what an uninterrupted one plans.
+
+From any loop, without touching PyTorch's classes: the pruner's sampler gives each
+epoch's order (this rank's equal share of it), its per-sample loss weights scale the
+loss, and `observe` takes each sample's score observation:
+
+    pruner = DynamicPruner.for_loop(len(dataset), epochs, ratio=0.5, score="loss")
+    sampler = pruner.sampler(rank, world_size)           # DataLoader(dataset, sampler=sampler, ...)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)                         # plans the epoch (the same on every rank)
+        for x, y, idx in loader:
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            pruner.observe(idx, losses=losses)           # or logits=..., labels=... for score "dynunc"
+            loss = (losses * pruner.weights(idx)).mean()
+            ...
+        pruner.end_epoch()                               # one all-reduce
 """
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -215,6 +230,8 @@ class DynamicPruner:
     batch's per-sample losses, observes the scores, gathers them once per epoch."""
 
     def __init__(self, prune, num_samples: int, epochs: int, seed: int, device: torch.device):
+        """`prune`: a TRAIN.DYNAMIC_PRUNE section (RATIO, ANNEAL, SCORE, WINDOW); from a
+        plain loop, `for_loop` builds one from keywords."""
         self.kind = prune.SCORE
         self.ratio = prune.RATIO
         self.seed = seed
@@ -224,6 +241,42 @@ class DynamicPruner:
         self.observed = torch.full((num_samples,), _UNSEEN, dtype=torch.float32, device=device)
         self.weighted = torch.zeros(num_samples, dtype=torch.bool, device=device)
         self.scale = 1.0
+
+    @classmethod
+    def for_loop(cls, num_samples: int, epochs: int, ratio: float = 0.5, anneal: float = 0.125,
+                 score: str = "loss", window: int = 3, seed: int = 0,
+                 device: Optional[torch.device] = None) -> "DynamicPruner":
+        """The pruner of any loop, from keywords (ValueError naming the first bad one)."""
+        prune = PruneSettings(ratio, anneal, score, window)
+        problems = check_config(prune)
+        if problems:
+            raise ValueError(problems[0].replace("TRAIN.DYNAMIC_PRUNE.", "").replace("RATIO", "ratio")
+                             .replace("ANNEAL", "anneal").replace("SCORE", "score").replace("WINDOW", "window"))
+        return cls(prune, num_samples, epochs, seed, torch.device("cpu") if device is None else torch.device(device))
+
+    def sampler(self, rank: int = 0, world_size: int = 1) -> "PrunedSampler":
+        return PrunedSampler(self, rank, world_size)
+
+    def weights(self, indices: torch.Tensor) -> torch.Tensor:
+        """Each sample's loss weight this epoch: the epoch's scale for the kept
+        candidates, 1 for the others (float32, on the pruner's device)."""
+        indices = torch.as_tensor(indices).to(self.weighted.device, non_blocking=True)
+        return torch.where(self.weighted[indices], self.scale, 1.0)
+
+    def observe(self, indices: torch.Tensor, losses: Optional[torch.Tensor] = None,
+                logits: Optional[torch.Tensor] = None, labels: Optional[torch.Tensor] = None) -> None:
+        """The samples' score observations of this epoch: their per-sample losses (score
+        "loss") or the logits and labels (score "dynunc": the true label's probability)."""
+        indices = torch.as_tensor(indices).to(self.observed.device, non_blocking=True)
+        if self.kind == "loss":
+            if losses is None:
+                raise ValueError("observe: score 'loss' needs the per-sample losses (losses=...)")
+            observed = losses.detach()
+        else:
+            if logits is None or labels is None:
+                raise ValueError("observe: score 'dynunc' needs logits=... and labels=...")
+            observed = true_label_prob(logits.detach(), torch.as_tensor(labels).to(logits.device))
+        self.observed.index_copy_(0, indices, observed.float().to(self.observed.device))
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (the same on every rank); sets the weights its batches get."""
@@ -242,10 +295,8 @@ class DynamicPruner:
         """The batch's loss: the mean of the per-sample losses, the kept candidates'
         multiplied by the epoch's scale; records each sample's score observation."""
         losses = per_sample_loss(criterion, output, targets)
-        weights = torch.where(self.weighted[indices], self.scale, 1.0)
-        observed = losses.detach() if self.kind == "loss" else true_label_prob(output.detach(), labels)
-        self.observed.index_copy_(0, indices, observed.float())
-        return (losses * weights).mean()
+        self.observe(indices, losses=losses, logits=output, labels=labels)
+        return (losses * self.weights(indices)).mean()
 
     def end_epoch(self) -> None:
         """Gather the epoch's observations from every rank (one all-reduce) and update
@@ -267,6 +318,41 @@ class DynamicPruner:
                              f"{mine}; resume with the same settings or use a new --output")
         for name, array in self.score.arrays().items():
             array[...] = state["arrays"][name].numpy()
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """What a TRAIN.DYNAMIC_PRUNE section holds, for a loop without the config."""
+
+    RATIO: float = 0.5
+    ANNEAL: float = 0.125
+    SCORE: str = "loss"
+    WINDOW: int = 3
+
+
+class PrunedSampler(torch.utils.data.Sampler):
+    """A DataLoader sampler over the pruner's epochs: `set_epoch(epoch)` plans the epoch
+    (call it on every rank, before iterating); iterating yields this rank's equal share
+    of the epoch's order, [rank * S, (rank + 1) * S) with S = len(order) // world_size."""
+
+    def __init__(self, pruner: DynamicPruner, rank: int = 0, world_size: int = 1):
+        self.pruner, self.rank, self.world_size = pruner, rank, world_size
+        self.plan: Optional[EpochPlan] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.plan = self.pruner.plan(epoch)
+
+    def _share(self) -> np.ndarray:
+        if self.plan is None:
+            raise RuntimeError("PrunedSampler: call set_epoch(epoch) before each epoch")
+        per_rank = len(self.plan.order) // self.world_size
+        return self.plan.order[self.rank * per_rank:(self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._share().tolist())
+
+    def __len__(self) -> int:
+        return len(self._share())
 
 
 def plan_images(config, plan, world_size: int) -> int:
