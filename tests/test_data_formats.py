@@ -261,20 +261,22 @@ def test_open_shards_names_the_pattern_when_empty():
 def test_sample_keys_of_a_keyed_history_are_checked_on_resume(tmp_path):
     import torch
 
-    from dynunc.history import HistoryError, read_sample_keys, write_epoch
-    from dynunc.training.recorder import PredictionRecorder
+    from dynunc.history import read_fingerprint, read_sample_keys
+    from dynunc.training.recorder import Recorder, RecorderError
 
     keys = KeyTable.from_keys(["a", "b", "c"])
-    rec = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=keys)
-    rec.resume_from(0)
+    rec = Recorder(str(tmp_path), 3, keys=keys, device=torch.device("cpu"))
+    rec.update(torch.arange(3), torch.zeros(3, 2), torch.zeros(3, dtype=torch.int64))
+    rec.end_epoch(0)
     hdir = str(tmp_path / "pred_prob_history")
     assert read_sample_keys(hdir, 3) == ["a", "b", "c"]
-    write_epoch(hdir, 0, prob=np.zeros(3, np.float32), correct=np.zeros(3, np.int8))
-    other = PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True,
-                               sample_keys=KeyTable.from_keys(["a", "c", "b"]))
-    with pytest.raises(HistoryError, match="this run's samples .* are not the samples the kept epochs"):
-        other.resume_from(1)
-    PredictionRecorder(3, str(tmp_path), torch.device("cpu"), True, sample_keys=keys).resume_from(1)
+    assert read_fingerprint(hdir) == keys.fingerprint("sample_keys.txt")
+    with pytest.raises(RecorderError, match="recorded with other sample keys"):
+        Recorder(str(tmp_path), 3, keys=KeyTable.from_keys(["a", "c", "b"]), start_epoch=1, device=torch.device("cpu"))
+    with pytest.raises(RecorderError, match="name their samples by keys"):
+        Recorder(str(tmp_path), 3, start_epoch=1, device=torch.device("cpu"))
+    Recorder(str(tmp_path), 3, keys=keys, start_epoch=1, device=torch.device("cpu"))  # the same keys resume
+    assert read_sample_keys(hdir, 3) == ["a", "b", "c"]
 
 
 def test_get_coreset_on_a_keyed_history_writes_kept_keys_and_checks_the_key_table(tmp_path):
@@ -296,8 +298,12 @@ def test_get_coreset_on_a_keyed_history_writes_kept_keys_and_checks_the_key_tabl
     scores = np.load(str(tmp_path / "kept.txt.scores.npy"))
     assert len(kept) == 6 and kept == [keys[i] for i in sorted(np.argsort(-scores, kind="stable")[:6])]
     code, _, stderr = run_main(get_coreset.main, args[:2] + ["--class-balanced"] + args[2:])
-    assert code == 2 and "sample_keys.txt names the samples but holds no labels" in stderr, stderr
-    with open(sample_keys_path(hdir), "a") as f:  # the key table no longer the one recorded
+    assert code == 2 and "--class-balanced needs --dataset_file_list" in stderr, stderr
+    with open(sample_keys_path(hdir), "a") as f:  # a key more than the history has samples
         f.write("extra\n")
     code, _, stderr = run_main(get_coreset.main, args)
-    assert code == 2 and "sample_keys.txt (13 entries" in stderr and "records sample_keys.txt (12 entries" in stderr
+    assert code == 2 and "13 keys, but the history has 12 samples" in stderr, stderr
+    with open(sample_keys_path(hdir), "w") as f:  # the same keys in another order: not the ones recorded
+        f.write("".join(k + "\n" for k in keys[::-1]))
+    code, _, stderr = run_main(get_coreset.main, args)
+    assert code == 2 and "is not the file list the history was recorded on" in stderr, stderr

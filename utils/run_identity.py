@@ -90,9 +90,13 @@ def file_identity(path: str, entries: int) -> Dict[str, object]:
     return {"path": os.path.abspath(path), "entries": int(entries), "sha256": digest.hexdigest()}
 
 
-def list_identity(file_list) -> Dict[str, object]:
-    """The full list's identity from its index (hashed when the index was built)."""
-    found = file_list.index.fingerprint()
+def list_identity(samples) -> Dict[str, object]:
+    """The full list's identity from its index (hashed when the index was built); for
+    shards or a dataset (DATA.FORMAT wds, hf), the whole key table's, in order."""
+    if hasattr(samples, "index"):
+        found = samples.index.fingerprint()
+    else:
+        found = samples.keys.fingerprint(samples.source)
     return {"path": found["path"], "entries": int(found["entries"]), "sha256": found["sha256"]}
 
 
