@@ -353,7 +353,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
         stopped = stop_now(stop_rule, record, dist_info.device)
         if stopped:
             record[STOPPED_KEY] = True
-            embed_at_stop(embedder, epoch, len(data.train), val_loader, validate, len(data.val) if data.val is not None else 0)
+            embed_at_stop(embedder, epoch, data, val_loader, validate)  # when it stops before PRODUCE.EMBED_EPOCHS
             saved = config.TRAIN.EPOCHS - epoch - 1
             logger.info(f"coreset stable: kept-set overlap at {stop_rule.fraction:g} >= {stop_rule.overlap} for "
                         f"{stop_rule.patience} consecutive epochs; stopping after epoch {epoch}: {saved} of "

@@ -59,8 +59,7 @@ def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.de
     return bool(all_reduce_(flag).item())
 
 
-def embed_at_stop(embedder: Optional[embeddings.EmbeddingRecorder], epoch: int, num_train: int, val_loader,
-                  validate, num_val: int) -> bool:
+def embed_at_stop(embedder: Optional[embeddings.EmbeddingRecorder], epoch: int, data, val_loader, validate) -> bool:
     """A run that stops when stable after `epoch`, before an epoch of PRODUCE.EMBED_EPOCHS:
     record the embeddings of `epoch` (training and, with a validation list, validation)
     so that the history holds some (dedup, the embedding methods and the report read the
@@ -71,10 +70,11 @@ def embed_at_stop(embedder: Optional[embeddings.EmbeddingRecorder], epoch: int, 
     logger.info(f"stopped after epoch {epoch}, before PRODUCE.EMBED_EPOCHS {sorted(embedder.epochs)}: recording "
                 f"the embeddings of epoch {epoch}")
     embedder.epochs.add(epoch)
+    num_train = len(data.train)
     if embedder.start(epoch, "embed"):
         embedder.embed_all(num_train)
         embedder.finish(epoch, "embed", num_train)
     if val_loader is not None and embedder.start(epoch, "val_embed"):
         validate(val_loader(), capture=partial(embedder.capture, "val_embed"))
-        embedder.finish(epoch, "val_embed", num_val)
+        embedder.finish(epoch, "val_embed", len(data.val))
     return True
