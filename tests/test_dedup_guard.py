@@ -49,7 +49,8 @@ def test_a_fraction_the_deduplicated_list_cannot_fill_is_refused(run):
 
 
 def test_one_unfillable_fraction_refuses_the_whole_command(run):
-    assert_refused(run, ["--fraction", "0.5", "0.7", "--dedup", "0.99"], "--dedup 0.99 leaves 36 of 60 lines, fewer than --fraction 0.7")
+    assert_refused(run, ["--fraction", "0.5", "0.7", "--dedup", "0.99"],
+                   "--dedup 0.99 leaves 36 of 60 lines, fewer than --fraction 0.7")
 
 
 def test_a_threshold_that_removes_most_of_the_list_is_refused(run):
