@@ -7,7 +7,7 @@ text or runs off the figure's edge; save a screenshot of the top of the page.
         [--max-height 6000]
 
 Height: the page's scroll height as it opens (folded <details> folded), at --width; more
-than --max-height pixels (default 6000, dynunc/report/page.py's PAGE_HEIGHT_LIMIT) is a
+than --max-height pixels (default 6000, PAGE_HEIGHT_LIMIT in dynunc/report/figures.py) is a
 problem. The height with every <details> open is printed too. The other checks run with
 every <details> open, so that nothing folded escapes them.
 
@@ -47,8 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from dynunc.report.figures import png_text_problems  # noqa: E402
-from dynunc.report.page import PAGE_HEIGHT_LIMIT  # noqa: E402
+from dynunc.report.figures import PAGE_HEIGHT_LIMIT, png_text_problems  # noqa: E402
 from utils.io import atomic_open  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

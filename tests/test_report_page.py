@@ -63,7 +63,7 @@ def test_page_loads_every_image_and_fits(page, tmp_path):
     assert "0 not loaded; 0 elements wider than the 1000 px page or cut off; 0 boxes scroll sideways" in out
     # the decision first and the rest folded: within the stated height, and no figure's text overlaps
     height = int(re.search(r"page height (\d+) px as it opens", out).group(1))
-    assert 0 < height <= report.PAGE_HEIGHT_LIMIT and "; 0 problems" in out
+    assert 0 < height <= figures.PAGE_HEIGHT_LIMIT and "; 0 problems" in out
     with Image.open(shot) as image:
         assert image.format == "PNG" and image.size == (1000, 900)
         # the top of the page is drawn: not one flat colour

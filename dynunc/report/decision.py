@@ -117,9 +117,9 @@ def fraction_sentence(block: Sequence[dict], fraction: str, per_value: bool) -> 
     if unsure:
         gaps = ", ".join(f"{r['method']} {r['top1'].mean:.2f}" for r in unsure)
         largest = max(head["top1"].mean - r["top1"].mean for r in unsure)
-        text += (f"; against {gaps} ({'a gap' if len(unsure) == 1 else 'gaps'} of at most {largest:.2f} points) a "
-                 "cell holds one run, so there is no seed spread and this page cannot tell a win from noise: to "
-                 f"tell, {SEEDS_HINT}")
+        size = f"a gap of {largest:.2f} points" if len(unsure) == 1 else f"gaps of at most {largest:.2f} points"
+        text += (f"; against {gaps} ({size}) a cell holds one run, so there is no seed spread and this page cannot "
+                 f"tell a win from noise: to tell, {SEEDS_HINT}")
     return text + "."
 
 

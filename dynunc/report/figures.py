@@ -54,6 +54,7 @@ def png_bytes(fig: Figure) -> bytes:
 # -----------------------------------------------------------------------------
 # Where the text of a figure lands, and which pieces of it overlap
 # -----------------------------------------------------------------------------
+PAGE_HEIGHT_LIMIT = 6000  # px: the tallest report page may be as it opens at 1300 px (scripts/check_report_page.py)
 TEXT_BOXES_KEY = "dynunc-text-boxes"  # the PNG text chunk: JSON [{"text", "corners"}], pixels from the top left
 OVERLAP_TOLERANCE = 1.0  # pixels two boxes may share (anti-aliased edges touching)
 

@@ -381,7 +381,6 @@ SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and co
             ("projection", "Kept and pruned images in embedding space"),
             ("curves", "p(true label) over epochs"), ("images", "Images"),
             ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"))
-PAGE_HEIGHT_LIMIT = 6000  # px at a 1300 px window, details folded: scripts/check_report_page.py's default limit
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
