@@ -127,6 +127,22 @@ def test_report_files_numbers_and_html(s):
     assert np.allclose(np.array(numbers["spearman"], dtype=float), rho, atol=1e-12)
 
 
+def test_page_gives_the_decision_first_and_folds_the_details(s):
+    """The reading, then the decision table; per-class data once (no per-method tables,
+    no median column); every section after the cost folded under a summary."""
+    code, _, err = run_cli(base(s, "--window", 3, "--fraction", *FRACTIONS))
+    assert code == 0, err
+    page = (s["out"] / "index.html").read_text()
+    decision = page.split('id="decision"')[1].split('id="cost"')[0]
+    assert decision.index('class="reading"') < decision.index("<table")
+    assert "median class kept" not in page and "<h4>" not in page and "Classes kept least" not in page
+    assert page.count("kept least at 0.5, lowest first") == 1  # one table for every method
+    for anchor in ("histograms", "per-class", "agreement", "curves", "images"):
+        after = page.split(f'id="{anchor}"')[1].split("</h2>", 1)[1].lstrip()
+        assert after.startswith("<details><summary>"), anchor
+    assert "spearman.png" not in page  # the Spearman numbers are a table, not the same again as a figure
+
+
 def test_images_and_curves_listed(s):
     code, _, err = run_cli(base(s, "--method", "confidence", "random", "--fraction", "0.5"))
     assert code == 0, err

@@ -529,15 +529,15 @@ def per_class_html(numbers: dict) -> List[str]:
     rows = []
     for m in methods:
         hit = numbers["hardest_hit"][m]
-        least = ", ".join(f"{c['class'] or c['label']} {_pct(c['kept'][ref])}" for c in hit[:HARDEST_SHOWN])
-        rows.append([m, numbers["class_kept_summary"][m][ref]["classes_emptied"], len(hit),
-                     least + (", ..." if len(hit) > HARDEST_SHOWN else "") if hit else "none"])
+        least = ", ".join(f"{c['class'] or c['label']} ({_pct(c['kept'][ref])})" for c in hit[:HARDEST_SHOWN])
+        rows.append([m, least + (", ..." if len(hit) > HARDEST_SHOWN else "") if hit else "none",
+                     numbers["class_kept_summary"][m][ref]["classes_emptied"], len(hit)])
     return _folded(f"The share of each class kept, per method and fraction, and the classes kept least at "
                    f"{html.escape(ref)}", [
         "<p class=\"note\">The dashed line is the fraction itself (a class-blind random subset keeps about that "
         "much of every class).</p>", _img("class_kept.png", "per-class kept fraction"),
-        _table(["method", f"classes emptied at {ref}", f"classes kept below {ref} (at most {HARDEST_CLASSES})",
-                f"kept least at {ref}, lowest first"], rows, left=1)])
+        _table(["method", f"classes kept least at {ref}, lowest first (share kept)", f"classes emptied at {ref}",
+                f"classes kept below {ref} (at most {HARDEST_CLASSES})"], rows, left=2)])
 
 
 def agreement_html(numbers: dict) -> List[str]:
