@@ -6,11 +6,14 @@
         [--projection-fraction F] [--dedup THRESHOLD] [--leakage THRESHOLD --val_file_list VAL_LIST]
 
 Writes DIR/index.html (opens from disk, no server, no network), the PNG figures beside
-it and DIR/report.json (the numbers shown): first, which method at which fraction (per
-method and fraction: images kept, smallest and median class share kept, images drawn
-among ties, relabelled images kept, and with --accuracy the top-1 of networks trained on
-the coresets beside the full data, the curve, and a generated reading); then score
-histograms with each fraction's cut,
+it and DIR/report.json (the numbers shown): first, which method at which fraction (a
+generated reading that calls a gap a result only beyond the seed spread and says what to
+run when it cannot tell; per method and fraction: images kept, smallest class share kept,
+images drawn among ties, relabelled images kept, and with --accuracy the top-1 of
+networks trained on the coresets beside the full data, and the curve when some method
+was trained at two fractions); then the cost and the coreset's stability at the page's
+own --window; then, each folded under a one-line summary: score histograms with each
+fraction's cut,
 per-class kept fractions (distribution and the hardest-hit classes), Spearman rank
 correlation and kept-set overlap between methods, p(true label) over epochs (sampled
 images, mean per score decile), the 16 highest- and lowest-scored images per method,

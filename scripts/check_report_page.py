@@ -1,8 +1,21 @@
 """Check a pruning report as a person sees it: open its index.html in headless Chromium,
-fail on any image that does not load and on any element that makes the page scroll
-sideways, and save a screenshot of the top of the page.
+fail on any image that does not load, on any element that makes the page scroll
+sideways, on a page taller than a limit, and on text inside a figure that overlaps other
+text or runs off the figure's edge; save a screenshot of the top of the page.
 
-    python scripts/check_report_page.py REPORT_DIR [--screenshot PNG] [--width 1300] [--height 1600]
+    python scripts/check_report_page.py REPORT_DIR [--screenshot PNG] [--width 1300] [--height 1600] \
+        [--max-height 6000]
+
+Height: the page's scroll height as it opens (folded <details> folded), at --width; more
+than --max-height pixels (default 6000, PAGE_HEIGHT_LIMIT in dynunc/report/figures.py) is a
+problem. The height with every <details> open is printed too. The other checks run with
+every <details> open, so that nothing folded escapes them.
+
+Text in figures: report.py's figures record, in a PNG text chunk, where matplotlib drew
+each piece of text (dynunc/report/figures.py's png_bytes: the boxes from the renderer at
+save time, turned with rotated text); two boxes that overlap by more than a pixel, or a
+box that leaves the figure, is a problem, and so is a figure on the page that records no
+boxes (its text cannot be checked).
 
 An element counts as too wide when it reaches beyond the window and no ancestor holds it
 in (overflow-x visible all the way up), or when it reaches beyond an ancestor that cuts
@@ -11,8 +24,9 @@ scroll, the report's `.wide` tables) it may be as wide as it likes: that contain
 scrolls, not the page, and the container itself is checked like any other element. How
 many such containers scroll is printed, not counted as a problem.
 
-Exit code 0: every image loaded and nothing makes the page scroll sideways or is cut
-off; 1: the problems are listed; 2: no Chromium, or no report. The report is not modified: the check runs on a
+Exit code 0: every image loaded, nothing makes the page scroll sideways or is cut off,
+the page is within its height limit and no figure's text overlaps; 1: the problems are
+listed; 2: no Chromium, or no report. The report is not modified: the check runs on a
 copy with a small script added (it writes what it measured into the page, which
 Chromium's --dump-dom prints). Needs Debian's `chromium` (or --chromium PATH); no
 network, no Python package beyond the project's.
@@ -33,6 +47,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from dynunc.report.figures import PAGE_HEIGHT_LIMIT, png_text_problems  # noqa: E402
 from utils.io import atomic_open  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -43,6 +58,14 @@ PROBE = """<script>(function () {
     var name = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "");
     var src = el.getAttribute("src");
     return src ? name + "[src=" + src + "]" : name;
+  }
+  // The page as it opens (folded sections folded), then every <details> opened: the
+  // checks below see everything, and the height is measured both ways.
+  var foldedHeight = null;
+  function openAll() {
+    foldedHeight = document.documentElement.scrollHeight;
+    Array.prototype.forEach.call(document.querySelectorAll("details"), function (d) { d.open = true; });
+    setTimeout(run, 200);
   }
   function run() {
     var width = document.documentElement.clientWidth;
@@ -85,10 +108,13 @@ PROBE = """<script>(function () {
     out.id = "%s";
     out.textContent = JSON.stringify({width: width, scrollWidth: document.documentElement.scrollWidth,
                                       images: images.length, broken: broken, wide: wide,
-                                      scrolling: scrolling});
+                                      scrolling: scrolling, height: foldedHeight,
+                                      openHeight: document.documentElement.scrollHeight,
+                                      details: document.querySelectorAll("details").length,
+                                      sources: images.map(function (i) { return i.getAttribute("src"); })});
     document.body.appendChild(out);
   }
-  if (document.readyState === "complete") { run(); } else { window.addEventListener("load", run); }
+  if (document.readyState === "complete") { openAll(); } else { window.addEventListener("load", openAll); }
 })();</script>""" % RESULT_ID
 
 
@@ -134,7 +160,28 @@ def measure(report_dir: str, browser: str, width: int, height: int) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
-def problems(result: dict) -> List[str]:
+def figure_problems(report_dir: str, sources: Sequence[str]) -> List[str]:
+    """Overlapping or cut-off text in the page's figures (the images beside the page), one
+    line each, naming the figure."""
+    found = []
+    for src in dict.fromkeys(sources):
+        path = os.path.join(report_dir, src)
+        if not src or "://" in src or src.startswith("/") or not os.path.isfile(path):
+            continue  # not a file beside the page: the load check names it
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            lines = png_text_problems(data)
+        except (OSError, ValueError) as e:
+            found.append(f"{src}: cannot read its recorded text boxes: {e}")
+            continue
+        if lines is None:
+            found.append(f"{src}: records no text boxes (not drawn by report.py's figures): its text cannot be checked")
+        found += [f"{src}: {line}" for line in lines or ()]
+    return found
+
+
+def problems(result: dict, report_dir: Optional[str] = None, max_height: Optional[int] = None) -> List[str]:
     """The problems a person would see, one line each."""
     found = [f"image does not load: {src}" for src in result["broken"]]
     found += [f"{w['element']} reaches {w['left']}..{w['right']} px, cut off by {w['cut']} at "
@@ -143,6 +190,11 @@ def problems(result: dict) -> List[str]:
               for w in result["wide"]]
     if result["scrollWidth"] > result["width"] and not result["wide"]:
         found.append(f"the page scrolls sideways: {result['scrollWidth']} px wide in a {result['width']} px window")
+    if max_height is not None and result["height"] > max_height:
+        found.append(f"the page is {result['height']} px tall as it opens, more than the {max_height} px limit "
+                     f"(--max-height)")
+    if report_dir is not None:
+        found += figure_problems(report_dir, result["sources"])
     return found
 
 
@@ -174,6 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--screenshot", metavar="PNG", help="where to save the screenshot (default: none)")
     parser.add_argument("--width", type=int, default=1300, help="window width in pixels (default 1300)")
     parser.add_argument("--height", type=int, default=1600, help="window and screenshot height (default 1600)")
+    parser.add_argument("--max-height", type=int, default=PAGE_HEIGHT_LIMIT,
+                        help=f"the tallest the page may be as it opens, in pixels (default {PAGE_HEIGHT_LIMIT})")
     parser.add_argument("--palette", action="store_true", help="save the screenshot with 256 colours (smaller)")
     parser.add_argument("--chromium", help=f"the browser to run (default: the first of {', '.join(BROWSERS)})")
     args = parser.parse_args(argv)
@@ -190,13 +244,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             screenshot(report_dir, browser, args.width, args.height, args.screenshot, args.palette)
     except PageCheckError as e:
         parser.error(str(e))
-    found = problems(result)
+    found = problems(result, report_dir, args.max_height)
     for line in found:
         print(f"{os.path.join(args.report, 'index.html') if not args.report.endswith('.html') else args.report}: "
               f"{line}")
     print(f"{result['images']} images, {len(result['broken'])} not loaded; {len(result['wide'])} elements wider "
           f"than the {result['width']} px page or cut off; {len(result['scrolling'])} boxes scroll sideways "
-          f"inside it" + (f"; screenshot {args.screenshot}" if args.screenshot else ""))
+          f"inside it; page height {result['height']} px as it opens ({result['details']} sections folded), "
+          f"{result['openHeight']} px with every one open; {len(found)} problems"
+          + (f"; screenshot {args.screenshot}" if args.screenshot else ""))
     return 1 if found else 0
 
 

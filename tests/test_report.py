@@ -72,7 +72,7 @@ def test_report_files_numbers_and_html(s):
     sizes.update({f"curves_{m}.png": report_figures.curves_size() for m in methods})
     sizes.update({f"images_{m}.png": report_figures.image_grid_size(16) for m in methods})
     sizes.update({f"overlap_{f}.png": report_figures.heatmap_size(len(methods)) for f in FRACTIONS})
-    sizes["spearman.png"] = report_figures.heatmap_size(len(methods))
+    sizes["stability.png"] = report_figures.stability_curve_size()  # dynunc at --window 3 over 7 epochs
     sizes["class_kept.png"] = report_figures.class_kept_size(len(methods), len(FRACTIONS))
     for name, size in sizes.items():
         with Image.open(s["out"] / name) as image:
@@ -125,6 +125,22 @@ def test_report_files_numbers_and_html(s):
     rho = stats.spearmanr(np.stack([np.where(np.isnan(scores[m]), -np.inf, scores[m]) for m in methods],
                                    axis=1)).statistic
     assert np.allclose(np.array(numbers["spearman"], dtype=float), rho, atol=1e-12)
+
+
+def test_page_gives_the_decision_first_and_folds_the_details(s):
+    """The reading, then the decision table; per-class data once (no per-method tables,
+    no median column); every section after the cost folded under a summary."""
+    code, _, err = run_cli(base(s, "--window", 3, "--fraction", *FRACTIONS))
+    assert code == 0, err
+    page = (s["out"] / "index.html").read_text()
+    decision = page.split('id="decision"')[1].split('id="cost"')[0]
+    assert decision.index('class="reading"') < decision.index("<table")
+    assert "median class kept" not in page and "<h4>" not in page and "Classes kept least" not in page
+    assert page.count("kept least at 0.5, lowest first") == 1  # one table for every method
+    for anchor in ("histograms", "per-class", "agreement", "curves", "images"):
+        after = page.split(f'id="{anchor}"')[1].split("</h2>", 1)[1].lstrip()
+        assert after.startswith("<details><summary>"), anchor
+    assert "spearman.png" not in page  # the Spearman numbers are a table, not the same again as a figure
 
 
 def test_images_and_curves_listed(s):
@@ -210,6 +226,19 @@ def test_refusals(s, extra, message):
     assert not s["out"].exists()
 
 
+def test_output_under_a_file_is_refused_in_one_line(s):
+    """--output inside a file (or a file itself): one line, exit 2, before the work and
+    without a traceback."""
+    (s["tmp"] / "a_file").write_text("x")
+    for output, message in ((s["tmp"] / "a_file" / "report", "is a file, not a folder"),
+                            (s["tmp"] / "a_file", "exists and is not a folder")):
+        code, _, err = run_cli(["--input", s["run"], "--dataset_file_list", s["list"], "--output", output,
+                                "--method", "random"])
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()[-1]) and err.strip().splitlines()[-1].startswith("report.py: error:")
+    assert (s["tmp"] / "a_file").read_text() == "x"
+
+
 def test_refused_flipped_file(s):
     for values, message in ((np.array([0, N]), f"index {N} is outside"), (np.array([1.0, 2.0]), "integer"),
                             (np.array([3, 3]), "repeated")):
@@ -270,18 +299,21 @@ def test_decision_section_with_accuracies(s):
     assert numbers["full_top1"] == pytest.approx({"mean": 91.0, "std": np.std([90, 91, 92]), "runs": 3})
     assert rows["forgetting", "0.5"]["top1"] == pytest.approx({"mean": 82.0, "std": np.std([80, 82, 84]), "runs": 3})
     assert rows["random", "0.5"]["top1"] == pytest.approx({"mean": 83.5, "std": 0.5, "runs": 2})
-    # best: confidence (85.5 +- 0.41); random reaches 84.0 < 85.09: below; forgetting reaches 83.63: below.
-    assert rows["confidence", "0.5"]["vs_best"] == "best"
+    # best: confidence (85.5 +- 0.41); random reaches 84.0 < 85.09: below; forgetting reaches 83.63: below;
+    # but low confidence empties the easiest classes, and its cell says so.
+    assert rows["confidence", "0.5"]["vs_best"] == "best; starves a class"
     assert rows["random", "0.5"]["vs_best"] == rows["forgetting", "0.5"]["vs_best"] == "below"
     assert rows["dynunc-ccs", "0.5"]["in_report"] is False and rows["dynunc-ccs", "0.5"]["vs_best"] == "below"
-    assert rows["confidence", "0.25"]["vs_best"] == "best" and rows["random", "0.25"]["top1"] is None
-    assert ("dynunc-ccs", "0.25") not in rows
-    assert "At keep 0.5, confidence has the best mean top-1 (85.50 ± 0.41 (3 runs))" in numbers["reading"]
-    assert "random and dynunc-ccs fall below it" in numbers["reading"]
-    with Image.open(s["out"] / "accuracy_curve.png") as image:
+    assert rows["confidence", "0.25"]["vs_best"] == "only one trained; starves a class"
+    assert rows["random", "0.25"]["top1"] is None and ("dynunc-ccs", "0.25") not in rows
+    assert "At keep 0.5, confidence is best (85.50 ± 0.41 (3 runs))" in numbers["reading"]
+    assert "forgetting, random and dynunc-ccs fall below it by more than the seed spread" in numbers["reading"]
+    assert "get_coreset.py --class-balanced" in numbers["reading"]
+    with Image.open(s["out"] / "accuracy_curve.png") as image:  # confidence has two fractions: a curve
         assert image.size == report_figures.accuracy_curve_size()
     page = (s["out"] / "index.html").read_text()
     assert 'src="accuracy_curve.png"' in page and "85.50 ± 0.41" in page
+    assert '<tr class="best' not in page  # the best starves a class: not bolded
 
     scores = expected_scores(s, ["forgetting", "confidence", "random"])
     labels = np.repeat(np.arange(CLASSES), PER_CLASS)

@@ -1,14 +1,19 @@
 """The report's cost section (dynunc/report/cost.py): produce cost from the produce run's
 metrics.jsonl, a full run's cost measured (--accuracy full=RUN) or estimated, the runs
-after which pruning pays off, and the coreset stability figure."""
+after which pruning pays off, and the coreset stability figure on the page's own
+settings (dynunc/report/stability.py), whatever window the produce run tracked."""
 import json
 import math
+import os
+
+import numpy as np
+import pytest
 
 from PIL import Image
 
 from dynunc.report import figures as report_figures
-from dynunc.training.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, overlap_key
-from test_report import base, run_cli, s  # noqa: F401
+from dynunc.training.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, StabilityTracker, overlap_key
+from test_report import K, N, base, run_cli, s  # noqa: F401
 
 FRACTIONS = ["0.5", "0.25"]
 
@@ -49,13 +54,38 @@ def test_cost_estimated_from_the_produce_run_and_the_stability_figure(s):
     rows = {r["fraction"]: r for r in cost["rows"]}
     assert rows["0.5"]["saving_seconds"] == 40.0 and rows["0.5"]["pays_off_after"] == 2  # 70 / 40 -> 2
     assert rows["0.25"]["later_run_seconds"] == 20.0 and rows["0.25"]["pays_off_after"] == math.ceil(70 / 60)
-    stability = cost["stability"]
-    assert stability["epochs"] == [4, 5, 6] and stability["vs_epochs"] == [3, 4, 5]
-    assert stability["overlap"] == {"0.5": [0.8, 0.85, 0.9], "0.75": [0.9, 0.9, 0.9]}
-    assert stability["spearman"] == [None, 0.95, 0.95] and stability["stopped_after"] == 6
+    logged = cost["stability"]  # what the produce run logged, kept in report.json
+    assert logged["epochs"] == [4, 5, 6] and logged["vs_epochs"] == [3, 4, 5]
+    assert logged["overlap"] == {"0.5": [0.8, 0.85, 0.9], "0.75": [0.9, 0.9, 0.9]}
+    assert logged["spearman"] == [None, 0.95, 0.95] and logged["stopped_after"] == 6
     with Image.open(s["out"] / "stability.png") as image:
         assert image.size == report_figures.stability_curve_size()
+    assert numbers["stability"]["stopped_after"] == 6  # the figure marks where the produce run stopped
     assert 'id="cost"' in page and "stability.png" in page and "Pruning pays off after 2 later runs at 0.5" in page
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_stability_is_on_the_window_the_page_selects_with(s, window):
+    """The produce run logged its tracking at another window (its TRACK_WINDOW); the page
+    draws the stability of the coreset it selects itself, at its --window and fractions:
+    what produce mode's tracker gives at that window, epoch by epoch."""
+    write_metrics(s["run"], produce_records(), epochs=10)
+    code, _, err = run_cli(base(s, "--window", window, "--method", "dynunc", "random", "--fraction", *FRACTIONS))
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
+    page = (s["out"] / "index.html").read_text()
+    tracker = StabilityTracker(N, window, [float(f) for f in FRACTIONS], delta=1, threads=1)
+    expected = [(e, tracker.push(e, np.load(os.path.join(s["hdir"], f"prob_{e}.npy")))) for e in range(K)]
+    tracker.close()
+    expected = [(e, m) for e, m in expected if m]
+    series = numbers["stability"]
+    assert series["window"] == window and series["epochs"] == [e for e, _ in expected]
+    assert series["vs_epochs"] == [m[VS_EPOCH_KEY] for _, m in expected]
+    for f in FRACTIONS:
+        assert series["overlap"][f] == pytest.approx([m[overlap_key(float(f))] for _, m in expected])
+    assert series["spearman"] == pytest.approx([m[SPEARMAN_KEY] for _, m in expected])
+    assert series["overlap"]["0.5"] != numbers["cost"]["stability"]["overlap"]["0.5"]  # not the logged series
+    assert f"dynunc at --window {window}, as this page selects" in page
 
 
 def test_cost_measured_from_full_runs(s, tmp_path):
@@ -69,13 +99,27 @@ def test_cost_measured_from_full_runs(s, tmp_path):
     assert {r["fraction"]: r["pays_off_after"] for r in cost["rows"]} == {"0.5": 2, "0.25": 1}  # 70/50, 70/75
 
 
-def test_no_metrics_no_cost_and_no_tracking_no_figure(s):
+def test_no_metrics_no_cost_and_no_dynunc_no_stability(s):
     numbers, page = report_numbers(s)
     assert numbers["cost"] is None and "cost is unknown" in page
+    assert numbers["stability"]["window"] == 3 and (s["out"] / "stability.png").exists()  # from the history alone
     write_metrics(s["run"], [{"epoch": e, "epoch_time": 5.0} for e in range(3)])
-    numbers, page = report_numbers(s)
+    s["out"] = s["tmp"] / "report_random"
+    code, _, err = run_cli(base(s, "--method", "random", "--fraction", *FRACTIONS))
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
     assert numbers["cost"]["produce_seconds"] == 15.0 and numbers["cost"]["stability"] is None
-    assert not (s["out"] / "stability.png").exists() and "logged no coreset stability" in page
+    assert numbers["stability"] is None and not (s["out"] / "stability.png").exists()
+    assert "Coreset stability: not shown" in (s["out"] / "index.html").read_text()
+
+
+def test_one_epoch_of_stability_is_a_sentence(s):
+    """Window 5 of 7 epochs: scores from epoch 5 on, one comparison (epoch 6 against 5)."""
+    code, _, err = run_cli(base(s, "--window", 5, "--method", "dynunc", "--fraction", *FRACTIONS))
+    assert code == 0, err
+    numbers = json.loads((s["out"] / "report.json").read_text())
+    assert numbers["stability"]["epochs"] == [6] and not (s["out"] / "stability.png").exists()
+    assert "the coresets from the epochs up to 5 and up to 6 share" in (s["out"] / "index.html").read_text()
 
 
 def test_a_record_without_epoch_time_is_refused_naming_the_file(s):

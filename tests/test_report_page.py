@@ -1,6 +1,8 @@
 """The report as a person sees it: index.html opened in headless Chromium by
-scripts/check_report_page.py, which fails on an image that does not load or an element
-that makes the page scroll sideways (or is cut off), and saves a screenshot."""
+scripts/check_report_page.py, which fails on an image that does not load, an element
+that makes the page scroll sideways (or is cut off, folded sections opened), a page
+taller than its limit, and overlapping text inside a figure; and saves a screenshot."""
+import re
 import os
 import shutil
 import subprocess
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, make_image_tree, run_main, write_full_history
-from dynunc.report import page as report
+from dynunc.report import figures, page as report
 
 SCRIPT = os.path.join(ROOT, "scripts", "check_report_page.py")
 BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
@@ -59,6 +61,9 @@ def test_page_loads_every_image_and_fits(page, tmp_path):
     assert code == 0, out
     # and nothing has to be scrolled sideways: the 11 x 11 Spearman table's heads are turned to fit
     assert "0 not loaded; 0 elements wider than the 1000 px page or cut off; 0 boxes scroll sideways" in out
+    # the decision first and the rest folded: within the stated height, and no figure's text overlaps
+    height = int(re.search(r"page height (\d+) px as it opens", out).group(1))
+    assert 0 < height <= figures.PAGE_HEIGHT_LIMIT and "; 0 problems" in out
     with Image.open(shot) as image:
         assert image.format == "PNG" and image.size == (1000, 900)
         # the top of the page is drawn: not one flat colour
@@ -69,19 +74,30 @@ def test_page_loads_every_image_and_fits(page, tmp_path):
 def test_page_problems_are_found(page, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(page, broken)
-    os.remove(broken / "spearman.png")
+    os.remove(broken / "class_kept.png")
     index = broken / "index.html"
     index.write_text(index.read_text().replace("</body>", '<div id="too-wide" style="width:3000px">x</div>'
                                                '<div style="overflow-x:auto"><div id="scrolls" style="width:3000px">'
                                                'y</div></div><div id="clips" style="overflow-x:hidden;width:200px">'
-                                               '<div id="cut" style="width:600px">z</div></div></body>'))
-    code, out = check(broken)
+                                               '<div id="cut" style="width:600px">z</div></div><details><summary>'
+                                               'folded</summary><div id="folded-wide" style="width:3000px">w</div>'
+                                               '</details></body>'))
+    fig = figures._figure((400, 200))  # a figure whose captions run into each other
+    fig.text(0.1, 0.5, "a caption")
+    fig.text(0.15, 0.5, "another caption")
+    (broken / "overlap_0.5.png").write_bytes(figures.png_bytes(fig))
+    Image.new("RGB", (40, 20)).save(broken / "overlap_0.3.png")  # drawn elsewhere: no text boxes recorded
+    code, out = check(broken, "--max-height", 300)
     assert code == 1, out
-    assert "image does not load: spearman.png" in out
+    assert "image does not load: class_kept.png" in out
     assert "div#too-wide reaches" in out and "beyond the 1300 px page" in out
+    assert "div#folded-wide reaches" in out  # inside a folded <details>: opened and checked
     assert "div#cut reaches" in out and "cut off by div#clips (overflow-x: hidden)" in out
     assert "div#scrolls" not in out  # inside a scrolling container: that scrolls, not the page
-    assert "2 elements wider than the 1300 px page or cut off; 1 boxes scroll sideways inside it" in out
+    assert "3 elements wider than the 1300 px page or cut off; 1 boxes scroll sideways inside it" in out
+    assert "overlap_0.5.png: text 'a caption' overlaps text 'another caption'" in out
+    assert "overlap_0.3.png: records no text boxes" in out
+    assert re.search(r"the page is \d+ px tall as it opens, more than the 300 px limit \(--max-height\)", out)
 
 
 def test_no_report_is_refused(tmp_path):

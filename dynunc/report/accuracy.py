@@ -173,6 +173,18 @@ def within_spread(a: TopOne, best: TopOne) -> bool:
     return a.mean + a.std >= best.mean - best.std - 1e-9
 
 
+CANNOT_TELL, WITHIN, BELOW = "cannot tell (1 run)", "within spread", "below"
+
+
+def compare(a: TopOne, best: TopOne) -> str:
+    """How `a` stands against the highest mean `best`: below it only when the gap exceeds
+    the seed spread (the one-std bands of both do not overlap); with one run on either
+    side there is no spread, so the difference cannot be told from seed noise."""
+    if a.runs < 2 or best.runs < 2:
+        return CANNOT_TELL
+    return WITHIN if within_spread(a, best) else BELOW
+
+
 def best_of(entries: Dict[str, TopOne]) -> str:
     """The method with the highest mean top-1 (ties: the first)."""
     return max(entries, key=lambda m: (entries[m].mean, -list(entries).index(m)))

@@ -6,12 +6,15 @@ height are whole pixels), given by the `*_size` functions, so that a reader (or 
 knows what to expect whatever the data.
 """
 import io
+import json
 from dataclasses import replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from dynunc.report.accuracy import FULL, TopOne
@@ -30,9 +33,127 @@ def _figure(size: Tuple[int, int]) -> Figure:
 
 
 def png_bytes(fig: Figure) -> bytes:
+    """The figure drawn once on an Agg canvas (at its own size: no bbox_inches="tight"), as
+    PNG bytes that record where each piece of text landed (TEXT_BOXES_KEY, see text_boxes),
+    so that a check can find captions that overlap without looking at pixels."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    boxes = text_boxes(fig, canvas.get_renderer())
+    width, height = canvas.get_width_height()
+    image = Image.frombuffer("RGBA", (width, height), bytes(canvas.buffer_rgba()), "raw", "RGBA", 0, 1)
+    info = PngInfo()
+    info.add_text(TEXT_BOXES_KEY, json.dumps(boxes, separators=(",", ":")))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)  # no bbox_inches="tight": the size stays the one asked for
+    image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+# -----------------------------------------------------------------------------
+# Where the text of a figure lands, and which pieces of it overlap
+# -----------------------------------------------------------------------------
+PAGE_HEIGHT_LIMIT = 6000  # px: the tallest report page may be as it opens at 1300 px (scripts/check_report_page.py)
+TEXT_BOXES_KEY = "dynunc-text-boxes"  # the PNG text chunk: JSON [{"text", "corners"}], pixels from the top left
+OVERLAP_TOLERANCE = 1.0  # pixels two boxes may share (anti-aliased edges touching)
+
+
+def text_boxes(fig: Figure, renderer) -> List[dict]:
+    """Every visible, non-empty piece of text of a drawn figure: its text (at most 60
+    characters) and the four corners of its box in pixels from the top left, turned with
+    the text (a rotated tick label is a turned rectangle, not its larger upright hull)."""
+    height = fig.bbox.height
+    undrawn = _ticks_out_of_view(fig)
+    boxes = []
+    for text in fig.findobj(match=Text):
+        content = text.get_text()
+        if (not content.strip() or not text.get_visible() or id(text) in undrawn
+                or (text.axes is not None and not text.axes.get_visible())):
+            continue
+        hull = text.get_window_extent(renderer)
+        angle = float(text.get_rotation()) % 360.0
+        if angle % 180.0 == 0.0:
+            w, h = hull.width, hull.height
+        else:  # the upright size of the same text; a turned box shares its hull's centre
+            text.set_rotation(0.0)
+            upright = text.get_window_extent(renderer)
+            text.set_rotation(angle)
+            w, h = upright.width, upright.height
+        cx, cy = (hull.x0 + hull.x1) / 2, (hull.y0 + hull.y1) / 2
+        c, s = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        corners = [(cx + dx * c - dy * s, cy + dx * s + dy * c)
+                   for dx, dy in ((-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2))]
+        boxes.append({"text": content if len(content) <= 60 else content[:59] + "\u2026",
+                      "corners": [[round(x, 1), round(height - y, 1)] for x, y in corners]})
+    return boxes
+
+
+def _ticks_out_of_view(fig: Figure) -> set:
+    """The ids of the tick labels an axis holds but does not draw (their tick lies outside
+    its view interval: the locator's ticks beyond the limits)."""
+    out = set()
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            slack = 1e-10 * max(abs(high - low), 1e-300)
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                loc = tick.get_loc()
+                if loc is None or not low - slack <= loc <= high + slack:
+                    out.update((id(tick.label1), id(tick.label2)))
+    return out
+
+
+def _separated(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
+    """Whether two convex quadrilaterals (4 x 2 corners, in order) are apart, or share at
+    most `tolerance` pixels across some edge normal (the separating axis theorem)."""
+    for quad in (a, b):
+        for i in range(4):
+            edge = quad[(i + 1) % 4] - quad[i]
+            normal = np.array([-edge[1], edge[0]])
+            length = np.hypot(*normal)
+            if length == 0:
+                continue
+            normal /= length
+            pa, pb = a @ normal, b @ normal
+            if min(pa.max(), pb.max()) - max(pa.min(), pb.min()) <= tolerance:
+                return True
+    return False
+
+
+def overlapping_text(boxes: Sequence[dict], size: Tuple[int, int],
+                     tolerance: float = OVERLAP_TOLERANCE) -> List[str]:
+    """What a reader could not read in a figure of `size` (width, height) pixels: every
+    pair of text boxes that overlap by more than `tolerance` pixels, and every text that
+    reaches beyond the figure's edge; one line each."""
+    quads = [np.asarray(b["corners"], dtype=float) for b in boxes]
+    found = []
+    for box, quad in zip(boxes, quads):
+        low, high = quad.min(axis=0), quad.max(axis=0)
+        if (low < -tolerance).any() or high[0] > size[0] + tolerance or high[1] > size[1] + tolerance:
+            found.append(f"text {box['text']!r} reaches beyond the figure's edge "
+                         f"({low[0]:.0f},{low[1]:.0f})..({high[0]:.0f},{high[1]:.0f}) in {size[0]} x {size[1]} px")
+    hulls = [(q.min(axis=0), q.max(axis=0)) for q in quads]
+    for i in range(len(quads)):
+        for j in range(i + 1, len(quads)):
+            (lo_i, hi_i), (lo_j, hi_j) = hulls[i], hulls[j]
+            if (np.minimum(hi_i, hi_j) - np.maximum(lo_i, lo_j) <= tolerance).any():
+                continue  # the upright hulls are apart: so are the boxes
+            if not _separated(quads[i], quads[j], tolerance):
+                found.append(f"text {boxes[i]['text']!r} overlaps text {boxes[j]['text']!r} near "
+                             f"({lo_j[0]:.0f},{lo_j[1]:.0f}) px")
+    return found
+
+
+def png_text_problems(data: bytes) -> Optional[List[str]]:
+    """overlapping_text for PNG bytes png_bytes wrote; None if they record no text boxes."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        recorded = getattr(image, "text", {}).get(TEXT_BOXES_KEY)
+        if recorded is None:
+            return None
+        return overlapping_text(json.loads(recorded), image.size)
 
 
 def number(value: float, spec: str = ".4g") -> str:
@@ -197,6 +318,17 @@ CELL_WIDTH, CELL_HEIGHT, CAPTION = 150, 150, 34  # pixels per thumbnail cell, ca
 TOP, BLOCK_TITLE, MARGIN = 50, 30, 20
 
 
+CAPTION_CHARS = 26  # at fontsize 7, the widest characters of a line that fits a 150 px cell with a gap
+
+
+def fit_caption(caption: str) -> str:
+    """A tile's caption cut to two lines of CAPTION_CHARS characters, a cut line ending in
+    an ellipsis, so that neighbouring captions never run into each other (the grid's title
+    says what the score is; the caption gives the class and the number)."""
+    lines = caption.split("\n")[:2]
+    return "\n".join(line if len(line) <= CAPTION_CHARS else line[:CAPTION_CHARS - 1] + "\u2026" for line in lines)
+
+
 def image_grid_size(per_side: int, blocks: int = 2) -> Tuple[int, int]:
     rows = -(-per_side // GRID_COLUMNS)
     return 2 * MARGIN + CELL_WIDTH * GRID_COLUMNS, TOP + blocks * (BLOCK_TITLE + rows * CELL_HEIGHT) + MARGIN
@@ -221,8 +353,8 @@ def image_grid(title: str, sides: Sequence[Tuple[str, List[Tuple[Optional[np.nda
                 pixels = np.full((THUMB, THUMB, 3), 200, dtype=np.uint8)
             x0 = MARGIN + (i % GRID_COLUMNS) * CELL_WIDTH
             y0 = top + (i // GRID_COLUMNS) * CELL_HEIGHT
-            fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, caption, ha="center",
-                     va="center", fontsize=7, linespacing=1.15)
+            fig.text((x0 + CELL_WIDTH / 2) / width, 1 - (y0 + CAPTION / 2) / height, fit_caption(caption),
+                     ha="center", va="center", fontsize=7, linespacing=1.15)
             left = x0 + (CELL_WIDTH - pixels.shape[1]) // 2
             below = height - (y0 + CAPTION + (THUMB + pixels.shape[0]) // 2)  # figimage counts from the bottom
             fig.figimage(pixels, xo=left, yo=below, origin="upper")

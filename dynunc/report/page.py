@@ -28,7 +28,8 @@ from dynunc.report import figures
 from dynunc.report import projection
 from dynunc.report.accuracy import FULL, TopOne, read_accuracies, summarise
 from dynunc.report.cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
-from dynunc.report.decision import decision_rows, reading
+from dynunc.report.decision import BEST, decision_rows, reading, reading_parts
+from dynunc.report.stability import PageStability
 from dynunc.report.duplicates import add_duplicates, add_leakage, add_leakage_flags, check_leakage_flags
 from dynunc.history import HistoryError
 from dynunc.report.stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
@@ -41,6 +42,7 @@ from dynunc.paths import check_arguments, check_output_folder
 
 DEFAULT_FRACTIONS = ("0.9", "0.7", "0.5", "0.3")
 HARDEST_CLASSES = 20
+HARDEST_SHOWN = 8  # of them on the page, per method (report.json holds all)
 IMAGES_PER_SIDE = 16
 CURVES_PER_SIDE = 5
 INDEX, NUMBERS = "index.html", "report.json"
@@ -177,10 +179,16 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
                               "kept_share": {m: {f: _number(flipped_kept_share(orders[m], keeps[f], flipped))
                                                  for f in fractions} for m in methods}}
     add_decision(files, numbers, accuracy)
-    add_cost(files, numbers, args)
     curves_started = time.perf_counter()
-    add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
+    stability = page_stability(plan.params, methods, n, keeps)
+    try:
+        add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed,
+                   stability)
+    finally:
+        if stability is not None:
+            stability.close()
     curves_done = time.perf_counter()
+    add_cost(files, numbers, args, stability)
     add_image_grids(files, numbers, orders, file_list, labels, class_dirs)
     files.update(embedding_files)
     numbers.update(embedding_numbers)
@@ -211,50 +219,85 @@ def add_per_class(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Meth
 
 def add_agreement(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder],
                   keeps: Dict[str, int]) -> None:
-    """Spearman correlation and kept-set overlap between every pair of methods."""
+    """Spearman correlation (a table on the page) and kept-set overlap (a heatmap per
+    fraction) between every pair of methods."""
     methods, ordered = list(orders), list(orders.values())
     spearman = spearman_matrix(ordered)
     numbers["spearman"] = _matrix(spearman)
-    files["spearman.png"] = figures.heatmap(spearman, methods, "Spearman rank correlation of the scores",
-                                            low=-1.0, cmap="coolwarm")
     numbers["overlap"] = {}
     for f, keep in keeps.items():
         overlap = overlap_matrix(ordered, keep)
         numbers["overlap"][f] = _matrix(overlap)
-        files[f"overlap_{f}.png"] = figures.heatmap(overlap, methods, f"kept sets at {f}: shared / kept", low=0.0)
+        if len(methods) > 1:  # one method's 1 x 1 matrix says nothing
+            files[f"overlap_{f}.png"] = figures.heatmap(overlap, methods, f"kept sets at {f}: shared / kept", low=0.0)
+
+
+def page_stability(params, methods: Sequence[str], n: int, keeps: Dict[str, int]) -> Optional[PageStability]:
+    """The stability tracker on the page's dynunc settings (None when dynunc is not shown)."""
+    if "dynunc" not in methods:
+        return None
+    return PageStability(n, params.window, bool(params.include_last_window), params.epochs, keeps, params.seed)
+
+
+def curve_points(accuracy: Optional[dict]) -> bool:
+    """Whether the accuracies draw a curve: some method trained at two fractions or more
+    (one point per method says no more than the table)."""
+    fractions: Dict[str, set] = {}
+    for method, fraction in accuracy or {}:
+        if method != FULL:
+            fractions.setdefault(method, set()).add(fraction)
+    return any(len(v) > 1 for v in fractions.values())
 
 
 def add_decision(files: Dict[str, bytes], numbers: dict, accuracy: Optional[dict]) -> None:
-    """The decision rows and their reading; with accuracies, the curve figure drawn from them."""
+    """The decision rows and their reading; with accuracies at two fractions or more, the
+    curve figure drawn from them."""
     rows = decision_rows(numbers["methods"], numbers["fractions"], numbers, accuracy)
     full = next((v for (m, _), v in (accuracy or {}).items() if m == FULL), None)
+    numbers["answer"], numbers["behind"] = reading_parts(rows, numbers["fractions"], numbers, full)
     numbers["reading"] = reading(rows, numbers["fractions"], numbers, full)
     numbers["decision"] = [dict(r, top1=None if r["top1"] is None else asdict(r["top1"])) for r in rows]
     numbers["full_top1"] = None if full is None else asdict(full)
-    if accuracy:
+    numbers["accuracy_curve"] = curve_points(accuracy)
+    if numbers["accuracy_curve"]:
         files["accuracy_curve.png"] = figures.accuracy_curve(accuracy, "top-1 of networks trained on each coreset "
                                                              "(mean ± std over runs)")
 
 
-def add_cost(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace) -> None:
-    """The cost section's numbers and the stability figure (report_cost.py)."""
+def add_cost(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace,
+             stability: Optional[PageStability]) -> None:
+    """The cost section's numbers (dynunc/report/cost.py; the stability the produce run
+    logged stays in them, at its own window) and the stability figure on the page's
+    settings, with the epoch the produce run stopped at; a series of one epoch is a
+    sentence, not a figure."""
     cost = cost_numbers(args.input, numbers["fractions"], args.accuracy, args.produce_overhead)
     if cost is not None:
         cost["metrics"] = shown_path(cost["metrics"], args.output)
-        if cost["stability"] is not None:
-            files["stability.png"] = figures.stability_curve(
-                cost["stability"], "coreset stability against produce epochs (dynunc, as logged by produce mode)")
+    logged = cost["stability"] if cost is not None else None
+    series = None if stability is None else stability.series(logged["stopped_after"] if logged else None)
+    numbers["stability"] = series
+    if series is not None and len(series["epochs"]) > 1:
+        files["stability.png"] = figures.stability_curve(
+            series, f"coreset stability against epochs (dynunc at --window {series['window']}, as this page selects)")
     numbers["cost"] = cost
 
 
 def add_curves(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], keep: int, fraction: str,
-               num_epochs: int, load: Callable[[int, str], np.ndarray], seed: int) -> None:
+               num_epochs: int, load: Callable[[int, str], np.ndarray], seed: int,
+               stability: Optional[PageStability] = None) -> None:
     """p(true label) over epochs (the second pass over the history): sampled kept and
-    pruned images at `fraction`, and the mean per score decile."""
+    pruned images at `fraction`, and the mean per score decile; each epoch's
+    probabilities are also fed to `stability`."""
     rng = np.random.default_rng(seed)
     sides = {m: sample_sides(o, keep, CURVES_PER_SIDE, rng) for m, o in orders.items()}
     sample = np.concatenate([side for m in orders for side in sides[m]]).astype(np.int64)
-    curves = epoch_curves(orders, num_epochs, lambda epoch: load(epoch, "prob"), sample)
+    if stability is None:
+        def load_prob(epoch: int) -> np.ndarray:
+            return load(epoch, "prob")
+    else:
+        def load_prob(epoch: int) -> np.ndarray:
+            return stability.feed(epoch, load(epoch, "prob"))
+    curves = epoch_curves(orders, num_epochs, load_prob, sample)
     numbers["decile_curves"] = {}
     start = 0
     for m in orders:
@@ -303,7 +346,9 @@ def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Me
                 if why:
                     caption += "\n(unreadable)"
                 elif not uniform:
-                    caption += f"\n{figures.number(score, '.3g') if np.isfinite(score) else f'{score:+}'} {name}"
+                    value = figures.number(score, '.3g') if np.isfinite(score) else f'{score:+}'
+                    long = f"{value} {name}"  # the quantity beside the number where it fits the tile
+                    caption += "\n" + (long if len(long) <= figures.CAPTION_CHARS else f"score {value}")
                 tiles.append((pixels, caption))
                 listed[side].append({"index": int(i), "path": path, "label": label, "score": _number(score)})
             if uniform:
@@ -326,11 +371,14 @@ th{background:#f0f0f0}td.l,th.l{text-align:left}img{max-width:100%;border:1px so
 h2{border-bottom:1px solid #ccc;padding-top:12px}.note{color:#555;font-size:90%}.wide{overflow-x:auto}
 .reading{background:#f6f8fa;border-left:4px solid #1f77b4;padding:8px 12px;max-width:1000px}
 nav ul{columns:2;max-width:700px}tr.best td{font-weight:bold}tr.full td{background:#f4f4f4}
-tr.first td{border-top:2px solid #888}td{white-space:nowrap}
+tr.first td{border-top:2px solid #888}td{white-space:nowrap}details{margin:6px 0 12px}
+summary{cursor:pointer;color:#1f4e79}
 th.turned{writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;padding:8px 3px}"""
 
 LEFT = ' class="l"'
-SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against produce epochs"),
+# The page's sections in order: (anchor, title). Each has a body function in `section_bodies`;
+# one whose body is None (an option not given) is left out of the page and its contents.
+SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and coreset stability against epochs"),
             ("histograms", "Score histograms"),
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
             ("projection", "Kept and pruned images in embedding space"),
@@ -359,6 +407,11 @@ def _img(name: str, alt: str) -> str:
     return f'<img src="{html.escape(name)}" alt="{html.escape(alt)}">'
 
 
+def _folded(summary: str, body: Sequence[str]) -> List[str]:
+    """`body` folded under a one-line `summary` (HTML) that says what unfolding shows."""
+    return [f"<details><summary>{summary}</summary>"] + list(body) + ["</details>"]
+
+
 def _pct(value) -> str:
     return f"{figures.number(100 * value, '.1f')}%" if isinstance(value, float) else str(value)
 
@@ -372,136 +425,189 @@ def _top1(value: Optional[dict], runs: bool) -> str:
 
 
 def decision_html(numbers: dict) -> List[str]:
-    """The decision table (a full-data row first, then one row per fraction and method) and
-    its reading, with the accuracy curve when accuracies were given."""
+    """The answer first (the reading), then the decision table (a full-data row first,
+    then one row per fraction and method), the accuracy curve when it has a curve to draw,
+    and what the columns mean, folded."""
     rows = numbers["decision"]
     flipped = "flipped" in numbers
     accuracy = numbers["full_top1"] is not None or any(r["top1"] is not None for r in rows)
-    header = ["method", "keep", "images kept", "smallest class kept", "median class kept", "drawn among ties"]
+    header = ["method", "keep", "images kept", "smallest class kept", "drawn among ties"]
     header += ["relabelled kept"] if flipped else []
     counts = {v["runs"] for v in [numbers["full_top1"]] + [r["top1"] for r in rows] if v is not None}
     per_cell = len(counts) > 1  # the number of runs in each cell, or once in the header
     if accuracy:
         runs = 0 if per_cell else counts.pop()
-        header += ["top-1 (%)" if per_cell else f"top-1 (%), {runs} run{'s' if runs > 1 else ''}", "vs the best"]
+        header += ["top-1 (%)" if per_cell else f"top-1 (%), {runs} run{'s' if runs > 1 else ''}",
+                   "vs the highest mean"]
     table, kinds = [], []
     n = numbers["num_samples"]
     if accuracy:
-        table.append(["full data", "1", n, "100%", "100%", "none"] + (["100%"] if flipped else [])
+        table.append(["full data", "1", n, "100%", "none"] + (["100%"] if flipped else [])
                      + [_top1(numbers["full_top1"], per_cell), ""])
         kinds.append("full")
     previous = None
     for r in rows:
         if r["in_report"]:
             drawn = f"{_pct(r['drawn_share'])} ({r['drawn']})" if r["drawn"] else "none"
-            cells = [r["method"], r["fraction"], r["kept"], _pct(r["class_min"]), _pct(r["class_median"]), drawn]
+            cells = [r["method"], r["fraction"], r["kept"], _pct(r["class_min"]), drawn]
             cells += [_pct(r["flipped_kept"])] if flipped else []
         else:
-            cells = [r["method"], r["fraction"]] + ["(not scored here)"] + [""] * (3 + flipped)
+            cells = [r["method"], r["fraction"]] + ["(not scored here)"] + [""] * (2 + flipped)
         if accuracy:
             cells += [_top1(r["top1"], per_cell), r.get("vs_best", "")]
         table.append(cells)
-        kinds.append(" ".join(k for k in ("best" if r.get("vs_best") == "best" else "",
+        kinds.append(" ".join(k for k in ("best" if r.get("vs_best") == BEST else "",
                                            "first" if r["fraction"] != previous else "") if k))
         previous = r["fraction"]
-    out = [_heading("decision"), f"<p class=\"reading\">{html.escape(numbers['reading'])}</p>",
-           _table(header, table, left=2, row_classes=kinds),
-           "<p class=\"note\">Smallest and median class kept: the share of each class in the coreset, over the "
-           "classes (a class-blind random subset keeps about the fraction of each). Drawn among ties: the kept "
-           "images chosen at random among images of equal score at the cut (see the histograms)."
-           + (f" Relabelled kept: the share of the {numbers['flipped']['count']} relabelled images "
-              f"({html.escape(numbers['flipped']['file'])}) in the coreset." if flipped else "")
-           + (" Top-1: mean ± population std over the runs (seeds) given with --accuracy; within spread: the "
-              "method's mean + std reaches the best's mean - std; bold: the best." if accuracy else "") + "</p>"]
-    if accuracy:
+    answer, behind = (numbers["answer"], numbers["behind"]) if "answer" in numbers else (numbers["reading"], "")
+    out = [f"<p class=\"reading\">{html.escape(answer)}</p>"] + ([f"<p>{html.escape(behind)}</p>"] if behind else [])
+    out.append(_table(header, table, left=2, row_classes=kinds))
+    if numbers.get("accuracy_curve"):
         out.append(_img("accuracy_curve.png", "top-1 against the fraction kept"))
+    out += _folded("What the columns mean", [
+        "<p class=\"note\">Smallest class kept: the share of the class the coreset keeps least of (a class-blind "
+        "random subset keeps about the fraction of each; the distribution over classes is under Per class). Drawn "
+        "among ties: the kept images chosen at random among images of equal score at the cut (see the histograms)."
+        + (f" Relabelled kept: the share of the {numbers['flipped']['count']} relabelled images "
+           f"({html.escape(numbers['flipped']['file'])}) in the coreset." if flipped else "")
+        + (" Top-1: mean ± population std over the runs (seeds) given with --accuracy. Against the highest mean "
+           "at its fraction a method is below only when the gap exceeds the seed spread (its mean + std stays "
+           "under the highest's mean - std, both with at least two runs), within spread otherwise, and cannot "
+           "tell with one run on either side; best (bold): ahead of every other trained method by more than the "
+           "spread; a highest row whose coreset empties a class or keeps less than half the fraction of one says "
+           "so." if accuracy else "") + "</p>"])
     return out
 
 
-def cost_html(cost: Optional[dict]) -> List[str]:
+def cost_html(cost: Optional[dict], stability: Optional[dict]) -> List[str]:
     """The cost table (per fraction: a later run's cost, its saving, the runs to pay off)
-    and the stability figure."""
-    out = [_heading("cost")]
+    and the coreset's stability on the page's settings (a figure, folded; one epoch: a
+    sentence)."""
+    out = []
     if cost is None:
-        return out + ["<p>No metrics.jsonl beside the history: the produce run's cost is unknown.</p>"]
-    out += [f"<p class=\"reading\">{html.escape(cost_reading(cost))}</p>",
-            _table(["keep", "later run (s)", "saved per later run (s)", "pays off after (later runs)"],
-                   [[r["fraction"], f"{r['later_run_seconds']:.0f}", f"{r['saving_seconds']:.0f}",
-                     r["pays_off_after"] if r["pays_off_after"] is not None else "never"] for r in cost["rows"]]),
-            f"<p class=\"note\">Produce cost: the sum of the measured epoch times in "
-            f"{html.escape(cost['metrics'])}. A later run on a fraction f costs about f of a full run. Pays off "
-            "after: the produce cost over the saving per later run, rounded up (the whole produce run charged to "
-            "pruning; if its trained model is used too, only its overhead is, and pruning pays off sooner).</p>"]
-    if cost["stability"] is None:
-        out.append("<p>The produce run logged no coreset stability (PRODUCE.TRACK_FRACTIONS; runs of earlier "
-                   "versions, or too few epochs for a window).</p>")
+        out.append("<p>No metrics.jsonl beside the history: the produce run's cost is unknown.</p>")
     else:
-        out += [_img("stability.png", "coreset stability against produce epochs"),
-                "<p class=\"note\">After each produce epoch with a score, the coreset get_coreset.py would select "
-                "from the epochs so far against the one from the earlier epoch: the share of kept images both keep, "
-                "and the Spearman coefficient of the two score vectors.</p>"]
-    return out
+        out += [f"<p class=\"reading\">{html.escape(cost_reading(cost))}</p>",
+                _table(["keep", "later run (s)", "saved per later run (s)", "pays off after (later runs)"],
+                       [[r["fraction"], f"{r['later_run_seconds']:.0f}", f"{r['saving_seconds']:.0f}",
+                         r["pays_off_after"] if r["pays_off_after"] is not None else "never"] for r in cost["rows"]])]
+        out += _folded("How the cost is counted", [
+            f"<p class=\"note\">Produce cost: the sum of the measured epoch times in {html.escape(cost['metrics'])}. "
+            "A later run on a fraction f costs about f of a full run. Pays off after: the produce cost over the "
+            "saving per later run, rounded up (the whole produce run charged to pruning; if its trained model is "
+            "used too, only its overhead is, and pruning pays off sooner).</p>"])
+    if stability is None:
+        return out + ["<p>Coreset stability: not shown (dynunc is not among the methods, or the recorded epochs "
+                      "give no two consecutive scores at the page's --window).</p>"]
+    last = stability["epochs"][-1]
+    said = ", ".join(f"{_pct(float(v[-1]))} at {html.escape(f)}" for f, v in stability["overlap"].items())
+    sentence = (f"Coreset stability (dynunc at --window {stability['window']}, as this page selects): the coresets "
+                f"from the epochs up to {stability['vs_epochs'][-1]} and up to {last} share {said} of their kept "
+                "images" + (f"; the produce run stopped after epoch {stability['stopped_after']}"
+                            if stability["stopped_after"] is not None else "") + ".")
+    if len(stability["epochs"]) == 1:
+        return out + [f"<p>{sentence}</p>"]
+    return out + _folded(sentence + " The figure over every epoch:", [
+        _img("stability.png", "coreset stability against epochs"),
+        "<p class=\"note\">After each recorded epoch with a score, the coreset this page would select from the "
+        "epochs so far (its --window, --epochs and --seed) against the one from the epoch before: the share of kept "
+        "images both keep, and the Spearman coefficient of the two score vectors. The produce run logs the same at "
+        "PRODUCE.TRACK_WINDOW, which may differ; its log stays in report.json (cost.stability).</p>"])
+
+
+def histograms_html(numbers: dict) -> List[str]:
+    methods = numbers["methods"]
+    return _folded(f"{len(methods)} score histograms, each with the cut of every fraction "
+                   f"({html.escape(', '.join(numbers['fractions']))})", [
+        "<p class=\"note\">Highest scores are kept first; each line is where one fraction cuts: the images at or "
+        "right of it are kept. A cut inside a tie keeps some of the images at that score, drawn at random; the "
+        "legend says how many.</p>"] + [_img(f"hist_{m}.png", f"{m} score histogram") for m in methods])
+
+
+def per_class_html(numbers: dict) -> List[str]:
+    """The distribution of per-class kept fractions (one figure) and, per method, the
+    classes kept least at the reference fraction (one table): the decision table gives
+    the smallest share, report.json every number."""
+    methods, ref = numbers["methods"], numbers["reference_fraction"]
+    rows = []
+    for m in methods:
+        hit = numbers["hardest_hit"][m]
+        least = ", ".join(f"{c['class'] or c['label']} ({_pct(c['kept'][ref])})" for c in hit[:HARDEST_SHOWN])
+        rows.append([m, least + (", ..." if len(hit) > HARDEST_SHOWN else "") if hit else "none",
+                     numbers["class_kept_summary"][m][ref]["classes_emptied"], len(hit)])
+    return _folded(f"The share of each class kept, per method and fraction, and the classes kept least at "
+                   f"{html.escape(ref)}", [
+        "<p class=\"note\">The dashed line is the fraction itself (a class-blind random subset keeps about that "
+        "much of every class).</p>", _img("class_kept.png", "per-class kept fraction"),
+        _table(["method", f"classes kept least at {ref}, lowest first (share kept)", f"classes emptied at {ref}",
+                f"classes kept below {ref} (at most {HARDEST_CLASSES})"], rows, left=2)])
+
+
+def agreement_html(numbers: dict) -> List[str]:
+    methods = numbers["methods"]
+    if len(methods) < 2:
+        return ["<p>One method: nothing to compare it with.</p>"]
+    return _folded("Spearman rank correlation and kept-set overlap of every pair of methods", [
+        "<p class=\"note\">Spearman: the rank correlation of two methods' scores (average ranks for ties; images "
+        "never seen, scored NaN, ranked last).</p>",
+        _table(["Spearman"] + methods, [[a] + [figures.number(v, ".3f") if isinstance(v, float) else v
+                                               for v in row] for a, row in zip(methods, numbers["spearman"])],
+               turned_heads=True),
+        "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
+        + [_img(f"overlap_{f}.png", f"overlap at {f}") for f in numbers["fractions"]])
+
+
+def curves_html(numbers: dict) -> List[str]:
+    ref = html.escape(numbers["reference_fraction"])
+    return _folded(f"p(true label) over epochs of sampled kept and pruned images at {ref}, and per score decile", [
+        f"<p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the kept and from the pruned side at {ref}. "
+        "Right: the mean over each tenth of the images ranked by score.</p>"]
+        + [_img(f"curves_{m}.png", f"{m} curves") for m in numbers["methods"]])
+
+
+def images_html(numbers: dict) -> List[str]:
+    body = [f"<p class=\"note\">The {IMAGES_PER_SIDE} highest- and lowest-scored images of each method, captioned "
+            "with their class and score (the grid's title says what the score is; random: a uniform sample of the "
+            "kept and of the pruned images).</p>"]
+    if numbers["unreadable_images"]:
+        body.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable_images"])) + "</p>")
+    return _folded(f"The {IMAGES_PER_SIDE} highest- and lowest-scored images of each method",
+                   body + [_img(f"images_{m}.png", f"{m} images") for m in numbers["methods"]])
+
+
+def projection_section(numbers: dict) -> List[str]:
+    body = projection.projection_html(numbers.get("projection"), "")[1:]
+    if numbers.get("projection") is None:
+        return body
+    return _folded(f"Kept and pruned images per method at keep {html.escape(numbers['projection']['fraction'])}, "
+                   "on the first two principal components of the embeddings", body)
+
+
+def section_bodies(numbers: dict) -> Dict[str, Optional[List[str]]]:
+    """Each section's body (HTML lines after its heading), None for one not on this page."""
+    return {"decision": decision_html(numbers), "cost": cost_html(numbers["cost"], numbers.get("stability")),
+            "histograms": histograms_html(numbers), "per-class": per_class_html(numbers),
+            "agreement": agreement_html(numbers), "projection": projection_section(numbers),
+            "curves": curves_html(numbers), "images": images_html(numbers),
+            "dedup": dedup_html(numbers.get("dedup")) or None, "leakage": leakage_html(numbers.get("leakage")) or None}
 
 
 def render_html(args: argparse.Namespace, numbers: dict) -> str:
-    """index.html: the figures and the tables of `numbers`; links only to the files
-    written beside it; paths shown relative to the report folder."""
-    methods, fractions, ref = numbers["methods"], numbers["fractions"], numbers["reference_fraction"]
-    sections = [(a, t) for a, t in SECTIONS if a not in ("dedup", "leakage") or a in numbers]
+    """index.html: the decision first, the details folded (<details>); links only to
+    the files written beside it; paths shown relative to the report folder."""
+    bodies = section_bodies(numbers)
+    sections = [(a, t) for a, t in SECTIONS if bodies.get(a) is not None]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Pruning report</title>"
            f"<style>{_STYLE}</style></head><body>",
            "<h1>Pruning report</h1>",
            f"<p>History {html.escape(shown_path(args.input, args.output))}: {numbers['num_samples']} training "
            f"images, {numbers['num_classes']} classes, {numbers['num_epochs']} epochs recorded; list "
            f"{html.escape(shown_path(args.dataset_file_list, args.output))} (paths relative to this page). "
-           f"Methods: {', '.join(methods)}. Numbers: <a href=\"{NUMBERS}\">{NUMBERS}</a>.</p>",
+           f"Methods: {', '.join(numbers['methods'])}. Numbers: <a href=\"{NUMBERS}\">{NUMBERS}</a>.</p>",
            "<nav><ul>" + "".join(f"<li><a href=\"#{a}\">{html.escape(t)}</a></li>" for a, t in sections)
            + "</ul></nav>"]
-    out += decision_html(numbers)
-    out += cost_html(numbers["cost"])
-    out += [_heading("histograms"), "<p class=\"note\">Highest scores are kept first; each line is where one "
-            "fraction cuts: the images at or right of it are kept. A cut inside a tie keeps some of the images at "
-            "that score, drawn at random; the legend says how many.</p>"]
-    out += [_img(f"hist_{m}.png", f"{m} score histogram") for m in methods]
-    out += [_heading("per-class"), "<p class=\"note\">The fraction of each class that each method keeps; the dashed "
-            "line is the fraction itself (a class-blind random subset keeps about that much of every class).</p>",
-            _img("class_kept.png", "per-class kept fraction"),
-            _table(["method", "fraction", "min", "5th percentile", "median", "max", "classes emptied"],
-                   [[m, f] + [_pct(numbers["class_kept_summary"][m][f][k]) for k in ("min", "p05", "median", "max")]
-                    + [numbers["class_kept_summary"][m][f]["classes_emptied"]]
-                    for m in methods for f in fractions], left=2),
-            f"<h3>Classes kept least at {html.escape(ref)}</h3><p class=\"note\">At most {HARDEST_CLASSES} classes "
-            f"that keep less than {html.escape(ref)} of their images, lowest first.</p>"]
-    named = any(c["class"] not in ("", str(c["label"])) for m in methods for c in numbers["hardest_hit"][m])
-    for m in methods:
-        out.append(f"<h4>{html.escape(m)}</h4>")
-        hit = numbers["hardest_hit"][m]
-        if not hit:
-            out.append(f"<p>None: every class keeps at least {html.escape(ref)} of its images.</p>")
-            continue
-        out.append(_table(["label"] + (["class"] if named else []) + ["images"] + [f"kept at {f}" for f in fractions],
-                          [[c["label"]] + ([c["class"]] if named else []) + [c["size"]]
-                           + [_pct(c["kept"][f]) for f in fractions] for c in hit], left=1 + named))
-    out += [_heading("agreement"), "<p class=\"note\">Spearman: the rank correlation of two "
-            "methods' scores (average ranks for ties; images never seen, scored NaN, ranked last).</p>",
-            _img("spearman.png", "Spearman rank correlation"),
-            _table(["Spearman"] + methods, [[a] + [figures.number(v, ".3f") if isinstance(v, float) else v
-                                                   for v in row] for a, row in zip(methods, numbers["spearman"])],
-                   turned_heads=True),
-            "<p class=\"note\">Overlap: the share of one method's kept images that the other also keeps.</p>"]
-    out += [_img(f"overlap_{f}.png", f"overlap at {f}") for f in fractions]
-    out += projection.projection_html(numbers.get("projection"), _heading("projection"))
-    out += [_heading("curves"), f"<p class=\"note\">Left: {CURVES_PER_SIDE} images drawn from the "
-            f"kept and from the pruned side at {html.escape(ref)}. Right: the mean over each tenth of the images "
-            "ranked by score.</p>"]
-    out += [_img(f"curves_{m}.png", f"{m} curves") for m in methods]
-    out += [_heading("images"), f"<p class=\"note\">The {IMAGES_PER_SIDE} highest- and lowest-scored images of "
-            "each method, captioned with their class and score (random: a uniform sample of the kept and of the "
-            "pruned images).</p>"]
-    if numbers["unreadable_images"]:
-        out.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable_images"])) + "</p>")
-    out += [_img(f"images_{m}.png", f"{m} images") for m in methods]
-    out += dedup_html(numbers.get("dedup")) + leakage_html(numbers.get("leakage"))
+    for anchor, _ in sections:
+        out += [_heading(anchor)] + bodies[anchor]
     out.append("</body></html>\n")
     return "\n".join(out)
 
@@ -510,8 +616,7 @@ def dedup_html(dedup: Optional[dict]) -> List[str]:
     """--dedup: how many images the groups remove, and the largest groups as image rows."""
     if dedup is None:
         return []
-    out = [_heading("dedup"),
-           f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of the recorded "
+    out = [f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of the recorded "
            f"embeddings of epoch {dedup['epoch']} &ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
            f"clusters): get_coreset.py --dedup removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of "
            f"the list, before any method selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.</p>"]
@@ -530,8 +635,7 @@ def leakage_html(leakage: Optional[dict]) -> List[str]:
     """--leakage: how many validation images have a training image this close, and the closest pairs."""
     if leakage is None:
         return []
-    out = [_heading("leakage"),
-           f"<p class=\"reading\">{leakage['pairs']} of {leakage['val_images']} validation images "
+    out = [f"<p class=\"reading\">{leakage['pairs']} of {leakage['val_images']} validation images "
            f"({_pct(leakage['share'])}) have a training image with cosine similarity &ge; {leakage['threshold']:g} "
            f"(recorded embeddings of epoch {leakage['epoch']}; the highest {figures.number(leakage['max_cosine'])}, "
            f"the median over validation images {figures.number(leakage['median_cosine'])}). Every pair: "
