@@ -231,7 +231,7 @@ def test_output_under_a_file_is_refused_in_one_line(s):
     without a traceback."""
     (s["tmp"] / "a_file").write_text("x")
     for output, message in ((s["tmp"] / "a_file" / "report", "is a file, not a folder"),
-                            (s["tmp"] / "a_file", "exists and is not a folder")):
+                            (s["tmp"] / "a_file", "exists as a file; a folder is expected")):
         code, _, err = run_cli(["--input", s["run"], "--dataset_file_list", s["list"], "--output", output,
                                 "--method", "random"])
         assert code == 2 and message in err and "Traceback" not in err, err
