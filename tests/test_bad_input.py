@@ -75,6 +75,8 @@ CASES = {
     "unknown DYNAMIC_PRUNE.SCORE": (
         None, [], ["TRAIN.DYNAMIC_PRUNE.ENABLE", "True", "TRAIN.DYNAMIC_PRUNE.SCORE", "entropy"],
         "TRAIN.DYNAMIC_PRUNE.SCORE: unknown score 'entropy'; known: loss, dynunc"),
+    "unknown AMP_DTYPE (checked on the CPU too, before anything is written)": (
+        None, [], ["AMP_DTYPE", "float8"], "AMP_DTYPE: unknown dtype 'float8'; known: float16, bfloat16"),
     "--resume file missing": (
         None, ["--resume", "{root}/gone.pth"], [], "--resume {root}/gone.pth: not found"),
     "MODEL.RESUME file missing": (

@@ -6,7 +6,6 @@ import sys
 from typing import List
 
 from dynunc.metrics_log import MetricsLog  # noqa: F401 (the format lives in the package)
-from utils.io import atomic_write_text
 from utils.output_lock import in_use
 
 LOGGER_NAME = ""  # the root logger: library modules log through logging.getLogger(__name__)
