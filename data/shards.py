@@ -295,6 +295,7 @@ def shard_index(shard: str) -> _Index:
             try:
                 with atomic_open(location, "wb") as out:
                     np.savez(out, identity=identity, **arrays)
+                return _Index(count, location=location)  # read back array by array, as a cached one
             except OSError:
                 pass  # kept for this process only
         return _Index(count, arrays=arrays)
