@@ -19,8 +19,10 @@ A bad shard stops the run before anything is written, in one line naming the sha
 the key: a truncated tar, a sample without image or label, an unreadable label, a key
 repeated (in one shard or across two), a pattern that matches no file.
 """
+import contextlib
 import fcntl
 import glob
+import logging
 import mmap
 import os
 import re
@@ -33,6 +35,8 @@ import numpy as np
 from data.file_list_index import RACY_SECONDS, index_location
 from dynunc.lists.keyed import DataFormatError, KeyedSamples, KeyTable
 from utils.io import atomic_open
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXT = "cls"
@@ -233,17 +237,21 @@ class _Index:
     def field(self, name: str) -> np.ndarray:
         if self.arrays is not None:
             return self.arrays.pop(name)
-        with np.load(self.location, allow_pickle=False) as z:
-            return z[name]
+        try:
+            with np.load(self.location, allow_pickle=False) as z:
+                return z[name]  # zipfile checks the array's CRC-32 as it reads it
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            raise _DamagedIndex(self.location) from None
+
+
+class _DamagedIndex(Exception):
+    """A cached index that fails its checks while it is read: ShardSet removes it and rebuilds."""
 
 
 def _load_cached(location: str, st: os.stat_result) -> Optional[_Index]:
     """The cached index at `location` if it describes the shard (index version, shard size
-    and mtime) and every array's CRC-32 checks; None otherwise."""
+    and mtime); None otherwise. Its arrays' CRC-32s are checked as they are read."""
     try:
-        with zipfile.ZipFile(location) as z:
-            if z.testzip() is not None:  # reads each array once, keeps none
-                return None
         with np.load(location, allow_pickle=False) as z:
             ident = z["identity"].tolist()
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
@@ -287,6 +295,7 @@ def shard_index(shard: str) -> _Index:
             try:
                 with atomic_open(location, "wb") as out:
                     np.savez(out, identity=identity, **arrays)
+                return _Index(count, location=location)  # read back array by array, as a cached one
             except OSError:
                 pass  # kept for this process only
         return _Index(count, arrays=arrays)
@@ -302,6 +311,19 @@ class ShardSet:
         """`byte_ranges`: also hold each sample's byte range (for `sample_bytes`: data/prune.py)."""
         self.pattern = pattern
         self.paths = shard_paths(pattern, what)
+        for _ in range(len(self.paths) + 1):
+            try:
+                self._build(byte_ranges)
+                break
+            except _DamagedIndex as e:  # rebuilt by the next pass (not kept by a concurrent rank)
+                logger.warning(f"{e.args[0]}: damaged shard index; rebuilding it")
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(e.args[0])
+        else:
+            raise DataFormatError(f"{pattern}: the shard indexes keep failing their checks while read")
+        self._fds: Dict[int, int] = {}
+
+    def _build(self, byte_ranges: bool) -> None:
         indexes = [shard_index(p) for p in self.paths]
         counts = [ix.count for ix in indexes]
         self.shard_of = np.repeat(np.arange(len(self.paths), dtype=np.int32 if len(self.paths) < 2**31 else np.int64),
@@ -328,7 +350,6 @@ class ShardSet:
             a, b = self.paths[self.shard_of[i]], self.paths[self.shard_of[j]]
             raise DataFormatError(f"{a} and {b}: both hold key {self.keys.key(i)!r} (keys must be unique)"
                                   if a != b else f"{a}: key {self.keys.key(i)!r} appears twice")
-        self._fds: Dict[int, int] = {}
 
     @staticmethod
     def _gather(indexes: List[_Index], name: str, sizes: Sequence[int]) -> np.ndarray:

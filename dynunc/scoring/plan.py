@@ -255,9 +255,10 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
-    if not check_fingerprint(hdir, args.dataset_file_list or index.list_path, index.fingerprint()):
+    listed = args.dataset_file_list or index.list_path  # the list, or the history's sample_keys.txt
+    if not check_fingerprint(hdir, listed, index.fingerprint()):
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
-              f"code): cannot check that {args.dataset_file_list} is the list it was recorded on", file=sys.stderr)
+              f"code): cannot check that {listed} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
     chosen, params = _methods(args, hdir, paths)
     return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)

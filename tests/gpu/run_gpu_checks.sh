@@ -70,6 +70,30 @@ rm -rf "$OUT/produce"
 "$PYTHON" get_coreset.py --input "$OUT/produce" --dataset_file_list "$OUT/mnist/train/file_list.txt" \
     --fraction 0.75 --window 2 --output "$OUT/produce/coreset.txt" | tee -a "$OUT/produce.log"
 
+step "5a. the same produce run on the demo as WebDataset shards and as an HF dataset (mixed decoding)"
+rm -rf "$OUT/fmt" && mkdir -p "$OUT/fmt"
+"$PYTHON" -m data.export --file-list "$OUT/mnist/train/file_list.txt" --shards "$OUT/fmt/train-%02d.tar" \
+    --per-shard 1000 --hf "$OUT/fmt/hf_train"
+"$PYTHON" -m data.export --file-list "$OUT/mnist/val/file_list.txt" --shards "$OUT/fmt/val-%02d.tar" \
+    --per-shard 1000 --hf "$OUT/fmt/hf_val"
+for fmt in wds hf; do
+    if [ "$fmt" = wds ]; then
+        FMT_OPTS=(DATA.FORMAT wds DATA.TRAIN_SHARDS "$OUT/fmt/train-{00..03}.tar" DATA.VAL_SHARDS "$OUT/fmt/val-00.tar")
+    else
+        FMT_OPTS=(DATA.FORMAT hf DATA.HF_TRAIN "$OUT/fmt/hf_train" DATA.HF_VAL "$OUT/fmt/hf_val")
+    fi
+    "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NGPU" main_and_produce.py \
+        --config configs/demo-mnist.yaml --output "$OUT/fmt/produce_$fmt" \
+        --opts "${FMT_OPTS[@]}" DATA.DECODE_DEVICE mixed TRAIN.EPOCHS 3 AMP_ENABLE True 2>&1 | tee "$OUT/fmt/$fmt.log"
+    "$PYTHON" get_coreset.py --input "$OUT/fmt/produce_$fmt" --fraction 0.75 --window 2 \
+        --output "$OUT/fmt/kept_$fmt.txt" | tee -a "$OUT/fmt/$fmt.log"
+    # Same order and seed as step 5: identical unless the GPU kernels are not deterministic.
+    for f in "$OUT"/produce/pred_prob_history/prob_*.npy; do
+        cmp -s "$f" "$OUT/fmt/produce_$fmt/pred_prob_history/$(basename "$f")" && r=identical || r=differs
+        echo "$fmt $(basename "$f") vs the folder run: $r" | tee -a "$OUT/fmt/$fmt.log"
+    done
+done
+
 step "5b. odd images (CMYK, grayscale, PNG named .JPEG, RGBA, 16-bit, EXIF) with mixed decoding"
 "$PYTHON" -m pytest tests/test_odd_images.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/odd_images.log"
 if grep -q "needs a CUDA GPU" "$OUT/odd_images.log"; then echo "mixed decoding was skipped" >&2; exit 1; fi
