@@ -196,6 +196,56 @@ def test_d2_unscored_samples_last_infinite_refused():
         es.d2_scores(x, s, 5, what="--d2-score forgetting")
 
 
+def neighbour_share(order, x, picks=200, k=10):
+    """The share of the first `picks` of `order` that lie among the k nearest neighbours
+    (brute force, normalised rows) of an earlier pick: what D2's reverse messages keep low."""
+    xx = x.astype(np.float64)
+    xx /= np.linalg.norm(xx, axis=1, keepdims=True)
+    d = pairwise(xx)
+    np.fill_diagonal(d, np.inf)
+    neighbours = np.argsort(d, axis=1, kind="stable")[:, :k]
+    near, hits = set(), 0
+    for i in list(order)[:picks]:
+        hits += i in near
+        near.update(neighbours[i].tolist())
+    return hits / picks
+
+
+@pytest.mark.parametrize("score", ["aum", "moderate"])
+def test_d2_shifts_a_signed_score_by_its_minimum(score):
+    """The authors shift AUM by its minimum before the graph (d2pruning's Coreset.py): a
+    signed score passed as it is lowers nothing, each pick raises its neighbours, and the
+    first picks crowd together; shifted, D2 spreads them (fewer neighbours of earlier picks
+    than a random order has)."""
+    rng = np.random.default_rng(20)
+    n = 500
+    x, _ = blobs(n, 16, 8, rng, spread=0.6)
+    if score == "aum":  # minus the mean margin: negative for the learned majority
+        s = -rng.normal(1.5, 1.5, n)
+        assert 0.7 < (s < 0).mean() < 1
+    else:  # -|2r - (N-1)| <= 0 everywhere
+        s = es.moderate_scores(x, rng.integers(0, 4, n), seed=0)
+    order = np.argsort(-es.d2_scores(x, s, seed=1), kind="stable")
+    # the authors' arithmetic on the shifted score: the same picks (float32 distances: the first 400)
+    assert order[:400].tolist() == d2_reference(x, s - s.min(), 10, 1.0, 1.0, seed=1)[:400]
+    spread = neighbour_share(order, x, picks=100)
+    backwards = neighbour_share(d2_reference(x, s, 10, 1.0, 1.0, seed=1), x, picks=100)  # the signed score as it is
+    random = neighbour_share(np.random.default_rng(0).permutation(n), x, picks=100)
+    assert spread < random / 4 and backwards > random, (spread, random, backwards)
+
+
+def test_d2_leaves_a_non_negative_score_and_refuses_a_constant_signed_one():
+    rng = np.random.default_rng(21)
+    s = rng.random(50)
+    np.testing.assert_array_equal(es.d2_difficulty(s), s)  # no negative value: as it is
+    s[[4, 9]] = np.nan
+    shifted = es.d2_difficulty(s - 0.5)
+    assert np.isnan(shifted[[4, 9]]).all() and np.nanmin(shifted) == 0
+    np.testing.assert_allclose(shifted, s - np.nanmin(s))
+    with pytest.raises(ValueError, match="--d2-score aum is -2 at every scored line: shifted by its minimum"):
+        es.d2_difficulty(np.full(50, -2.0), what="--d2-score aum")
+
+
 # -----------------------------------------------------------------------------
 # the engine
 # -----------------------------------------------------------------------------
@@ -268,17 +318,23 @@ def test_get_coreset_scores_each_method_from_the_chosen_epoch(s):
     np.testing.assert_array_equal(np.load(f"{s['tmp']}/p.txt.scores.npy"), es.prototype_scores(s["embeddings"][2], 3, 3))
 
 
-def test_d2_passes_the_score_of_another_method(s):
-    code, _, err = coreset(s, "--method", "d2", "--d2-score", "confidence", "--knn", "4", "--fraction", "0.5",
+@pytest.mark.parametrize("score", ["confidence", "aum"])
+def test_d2_passes_the_score_of_another_method(s, score):
+    code, _, err = coreset(s, "--method", "d2", "--d2-score", score, "--knn", "4", "--fraction", "0.5",
                            "--output", s["tmp"] / "d2.txt")
     assert code == 0, err
     from dynunc.scoring.methods import ScoreParams, score_history
     from dynunc.history import contiguous_epoch_files, record_loader
     loader = record_loader(s["hdir"], contiguous_epoch_files(s["hdir"]), N)
-    confidence = score_history(["confidence"], K, N, loader, ScoreParams())["confidence"]
-    np.testing.assert_array_equal(np.load(f"{s['tmp']}/d2.txt.scores.npy"),
-                                  es.d2_scores(s["embeddings"][5], confidence, 4))
+    difficulty = score_history([score], K, N, loader, ScoreParams())[score]
+    expected = es.d2_scores(s["embeddings"][5], difficulty, 4)
+    np.testing.assert_array_equal(np.load(f"{s['tmp']}/d2.txt.scores.npy"), expected)
     assert "--window is used by method dynunc only; ignored" not in err
+    if score == "aum":  # signed: shifted by its minimum, and said
+        assert difficulty.min() < 0 and "d2: --d2-score aum has negative scores" in err
+        np.testing.assert_array_equal(expected, es.d2_scores(s["embeddings"][5], difficulty - difficulty.min(), 4))
+    else:
+        assert "negative scores" not in err
 
 
 @pytest.mark.parametrize("case", ["no embeddings", "row count", "nan", "epoch not recorded", "infinite score",

@@ -17,6 +17,7 @@ with `embed`, a function of (embeddings, labels, parameters, other methods' scor
 --d2-score): those are scored in the same pass, and the embeddings are loaded once, by
 the caller's `embedded()`, for every such method, after the pass.
 """
+import sys
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -389,7 +390,8 @@ PROTOTYPE_FLAGS = (EMBED_EPOCH_FLAG, MethodFlag(
 D2_FLAGS = (
     EMBED_EPOCH_FLAG,
     MethodFlag("--d2-score", "d2_score", f"d2: the method whose score is the difficulty passed over the graph "
-               f"(default {DEFAULT_METHOD})", _d2_score, {"metavar": "METHOD"}),
+               f"(default {DEFAULT_METHOD}); a score with negative values (aum, moderate) is shifted by its minimum "
+               "first, as D2's authors shift AUM", _d2_score, {"metavar": "METHOD"}),
     MethodFlag("--knn", "knn", f"d2: neighbours per sample in the kNN graph (default {D2_KNN}, the authors')",
                _at_least_one("--knn", D2_KNN), {"type": int, "metavar": "K"}),
     MethodFlag("--d2-gamma-forward", "d2_gamma_forward", f"d2: forward messages weigh a neighbour's score by "
@@ -399,6 +401,18 @@ D2_FLAGS = (
                f"exp(-gamma d) x its own (default {D2_GAMMA_REVERSE})", _gamma("--d2-gamma-reverse", D2_GAMMA_REVERSE),
                {"type": float, "metavar": "GAMMA"}),
 )
+
+
+def _d2(embeddings: np.ndarray, params: ScoreParams, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """d2 over --d2-score's scores; says on stderr when a signed score is shifted by its minimum."""
+    what = f"--d2-score {params.d2_score}"
+    difficulty = scores[params.d2_score]
+    scored = difficulty[~np.isnan(difficulty)]
+    if len(scored) and np.isfinite(scored).all() and scored.min() < 0 < scored.max() - scored.min():
+        print(f"d2: {what} has negative scores (minimum {scored.min():.6g}): shifted by its minimum, so "
+              "that each pick lowers its neighbours (D2's authors shift AUM so)", file=sys.stderr)
+    return d2_scores(embeddings, difficulty, params.knn, params.d2_gamma_forward, params.d2_gamma_reverse,
+                     params.seed, what=what)
 
 
 def _num_classes(labels: np.ndarray) -> int:
@@ -445,8 +459,7 @@ METHODS: Dict[str, Method] = {
     "d2": Method(("embed",), "D2 pick order over a kNN graph of the embeddings: --d2-score passed forward, greedy "
                  "picks with reverse messages; N - position", "Maharana et al. 2024",
                  axis="D2 pick order (N - position, 1 to N)",
-                 embed=lambda e, y, p, s: d2_scores(e, s[p.d2_score], p.knn, p.d2_gamma_forward, p.d2_gamma_reverse,
-                                                    p.seed, what=f"--d2-score {p.d2_score}"),
+                 embed=lambda e, y, p, s: _d2(e, p, s),
                  uses=lambda p: (p.d2_score,), flags=D2_FLAGS),
 }
 
