@@ -158,8 +158,8 @@ _C.TRAIN.DYNAMIC_PRUNE.RATIO = 0.5
 _C.TRAIN.DYNAMIC_PRUNE.SCORE = "loss"
 # dynunc only: the window, in the sample's own trained epochs (>= 2).
 _C.TRAIN.DYNAMIC_PRUNE.WINDOW = 3
-# The share of final epochs trained on the full data, in [0, 1]: the last
-# round(ANNEAL x EPOCHS) epochs (InfoBatch's default 0.125).
+# The share of final epochs trained on the full data, in [0, 1]: every epoch from
+# floor((1 - ANNEAL) x EPOCHS) on, as InfoBatch's code anneals (its default 0.125, delta 0.875).
 _C.TRAIN.DYNAMIC_PRUNE.ANNEAL = 0.125
 
 # -----------------------------------------------------------------------------
