@@ -94,6 +94,52 @@ def test_kmeans_finds_planted_clusters_and_prototype_keeps_the_farthest():
     assert len(kept(scores, 120) & set(np.argsort(-reference)[:120].tolist())) >= 110
 
 
+def uneven_blobs(seed):
+    """Six well-separated blobs of uneven sizes (float16): k-means from one random start
+    often puts two centroids in a large blob and one over two small ones."""
+    rng = np.random.default_rng(seed)
+    sizes = [300, 150, 60, 30, 300, 100]
+    which = np.repeat(np.arange(len(sizes)), sizes)
+    x = (np.eye(16)[:len(sizes)][which] * 6 + rng.normal(0, 0.5, (len(which), 16))).astype(np.float16)
+    return x, which
+
+
+def objective_reference(x, centroids):
+    """The k-means objective in float64 by brute force: each row's squared distance to its nearest centroid, summed."""
+    d = ((x.astype(np.float64)[:, None, :] - centroids.astype(np.float64)[None]) ** 2).sum(axis=-1)
+    return d.min(axis=1).sum()
+
+
+def test_kmeans_restarts_keep_the_run_of_the_lowest_objective():
+    """FAISS's nredo: run k-means R times, keep the best objective. Each run here is
+    FAISS k-means from restart_seed(seed, r) on the same sample (all rows: N < 256 k)."""
+    x, which = uneven_blobs(0)
+    train = knn.float32_copy(x)
+    for seed in (1, 7):
+        runs = [knn.kmeans(x, 6, knn.restart_seed(seed, r)) for r in range(8)]
+        assert np.array_equal(runs[0], knn.kmeans(x, 6, seed))  # one restart: the k-means of before
+        objectives = [objective_reference(train, c) for c in runs]
+        best = knn.kmeans(x, 6, seed, restarts=8)
+        assert np.array_equal(best, runs[int(np.argmin(objectives))])
+        np.testing.assert_allclose(knn.kmeans_objective(train, best), min(objectives), rtol=1e-9)
+
+    def recovered(centroids):  # the planted partition, up to the clusters' names
+        assigned = knn.nearest_centroid(x, centroids)
+        return len(set(zip(which.tolist(), assigned.tolist()))) == len(set(assigned.tolist())) == 6
+
+    single = [recovered(knn.kmeans(x, 6, seed)) for seed in range(8)]
+    restarted = [recovered(knn.kmeans(x, 6, seed, restarts=8)) for seed in range(8)]
+    assert sum(single) <= 4 and sum(restarted) >= 7, (single, restarted)
+
+
+def test_sorschers_rule_keeps_the_easiest_below_the_switch():
+    keeps = es.prototype_keeps_easiest
+    assert keeps("auto", 0.5, 299, 1000) and not keeps("auto", 0.5, 500, 1000) and not keeps("auto", 0.5, 900, 1000)
+    assert keeps("auto", 0.5, 498, 999) and not keeps("auto", 0.5, int(999 * 0.5), 999)  # int(N x 0.5) is hard
+    assert keeps("easy", 0.5, 900, 1000) and not keeps("hard", 0.5, 10, 1000)
+    assert not keeps("auto", 0.2, 300, 1000)
+
+
 # -----------------------------------------------------------------------------
 # kcenter: greedy by the full distance matrix
 # -----------------------------------------------------------------------------
@@ -314,8 +360,32 @@ def test_get_coreset_scores_each_method_from_the_chosen_epoch(s):
     code, _, err = coreset(s, "--method", "prototype", "--fraction", "0.5", "--embed-epoch", "2", "--prototypes", "3",
                            "--output", s["tmp"] / "p.txt", "--seed", "3")
     assert code == 0, err
-    assert "(prototype; embed-epoch 2; prototypes 3)" in err
+    assert ("(prototype; embed-epoch 2; prototypes 3; prototype-restarts 5; prototype-keep auto; "
+            "prototype-switch 0.5)") in err
     np.testing.assert_array_equal(np.load(f"{s['tmp']}/p.txt.scores.npy"), es.prototype_scores(s["embeddings"][2], 3, 3))
+
+
+@pytest.mark.parametrize("flags, lowest", [((), {"0.3": True, "0.5": False, "0.7": False}),
+                                           (("--prototype-keep", "hard"), {"0.3": False, "0.5": False, "0.7": False}),
+                                           (("--prototype-keep", "easy"), {"0.3": True, "0.5": True, "0.7": True}),
+                                           (("--prototype-switch", "0.6"), {"0.3": True, "0.5": True, "0.7": False})])
+def test_prototype_coresets_follow_sorschers_rule(s, flags, lowest):
+    """The easiest (nearest their prototype) below --prototype-switch, the hardest at or
+    above it; --prototype-keep forces a side. The scores file is the distance either way."""
+    out = s["tmp"] / "p_{fraction}.txt"
+    code, stdout, err = coreset(s, "--method", "prototype", "--fraction", *lowest, "--output", out, "--seed", "2",
+                                *flags)
+    assert code == 0, err
+    scores = np.load(f"{s['tmp']}/p_all.txt.scores.npy")
+    np.testing.assert_array_equal(scores, es.prototype_scores(s["embeddings"][5], 4, 2))
+    lines = s["list"].read_text().splitlines()
+    for fraction, easiest in lowest.items():
+        keep = int(N * float(fraction))
+        expected = kept(-scores if easiest else scores, keep, seed=2)
+        found = {lines.index(line) for line in (s["tmp"] / f"p_{fraction}.txt").read_text().splitlines()}
+        assert found == expected, fraction
+        said = f"kept {keep} of {N} lines (fraction {fraction}, prototype, the lowest scores kept)"
+        assert (said in stdout) == easiest, stdout
 
 
 @pytest.mark.parametrize("score", ["confidence", "aum"])

@@ -6,7 +6,9 @@ with needs ("embed",)). Higher score = kept first, as everywhere.
   coordinate-wise median; the kept set is the band of distances around the median
   distance, over all samples (the authors' code: one global band);
 - `prototype_scores` (Sorscher et al., NeurIPS 2022): cosine distance to the nearest of
-  k spherical k-means centroids (no labels); the farthest first;
+  k spherical k-means centroids (no labels; the best of several k-means runs); the
+  farthest first, and, by Sorscher's rule (`prototype_keeps_easiest`), the nearest first
+  for budgets below a switch fraction;
 - `kcenter_scores` (Sener and Savarese, ICLR 2018): the greedy k-center pick order;
 - `d2_scores` (Maharana et al., ICLR 2024): forward message passing of a difficulty
   score over a kNN graph, then greedy selection with reverse message passing; the pick
@@ -97,11 +99,30 @@ def cosine_to_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarr
     return out
 
 
-def prototype_scores(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+PROTOTYPE_RESTARTS = 5  # k-means runs; the centroids of the lowest objective are kept
+PROTOTYPE_SWITCH = 0.5  # Sorscher's rule: the easiest kept below this fraction, the hardest at or above it
+PROTOTYPE_KEEP = ("auto", "easy", "hard")
+
+
+def prototype_scores(embeddings: np.ndarray, k: int, seed: int = 0, restarts: int = PROTOTYPE_RESTARTS) -> np.ndarray:
     """Cosine distance to the nearest of k spherical k-means centroids of the
-    L2-normalised embeddings (labels unused)."""
+    L2-normalised embeddings (labels unused); the centroids of the best of `restarts`
+    k-means runs (knn.kmeans)."""
     _check(embeddings)
-    return cosine_to_nearest(embeddings, knn.kmeans(embeddings, k, seed, spherical=True))
+    return cosine_to_nearest(embeddings, knn.kmeans(embeddings, k, seed, spherical=True, restarts=restarts))
+
+
+def prototype_keeps_easiest(rule: str, switch: float, keep: int, n: int) -> bool:
+    """Whether a coreset of `keep` of `n` samples keeps the lowest prototype distances
+    (the easiest, most prototypical) rather than the highest. Sorscher et al.: keep the
+    easy examples when data is scarce, the hard ones when it is abundant; `rule` 'auto'
+    keeps the easiest when keep < int(n x switch) (the budget of the fraction `switch`),
+    'easy' and 'hard' force either side."""
+    if rule == "easy":
+        return True
+    if rule == "hard":
+        return False
+    return keep < int(n * switch)
 
 
 # -----------------------------------------------------------------------------

@@ -26,8 +26,9 @@ import numpy as np
 
 from dynunc.history import list_embed_epochs
 from dynunc.uncertainty import default_threads, dynamic_uncertainty_scores, max_window
-from dynunc.scoring.geometry import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, check_gamma, d2_scores,
-                                      kcenter_scores, moderate_scores, prototype_scores)
+from dynunc.scoring.geometry import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, PROTOTYPE_KEEP, PROTOTYPE_RESTARTS,
+                                      PROTOTYPE_SWITCH, check_gamma, d2_scores, kcenter_scores, moderate_scores,
+                                      prototype_keeps_easiest, prototype_scores)
 
 # Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
 # (numpy releases the GIL), every accumulator on a chunk before the next, so that its
@@ -266,6 +267,9 @@ class Method:
     embed: Optional[Callable[[np.ndarray, np.ndarray, ScoreParams, Mapping[str, np.ndarray]], np.ndarray]] = None
     # The other methods whose scores it reads, given its resolved parameters.
     uses: Callable[[ScoreParams], Sequence[str]] = lambda params: ()
+    # (parameters, keep, N) -> whether the coreset of `keep` keeps the LOWEST scores (a
+    # method whose kept side depends on the budget: prototype's Sorscher rule).
+    keeps_lowest: Callable[[ScoreParams, int, int], bool] = lambda params, keep, n: False
 
 
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
@@ -384,9 +388,28 @@ def _d2_score(value: Optional[str], given: Mapping[str, object], num_epochs: int
 EMBED_EPOCH_FLAG = MethodFlag(
     "--embed-epoch", "embed_epoch", "moderate, prototype, kcenter and d2: the epoch whose recorded embeddings "
     "(embed_{epoch}.npy) are read; default the last one recorded", _embed_epoch, {"type": int, "metavar": "E"})
+def _prototype_switch(value: Optional[float], given: Mapping[str, object], num_epochs: int, where: str) -> float:
+    value = PROTOTYPE_SWITCH if value is None else value
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise ValueError(f"--prototype-switch must be a fraction in (0, 1], got {value}")
+    return float(value)
+
+
 PROTOTYPE_FLAGS = (EMBED_EPOCH_FLAG, MethodFlag(
     "--prototypes", "prototypes", "prototype: the number of k-means centroids (default: the number of classes "
-    "of the list)", _at_least_one("--prototypes"), {"type": int, "metavar": "K"}))
+    "of the list)", _at_least_one("--prototypes"), {"type": int, "metavar": "K"}),
+    MethodFlag("--prototype-restarts", "prototype_restarts", f"prototype: k-means runs from different seeded "
+               f"starts; the centroids of the lowest k-means objective are kept, as FAISS's nredo (default "
+               f"{PROTOTYPE_RESTARTS})", _at_least_one("--prototype-restarts", PROTOTYPE_RESTARTS),
+               {"type": int, "metavar": "R"}),
+    MethodFlag("--prototype-keep", "prototype_keep", f"prototype: which side a coreset keeps. auto (default): "
+               f"Sorscher et al.'s rule, the easiest (nearest their prototype) for a fraction below "
+               f"--prototype-switch, the hardest (farthest) at or above it; easy or hard: that side at every fraction",
+               lambda value, given, num_epochs, where: value or "auto",
+               {"choices": PROTOTYPE_KEEP, "metavar": "{auto,easy,hard}"}),
+    MethodFlag("--prototype-switch", "prototype_switch", f"prototype, --prototype-keep auto: the fraction from "
+               f"which the hardest are kept (below it the easiest; default {PROTOTYPE_SWITCH})", _prototype_switch,
+               {"type": float, "metavar": "F"}))
 D2_FLAGS = (
     EMBED_EPOCH_FLAG,
     MethodFlag("--d2-score", "d2_score", f"d2: the method whose score is the difficulty passed over the graph "
@@ -448,10 +471,15 @@ METHODS: Dict[str, Method] = {
                        "embedding: the band around the median distance", "Xia et al. 2023",
                        axis="closeness to the median distance (minus twice the rank's distance from the median rank)",
                        embed=lambda e, y, p, s: moderate_scores(e, y, p.seed), flags=(EMBED_EPOCH_FLAG,)),
-    "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids); no "
-                        "labels", "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
-                        embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed),
-                        flags=PROTOTYPE_FLAGS),
+    "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids, the "
+                        "best of --prototype-restarts runs); no labels; the farthest kept at fractions >= "
+                        "--prototype-switch, the nearest below (Sorscher's rule, --prototype-keep)",
+                        "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
+                        embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed,
+                                                                  p.prototype_restarts or PROTOTYPE_RESTARTS),
+                        flags=PROTOTYPE_FLAGS,
+                        keeps_lowest=lambda p, keep, n: prototype_keeps_easiest(
+                            p.prototype_keep or "auto", p.prototype_switch or PROTOTYPE_SWITCH, keep, n)),
     "kcenter": Method(("embed",), "greedy k-center pick order (farthest from the picked first), N - position; "
                       "within k-means clusters above 2048 samples", "Sener and Savarese 2018",
                       axis="k-center pick order (N - position, 1 to N)",
