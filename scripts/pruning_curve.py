@@ -55,7 +55,9 @@ EMBED_DIM = 128  # PRODUCE.EMBED_DIM of the produce run
 SELECTION_VARIANTS = {"dynunc-ccs": ("dynunc", ["--ccs", "{ccs_beta}"]),
                       "dynunc-balanced": ("dynunc", ["--class-balanced"]),
                       # prototype as it was before issue 26: one k-means run, the hardest kept at every fraction
-                      "prototype-hard1": ("prototype", ["--prototype-keep", "hard", "--prototype-restarts", "1"])}
+                      "prototype-hard1": ("prototype", ["--prototype-keep", "hard", "--prototype-restarts", "1"]),
+                      # the restarts without Sorscher's rule: the hardest kept at every fraction
+                      "prototype-hard": ("prototype", ["--prototype-keep", "hard"])}
 
 
 @dataclass(frozen=True)
