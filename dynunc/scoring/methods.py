@@ -387,7 +387,9 @@ def _d2_score(value: Optional[str], given: Mapping[str, object], num_epochs: int
 
 EMBED_EPOCH_FLAG = MethodFlag(
     "--embed-epoch", "embed_epoch", "moderate, prototype, kcenter and d2: the epoch whose recorded embeddings "
-    "(embed_{epoch}.npy) are read; default the last one recorded", _embed_epoch, {"type": int, "metavar": "E"})
+    "(embed_{epoch}.npy) are read; default the last one recorded. They read the file as recorded: a random "
+    "projection of the classifier input (PRODUCE.EMBED_DIM > 0) or the input itself (PRODUCE.EMBED_DIM -1)",
+    _embed_epoch, {"type": int, "metavar": "E"})
 def _prototype_switch(value: Optional[float], given: Mapping[str, object], num_epochs: int, where: str) -> float:
     value = PROTOTYPE_SWITCH if value is None else value
     if not 0.0 < value <= 1.0:  # NaN fails too

@@ -53,7 +53,7 @@ def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_ep
         path = missing_record(hdir, name, params, num_epochs)
         if path is not None and os.path.basename(path).startswith("embed_"):
             raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; a produce run "
-                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0)")
+                               f"records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM not 0)")
         if path is not None:
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
@@ -193,7 +193,12 @@ class Plan:
     def embedded(self) -> Tuple[np.ndarray, np.ndarray]:
         """(the embeddings of --embed-epoch, a checked float16 memory map N x D; the
         list's labels): what the embedding methods read, loaded once for all of them."""
-        return load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch), self.index.labels
+        embeddings = load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch)
+        readers = ", ".join(m for m in self.methods if METHODS[m].embed is not None) or "the embedding methods"
+        print(f"{readers}: read {embed_path(self.hdir, self.params.embed_epoch)}, {embeddings.shape[0]} x "
+              f"{embeddings.shape[1]} float16 (as recorded: PRODUCE.EMBED_DIM's random projection of the classifier "
+              f"input, or the input itself with PRODUCE.EMBED_DIM -1)", file=sys.stderr)
+        return embeddings, self.index.labels
 
     def describe_params(self) -> str:
         """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""

@@ -12,7 +12,9 @@ model's classifier, randomly projected to D and stored float16 as history.py lay
   a demo run), which defeats deduplication and every distance-based method.
 - Captured by a forward pre-hook on the classifier, armed only around those forwards.
 - Projected by a fixed Gaussian matrix (C x D, entries N(0, 1/D)) drawn from its own
-  seeded generator: recording draws nothing from the training's random streams.
+  seeded generator: recording draws nothing from the training's random streams. With
+  EMBED_DIM -1 (FULL_WIDTH) not projected: the C features themselves, the ones the
+  geometry methods' authors read.
 - Each rank keeps its own rows (float16, host memory) and writes them as a part file;
   rank 0 merges the parts block by block into the final file (a temporary file, then
   os.replace) and removes them: no N x D all-reduce, bounded memory.
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # The projection's own seed: the same matrix for every run of a model width.
 PROJECTION_SEED = 20230608
+# PRODUCE.EMBED_DIM's value for the classifier input as it is (C values, no projection).
+FULL_WIDTH = -1
 # Rows held on the device before they move to host memory (one host sync per flush).
 _FLUSH_ROWS = 1 << 16
 # Rows per block when rank 0 merges the parts.
@@ -62,8 +66,9 @@ def embed_epochs(epochs: Sequence[int], num_epochs: int) -> List[int]:
 def check_config(config) -> List[str]:
     """Problems in PRODUCE.EMBED_DIM and PRODUCE.EMBED_EPOCHS, each naming its key."""
     dim = config.PRODUCE.EMBED_DIM
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-        return [f"PRODUCE.EMBED_DIM must be 0 (no embeddings) or a positive width, got {dim!r}"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < FULL_WIDTH:
+        return [f"PRODUCE.EMBED_DIM must be 0 (no embeddings), a positive width (a random projection) or "
+                f"{FULL_WIDTH} (the classifier input, unprojected), got {dim!r}"]
     try:
         embed_epochs(config.PRODUCE.EMBED_EPOCHS, config.TRAIN.EPOCHS)
     except ValueError as e:
@@ -83,6 +88,12 @@ def find_classifier(model: nn.Module) -> nn.Module:
             return module
     raise ValueError(f"{type(model).__name__}: no classifier found (get_classifier(), head.fc, head or fc) to take "
                      f"embeddings from; set PRODUCE.EMBED_DIM 0")
+
+
+def classifier_width(model: nn.Module) -> Optional[int]:
+    """The number of values the classifier reads (its in_features), None if it does not say."""
+    width = getattr(find_classifier(model), "in_features", None)
+    return width if isinstance(width, int) and width > 0 else None
 
 
 def projection(in_features: int, dim: int) -> torch.Tensor:
@@ -193,14 +204,20 @@ class EmbeddingRecorder:
     """Captures, projects and stores the embeddings of produce mode (see the module).
 
     `model`: the module whose classifier is hooked (the one without DDP or compile
-    wrappers); `forward_model`: what runs the end-of-epoch eval-view pass;
-    `rest_loader(indices)`: an eval-view loader over those samples."""
+    wrappers); `dim`: the stored width, or FULL_WIDTH for the classifier input
+    unprojected (its in_features; every rank must know it before it holds a row);
+    `forward_model`: what runs the end-of-epoch eval-view pass; `rest_loader(indices)`:
+    an eval-view loader over those samples."""
 
     def __init__(self, model: nn.Module, dim: int, epochs: Iterable[int], hdir: str, rank: int, world_size: int,
                  device: torch.device, forward_model: Optional[nn.Module] = None,
                  rest_loader: Optional[Callable[[np.ndarray], Iterable[dict]]] = None,
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.dim = dim
+        self.full = dim == FULL_WIDTH
+        self.dim = classifier_width(model) if self.full else dim
+        if self.full and self.dim is None:
+            raise ValueError(f"PRODUCE.EMBED_DIM {FULL_WIDTH}: {type(find_classifier(model)).__name__}, the "
+                             "classifier, does not say its width (in_features); give a positive PRODUCE.EMBED_DIM")
         self.device = device
         self.autocast = autocast
         self.epochs = set(epochs)
@@ -248,6 +265,11 @@ class EmbeddingRecorder:
         if features is None:
             raise RuntimeError("the classifier did not run in this forward: no embedding to record")
         features = features.flatten(1).float()
+        if self.full:
+            if features.shape[1] != self.dim:
+                raise RuntimeError(f"the classifier read {features.shape[1]} values, its in_features is {self.dim}")
+            store.add(indices, features.to(torch.float16))
+            return
         if self.projection is None or self.projection.shape[0] != features.shape[1]:
             self.projection = projection(features.shape[1], self.dim).to(features.device)
         store.add(indices, (features @ self.projection).to(torch.float16))
@@ -289,5 +311,6 @@ class EmbeddingRecorder:
             return None
         remove_stale_temporaries(embed_path(self.dir, epoch, kind))  # what a killed merge left
         path = merge_parts(self.dir, epoch, kind, num_samples, self.dim, self.world_size)
-        logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 -> {path}")
+        what = "the classifier input, unprojected" if self.full else "a random projection of the classifier input"
+        logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 ({what}) -> {path}")
         return path
