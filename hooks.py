@@ -236,9 +236,14 @@ def build_hooks(config, data, model: nn.Module, fwd_model: nn.Module, autocast, 
             hooks.already_stopped = True
             return hooks
     tracker = make_tracker(config, n) if dist_info.is_primary else None
-    embed_dim = config.PRODUCE.EMBED_DIM
+    embed_dim, project = config.PRODUCE.EMBED_DIM, True
+    if embed_dim == embeddings.FULL_WIDTH:  # the classifier input as it is: its width, known on every rank
+        embed_dim, project = embeddings.classifier_width(model), False
+        if embed_dim is None:
+            raise ValueError(f"PRODUCE.EMBED_DIM {embeddings.FULL_WIDTH}: {type(embeddings.find_classifier(model)).__name__}, "
+                             "the classifier, does not say its width (in_features); give a positive PRODUCE.EMBED_DIM")
     hooks.record_model = fwd_model
-    hooks.recorder = Recorder(config.OUTPUT, n, embed_dim=embed_dim, **history_identity(data.train),
+    hooks.recorder = Recorder(config.OUTPUT, n, embed_dim=embed_dim, project=project, **history_identity(data.train),
                               start_epoch=start_epoch, device=dist_info.device, tracker=tracker,
                               val_samples=len(data.val) if data.val is not None else 0)
     if embed_dim:

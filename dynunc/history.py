@@ -5,9 +5,10 @@ RECORD_KINDS (below), one value per line of the full training file list, taken o
 eval view; and ``file_list.json``, the training file list the run recorded on (path,
 entries, sha256 of its bytes: `FileListIndex.fingerprint`), so that get_coreset.py can refuse a different list.
 
-Embeddings (``PRODUCE.EMBED_DIM`` > 0), for the epochs of ``PRODUCE.EMBED_EPOCHS`` only:
+Embeddings (``PRODUCE.EMBED_DIM`` != 0), for the epochs of ``PRODUCE.EMBED_EPOCHS`` only:
 ``embed_{epoch}.npy``, float16, N x D, one row per line of the training list (the
-model's pre-logits features on the eval view, randomly projected to D), and
+model's pre-logits features on the eval view, randomly projected to D, or with
+EMBED_DIM -1 as they are), and
 ``val_embed_{epoch}.npy``, one row per line of the validation list. Plain np.save
 files, so np.load(mmap_mode="r") maps them; `load_embeddings` reads them checked.
 
@@ -63,7 +64,7 @@ def why_no_embeddings(hdir: str) -> str:
     if stopped is not None:
         return (f"the produce run stopped when stable after epoch {stopped}, before the epochs PRODUCE.EMBED_EPOCHS "
                 f"asks for (produce runs of this version record them at the stop epoch)")
-    return f"a produce run records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0, the default)"
+    return f"a produce run records them when {EMBED_CONFIG_KEYS} ask for them (PRODUCE.EMBED_DIM > 0, the default, or -1 for the classifier input unprojected)"
 
 
 @dataclass(frozen=True)
@@ -383,7 +384,7 @@ def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, ki
         recorded = list_embed_epochs(hdir, kind)
         raise HistoryError(
             f"{path} is missing: {kind} files are recorded for the epochs in PRODUCE.EMBED_EPOCHS when "
-            f"PRODUCE.EMBED_DIM > 0; {hdir} has them for "
+            f"PRODUCE.EMBED_DIM is not 0; {hdir} has them for "
             f"{'epochs ' + ', '.join(map(str, recorded)) if recorded else 'no epoch'}") from None
     except (OSError, ValueError, EOFError) as e:
         raise HistoryError(f"{path}: cannot be read as an embedding file: {e}") from None

@@ -53,7 +53,11 @@ EMBEDDING_METHODS = ("moderate", "prototype", "kcenter", "d2")
 EMBED_DIM = 128  # PRODUCE.EMBED_DIM of the produce run
 # Variants that change the selection rule of a method: name -> (method, extra get_coreset flags).
 SELECTION_VARIANTS = {"dynunc-ccs": ("dynunc", ["--ccs", "{ccs_beta}"]),
-                      "dynunc-balanced": ("dynunc", ["--class-balanced"])}
+                      "dynunc-balanced": ("dynunc", ["--class-balanced"]),
+                      # prototype as it was before issue 26: one k-means run, the hardest kept at every fraction
+                      "prototype-hard1": ("prototype", ["--prototype-keep", "hard", "--prototype-restarts", "1"]),
+                      # the restarts without Sorscher's rule: the hardest kept at every fraction
+                      "prototype-hard": ("prototype", ["--prototype-keep", "hard"])}
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,8 @@ def make_coresets(args, produce: str, train_list: str, seed: int,
     for name in (m for m in args.methods if m in SELECTION_VARIANTS):
         method, flags = SELECTION_VARIANTS[name]
         flags = [flag.format(ccs_beta=args.ccs_beta) for flag in flags]
-        sh(base(produce) + ["--method", method, *flags, "--output", os.path.join(folder, f"{name}_{{fraction}}.txt")],
+        run = (embedded or produce) if method in EMBEDDING_METHODS else produce
+        sh(base(run) + ["--method", method, *flags, "--output", os.path.join(folder, f"{name}_{{fraction}}.txt")],
            quiet=True)
         paths[name] = {f: os.path.join(folder, f"{name}_{fraction_text(f)}.txt") for f in args.fractions}
     return paths
@@ -207,6 +212,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ccs-beta", type=float, default=0.1, help="hardest share CCS drops first")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (one process each)")
     parser.add_argument("--nproc", type=int, default=2, help="processes of the produce run")
+    parser.add_argument("--no-full", action="store_true",
+                        help="leave out the full-data runs (a rerun of some methods' cells: no full row, no full line)")
     args = parser.parse_args(argv)
     start = time.time()
     args.output = os.path.abspath(args.output)
@@ -225,7 +232,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         flipped = np.load(flipped_path(noisy))
     opts = training_opts(data, train_list, args.epochs)
 
-    embedding = any(m in EMBEDDING_METHODS for m in args.methods)
+    embedding = any(SELECTION_VARIANTS.get(m, (m,))[0] in EMBEDDING_METHODS for m in args.methods)
 
     def produce_run(output: str) -> None:
         if finished(output, args.epochs) is None:
@@ -244,7 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         produce_run(embedded)
     jobs: List[Job] = []
     for seed in args.seeds:
-        jobs.append(Job(FULL, 1.0, seed, None, os.path.join(args.output, "runs", f"{FULL}_s{seed}")))
+        if not args.no_full:
+            jobs.append(Job(FULL, 1.0, seed, None, os.path.join(args.output, "runs", f"{FULL}_s{seed}")))
         for method, by_fraction in make_coresets(args, produce, train_list, seed, embedded).items():
             for fraction, coreset in by_fraction.items():
                 name = f"{method}_{fraction_text(fraction)}_s{seed}"

@@ -159,6 +159,76 @@ def test_threshold_outside_0_1_is_refused(value):
         dedup.check_threshold("--dedup", value)
 
 
+def test_a_threshold_in_semdedups_eps_range_is_refused_with_both_spellings():
+    """SemDeDup's eps is 1 - cosine (0.07 in its paper's range): typed as --dedup it would
+    join most of a list."""
+    with pytest.raises(ValueError) as e:
+        dedup.check_threshold("--dedup", 0.07, eps_flag="--dedup-eps")
+    assert str(e.value) == ("--dedup 0.07: this is a cosine similarity (pairs with cosine >= 0.07 are joined, most "
+                            "of a list), refused below 0.5; SemDeDup's eps is 1 - cosine: for eps 0.07 write "
+                            "--dedup 0.93 or --dedup-eps 0.07")
+    assert dedup.check_threshold("--dedup", 0.5) == 0.5
+    assert dedup.eps_threshold("--dedup-eps", 0.07) == 1 - 0.07 and dedup.eps_threshold("--dedup-eps", 0) == 1.0
+    for eps in (-0.01, 0.51, float("nan")):
+        with pytest.raises(ValueError, match=r"--dedup-eps: SemDeDup's eps \(1 - cosine similarity\) must be in "
+                                             r"\[0, 0.5\], got"):
+            dedup.eps_threshold("--dedup-eps", eps)
+
+
+def exact_copies(seed, n=1000, dim=32, copied=100):
+    """float16 embeddings in which `copied` rows each have one exact copy (200 identical
+    rows), as a produce run records two identical images; the copies' {frozenset}."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, dim)).astype(np.float16)
+    sources = rng.choice(n, copied, replace=False)
+    targets = rng.choice(np.setdiff1d(np.arange(n), sources), copied, replace=False)
+    x[targets] = x[sources]
+    return x, {frozenset((int(a), int(b))) for a, b in zip(sources, targets)}
+
+
+def test_identical_rows_brute_force():
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 1, (300, 8)).astype(np.float16)
+    x[[10, 50, 299]] = x[3]  # a group of four
+    x[[20, 21]] = 0  # all-zero rows: no direction, never copies
+    x[40] = x[30]
+    x[40, 2], x[30, 2] = np.float16(-0.0), np.float16(0.0)  # -0 equals 0
+    for chunk in (7, None):
+        root = dedup.identical_rows(x, chunk=chunk)
+        expected = [min(j for j in range(300) if np.array_equal(x[i], x[j]) and x[i].any()) if x[i].any() else i
+                    for i in range(300)]
+        assert root.tolist() == expected
+    assert root[[3, 10, 50, 299]].tolist() == [3] * 4 and root[40] == 30 and root[21] == 21
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.999, 0.9])
+def test_exact_copies_are_found_at_any_threshold(threshold):
+    """float32 rounds a unit row's similarity with itself to either side of 1, so a
+    threshold of 1 (cosine >= 1) missed part of the exact copies; they are grouped at
+    every threshold now, each pair as brute force groups identical rows."""
+    x, pairs = exact_copies(seed=8)
+    unit = knn.float32_copy(x, normalise=True)
+    self_similarity = np.einsum("ij,ij->i", unit, unit)
+    assert (self_similarity < 1).any()  # the premise: float32 puts some below 1
+    result = dedup.deduplicate(x, threshold, seed=0)
+    found = set(found_groups(result))
+    assert pairs <= found
+    if threshold == 1.0:
+        assert found == pairs and result.num_removed == 100
+    for group, kept in found_groups(result).items():  # the kept one: least similar to its cluster's centroid
+        if group in pairs:
+            assert kept == min(group)  # identical rows: equally similar, the lower line
+
+
+def test_dedup_eps_is_one_minus_the_threshold(run):
+    assert coreset_cli(run, "--fraction", "0.5", "--dedup", "0.93", output=run["out"] / "a.txt")[0] == 0
+    code, out, err = coreset_cli(run, "--fraction", "0.5", "--dedup-eps", "0.07", output=run["out"] / "b.txt")
+    assert code == 0, err
+    assert open(run["out"] / "a.txt").read() == open(run["out"] / "b.txt").read()
+    assert read_groups(run["out"] / "a.txt.dedup_groups.tsv") == read_groups(run["out"] / "b.txt.dedup_groups.tsv")
+    assert "duplicate groups at cosine >= 0.93" in out
+
+
 def test_default_clusters_is_sqrt_n():
     assert dedup.default_clusters(1) == 1
     assert dedup.default_clusters(4000) == 63
@@ -279,6 +349,9 @@ def test_dedup_with_nothing_above_the_threshold_changes_no_coreset(run):
     ("threshold0", "--dedup: the cosine-similarity threshold must be in (0, 1], got 0.0"),
     ("threshold2", "--dedup: the cosine-similarity threshold must be in (0, 1], got 1.5"),
     ("clusters", "--dedup-clusters must be >= 1, got 0"),
+    ("eps as a threshold", "--dedup 0.07: this is a cosine similarity"),
+    ("eps range", "--dedup-eps: SemDeDup's eps (1 - cosine similarity) must be in [0, 0.5], got 0.93"),
+    ("both", "give --dedup (a cosine similarity) or --dedup-eps (1 - cosine), not both"),
     ("missing", "PRODUCE.EMBED_DIM"),
     ("rows", "has 59 rows but the training file list has 60 lines"),
     ("nan", "row 7 holds a NaN value"),
@@ -287,7 +360,9 @@ def test_dedup_refusals_write_nothing(run, case, message):
     import os
 
     extra = {"threshold0": ["--dedup", "0"], "threshold2": ["--dedup", "1.5"],
-             "clusters": ["--dedup", "0.9", "--dedup-clusters", "0"]}.get(case, ["--dedup", "0.9"])
+             "clusters": ["--dedup", "0.9", "--dedup-clusters", "0"], "eps as a threshold": ["--dedup", "0.07"],
+             "eps range": ["--dedup-eps", "0.93"], "both": ["--dedup", "0.93", "--dedup-eps", "0.07"],
+             }.get(case, ["--dedup", "0.9"])
     embed = f"{run['hdir']}/embed_{EPOCHS - 1}.npy"
     if case == "missing":
         os.remove(embed)

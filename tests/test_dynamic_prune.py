@@ -118,8 +118,42 @@ def test_equal_shards_of_a_pruned_epoch():
     assert len(plan.order) - len(together) < 4 * 8 + 4
 
 
-def test_anneal_epochs():
-    assert anneal_start(8, 0.125) == 7 and anneal_start(90, 0.125) == 79  # InfoBatch: epoch < 0.875 E
+def infobatch_first_full_epoch(num_epochs, delta):
+    """InfoBatch's sampler (NUS-HPC-AI-Lab/InfoBatch, infobatch.py, IBSampler), its
+    schedule transcribed: `iterations` starts at 0 and each reset adds 1; the sampler is
+    reset once when it is built and once at the start of every epoch (its __iter__);
+    a reset prunes while `iterations <= num_epochs * delta` (`stop_prune`), else it
+    gives the full data. Returns the first epoch given the full data (num_epochs if none)."""
+    stop_prune = num_epochs * delta
+    iterations = 0
+
+    def reset():
+        nonlocal iterations
+        full = iterations > stop_prune
+        iterations += 1
+        return full
+
+    reset()  # IBSampler.__init__
+    for epoch in range(num_epochs):
+        if reset():  # the epoch's __iter__
+            return epoch
+    return num_epochs
+
+
+def test_anneal_epochs_are_infobatchs():
+    from fractions import Fraction
+
+    assert infobatch_first_full_epoch(90, 0.875) == 78  # 78 of 90, where round() gave 79
+    for epochs in range(1, 201):  # InfoBatch's default, delta 0.875, exact in binary: its code as it runs
+        assert anneal_start(epochs, 0.125) == infobatch_first_full_epoch(epochs, 0.875), epochs
+    # Other deltas: its rule with delta x EPOCHS exact. Its code's float product can fall
+    # just below a whole number (0.7 x 90 = 62.99999999999999: one pruned epoch less).
+    for anneal, delta in (("0.2", "0.8"), ("0.25", "0.75"), ("0.1", "0.9"), ("0.5", "0.5"), ("0.3", "0.7")):
+        for epochs in range(1, 201):
+            assert anneal_start(epochs, float(anneal)) == infobatch_first_full_epoch(epochs, Fraction(delta)), \
+                (anneal, epochs)
+    assert infobatch_first_full_epoch(90, 0.7) == 62 and anneal_start(90, 0.3) == 63
+    assert anneal_start(8, 0.125) == 7 and anneal_start(90, 0.125) == 78
     assert anneal_start(10, 0.0) == 10 and anneal_start(10, 1.0) == 0
 
 
@@ -287,11 +321,12 @@ def test_a_dynunc_run_in_one_process_prunes_and_logs_images_seen(image_tree, tmp
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     dropped = [r["prune_dropped"] for r in records]
-    # 30 samples: epochs 0 and 1 build the first window, epoch 5 is the anneal epoch.
-    assert dropped[0] == dropped[1] == dropped[5] == 0 and all(d > 0 for d in dropped[2:5])
+    # 30 samples: epochs 0 and 1 build the first window; epochs 4 and 5 are the anneal
+    # epochs (from floor(0.8 x 6) = 4, as InfoBatch's sampler runs it).
+    assert dropped[0] == dropped[1] == dropped[4] == dropped[5] == 0 and all(d > 0 for d in dropped[2:4])
     for r in records:
-        assert r["prune_dropped"] == round(0.5 * r["prune_candidates"]) or r["epoch"] in (0, 1, 5)
+        assert r["prune_dropped"] == round(0.5 * r["prune_candidates"]) or r["epoch"] in (0, 1, 4, 5)
         assert r["images_seen"] == (30 - r["prune_dropped"]) // 2 * 2
     with open(os.path.join(out, "log_rank0.txt")) as f:
         log = f.read()
-    assert "epoch 2: dynamic pruning (dynunc): " in log and "epoch 5: dynamic pruning off (anneal: full data)" in log
+    assert "epoch 2: dynamic pruning (dynunc): " in log and "epoch 4: dynamic pruning off (anneal: full data)" in log

@@ -94,6 +94,52 @@ def test_kmeans_finds_planted_clusters_and_prototype_keeps_the_farthest():
     assert len(kept(scores, 120) & set(np.argsort(-reference)[:120].tolist())) >= 110
 
 
+def uneven_blobs(seed):
+    """Six well-separated blobs of uneven sizes (float16): k-means from one random start
+    often puts two centroids in a large blob and one over two small ones."""
+    rng = np.random.default_rng(seed)
+    sizes = [300, 150, 60, 30, 300, 100]
+    which = np.repeat(np.arange(len(sizes)), sizes)
+    x = (np.eye(16)[:len(sizes)][which] * 6 + rng.normal(0, 0.5, (len(which), 16))).astype(np.float16)
+    return x, which
+
+
+def objective_reference(x, centroids):
+    """The k-means objective in float64 by brute force: each row's squared distance to its nearest centroid, summed."""
+    d = ((x.astype(np.float64)[:, None, :] - centroids.astype(np.float64)[None]) ** 2).sum(axis=-1)
+    return d.min(axis=1).sum()
+
+
+def test_kmeans_restarts_keep_the_run_of_the_lowest_objective():
+    """FAISS's nredo: run k-means R times, keep the best objective. Each run here is
+    FAISS k-means from restart_seed(seed, r) on the same sample (all rows: N < 256 k)."""
+    x, which = uneven_blobs(0)
+    train = knn.float32_copy(x)
+    for seed in (1, 7):
+        runs = [knn.kmeans(x, 6, knn.restart_seed(seed, r)) for r in range(8)]
+        assert np.array_equal(runs[0], knn.kmeans(x, 6, seed))  # one restart: the k-means of before
+        objectives = [objective_reference(train, c) for c in runs]
+        best = knn.kmeans(x, 6, seed, restarts=8)
+        assert np.array_equal(best, runs[int(np.argmin(objectives))])
+        np.testing.assert_allclose(knn.kmeans_objective(train, best), min(objectives), rtol=1e-9)
+
+    def recovered(centroids):  # the planted partition, up to the clusters' names
+        assigned = knn.nearest_centroid(x, centroids)
+        return len(set(zip(which.tolist(), assigned.tolist()))) == len(set(assigned.tolist())) == 6
+
+    single = [recovered(knn.kmeans(x, 6, seed)) for seed in range(8)]
+    restarted = [recovered(knn.kmeans(x, 6, seed, restarts=8)) for seed in range(8)]
+    assert sum(single) <= 4 and sum(restarted) >= 7, (single, restarted)
+
+
+def test_sorschers_rule_keeps_the_easiest_below_the_switch():
+    keeps = es.prototype_keeps_easiest
+    assert keeps("auto", 0.5, 299, 1000) and not keeps("auto", 0.5, 500, 1000) and not keeps("auto", 0.5, 900, 1000)
+    assert keeps("auto", 0.5, 498, 999) and not keeps("auto", 0.5, int(999 * 0.5), 999)  # int(N x 0.5) is hard
+    assert keeps("easy", 0.5, 900, 1000) and not keeps("hard", 0.5, 10, 1000)
+    assert not keeps("auto", 0.2, 300, 1000)
+
+
 # -----------------------------------------------------------------------------
 # kcenter: greedy by the full distance matrix
 # -----------------------------------------------------------------------------
@@ -196,6 +242,56 @@ def test_d2_unscored_samples_last_infinite_refused():
         es.d2_scores(x, s, 5, what="--d2-score forgetting")
 
 
+def neighbour_share(order, x, picks=200, k=10):
+    """The share of the first `picks` of `order` that lie among the k nearest neighbours
+    (brute force, normalised rows) of an earlier pick: what D2's reverse messages keep low."""
+    xx = x.astype(np.float64)
+    xx /= np.linalg.norm(xx, axis=1, keepdims=True)
+    d = pairwise(xx)
+    np.fill_diagonal(d, np.inf)
+    neighbours = np.argsort(d, axis=1, kind="stable")[:, :k]
+    near, hits = set(), 0
+    for i in list(order)[:picks]:
+        hits += i in near
+        near.update(neighbours[i].tolist())
+    return hits / picks
+
+
+@pytest.mark.parametrize("score", ["aum", "moderate"])
+def test_d2_shifts_a_signed_score_by_its_minimum(score):
+    """The authors shift AUM by its minimum before the graph (d2pruning's Coreset.py): a
+    signed score passed as it is lowers nothing, each pick raises its neighbours, and the
+    first picks crowd together; shifted, D2 spreads them (fewer neighbours of earlier picks
+    than a random order has)."""
+    rng = np.random.default_rng(20)
+    n = 500
+    x, _ = blobs(n, 16, 8, rng, spread=0.6)
+    if score == "aum":  # minus the mean margin: negative for the learned majority
+        s = -rng.normal(1.5, 1.5, n)
+        assert 0.7 < (s < 0).mean() < 1
+    else:  # -|2r - (N-1)| <= 0 everywhere
+        s = es.moderate_scores(x, rng.integers(0, 4, n), seed=0)
+    order = np.argsort(-es.d2_scores(x, s, seed=1), kind="stable")
+    # the authors' arithmetic on the shifted score: the same picks (float32 distances: the first 400)
+    assert order[:400].tolist() == d2_reference(x, s - s.min(), 10, 1.0, 1.0, seed=1)[:400]
+    spread = neighbour_share(order, x, picks=100)
+    backwards = neighbour_share(d2_reference(x, s, 10, 1.0, 1.0, seed=1), x, picks=100)  # the signed score as it is
+    random = neighbour_share(np.random.default_rng(0).permutation(n), x, picks=100)
+    assert spread < random / 4 and backwards > random, (spread, random, backwards)
+
+
+def test_d2_leaves_a_non_negative_score_and_refuses_a_constant_signed_one():
+    rng = np.random.default_rng(21)
+    s = rng.random(50)
+    np.testing.assert_array_equal(es.d2_difficulty(s), s)  # no negative value: as it is
+    s[[4, 9]] = np.nan
+    shifted = es.d2_difficulty(s - 0.5)
+    assert np.isnan(shifted[[4, 9]]).all() and np.nanmin(shifted) == 0
+    np.testing.assert_allclose(shifted, s - np.nanmin(s))
+    with pytest.raises(ValueError, match="--d2-score aum is -2 at every scored line: shifted by its minimum"):
+        es.d2_difficulty(np.full(50, -2.0), what="--d2-score aum")
+
+
 # -----------------------------------------------------------------------------
 # the engine
 # -----------------------------------------------------------------------------
@@ -264,21 +360,51 @@ def test_get_coreset_scores_each_method_from_the_chosen_epoch(s):
     code, _, err = coreset(s, "--method", "prototype", "--fraction", "0.5", "--embed-epoch", "2", "--prototypes", "3",
                            "--output", s["tmp"] / "p.txt", "--seed", "3")
     assert code == 0, err
-    assert "(prototype; embed-epoch 2; prototypes 3)" in err
+    assert ("(prototype; embed-epoch 2; prototypes 3; prototype-restarts 5; prototype-keep auto; "
+            "prototype-switch 0.5)") in err
     np.testing.assert_array_equal(np.load(f"{s['tmp']}/p.txt.scores.npy"), es.prototype_scores(s["embeddings"][2], 3, 3))
 
 
-def test_d2_passes_the_score_of_another_method(s):
-    code, _, err = coreset(s, "--method", "d2", "--d2-score", "confidence", "--knn", "4", "--fraction", "0.5",
+@pytest.mark.parametrize("flags, lowest", [((), {"0.3": True, "0.5": False, "0.7": False}),
+                                           (("--prototype-keep", "hard"), {"0.3": False, "0.5": False, "0.7": False}),
+                                           (("--prototype-keep", "easy"), {"0.3": True, "0.5": True, "0.7": True}),
+                                           (("--prototype-switch", "0.6"), {"0.3": True, "0.5": True, "0.7": False})])
+def test_prototype_coresets_follow_sorschers_rule(s, flags, lowest):
+    """The easiest (nearest their prototype) below --prototype-switch, the hardest at or
+    above it; --prototype-keep forces a side. The scores file is the distance either way."""
+    out = s["tmp"] / "p_{fraction}.txt"
+    code, stdout, err = coreset(s, "--method", "prototype", "--fraction", *lowest, "--output", out, "--seed", "2",
+                                *flags)
+    assert code == 0, err
+    scores = np.load(f"{s['tmp']}/p_all.txt.scores.npy")
+    np.testing.assert_array_equal(scores, es.prototype_scores(s["embeddings"][5], 4, 2))
+    lines = s["list"].read_text().splitlines()
+    for fraction, easiest in lowest.items():
+        keep = int(N * float(fraction))
+        expected = kept(-scores if easiest else scores, keep, seed=2)
+        found = {lines.index(line) for line in (s["tmp"] / f"p_{fraction}.txt").read_text().splitlines()}
+        assert found == expected, fraction
+        said = f"kept {keep} of {N} lines (fraction {fraction}, prototype, the lowest scores kept)"
+        assert (said in stdout) == easiest, stdout
+
+
+@pytest.mark.parametrize("score", ["confidence", "aum"])
+def test_d2_passes_the_score_of_another_method(s, score):
+    code, _, err = coreset(s, "--method", "d2", "--d2-score", score, "--knn", "4", "--fraction", "0.5",
                            "--output", s["tmp"] / "d2.txt")
     assert code == 0, err
     from dynunc.scoring.methods import ScoreParams, score_history
     from dynunc.history import contiguous_epoch_files, record_loader
     loader = record_loader(s["hdir"], contiguous_epoch_files(s["hdir"]), N)
-    confidence = score_history(["confidence"], K, N, loader, ScoreParams())["confidence"]
-    np.testing.assert_array_equal(np.load(f"{s['tmp']}/d2.txt.scores.npy"),
-                                  es.d2_scores(s["embeddings"][5], confidence, 4))
+    difficulty = score_history([score], K, N, loader, ScoreParams())[score]
+    expected = es.d2_scores(s["embeddings"][5], difficulty, 4)
+    np.testing.assert_array_equal(np.load(f"{s['tmp']}/d2.txt.scores.npy"), expected)
     assert "--window is used by method dynunc only; ignored" not in err
+    if score == "aum":  # signed: shifted by its minimum, and said
+        assert difficulty.min() < 0 and "d2: --d2-score aum has negative scores" in err
+        np.testing.assert_array_equal(expected, es.d2_scores(s["embeddings"][5], difficulty - difficulty.min(), 4))
+    else:
+        assert "negative scores" not in err
 
 
 @pytest.mark.parametrize("case", ["no embeddings", "row count", "nan", "epoch not recorded", "infinite score",

@@ -36,8 +36,10 @@ def test_check_config_names_the_keys():
     assert ok.PRODUCE.EMBED_DIM == 128 and list(ok.PRODUCE.EMBED_EPOCHS) == []
     assert embeddings.check_config(ok) == []
     assert embeddings.check_config(load_config(None, ["PRODUCE.EMBED_DIM", "0"])) == []
-    assert embeddings.check_config(load_config(None, ["PRODUCE.EMBED_DIM", "-1"])) == [
-        "PRODUCE.EMBED_DIM must be 0 (no embeddings) or a positive width, got -1"]
+    assert embeddings.check_config(load_config(None, ["PRODUCE.EMBED_DIM", "-1"])) == []  # unprojected
+    assert embeddings.check_config(load_config(None, ["PRODUCE.EMBED_DIM", "-2"])) == [
+        "PRODUCE.EMBED_DIM must be 0 (no embeddings), a positive width (a random projection) or -1 (the classifier "
+        "input, unprojected), got -2"]
     problems = embeddings.check_config(load_config(None, ["TRAIN.EPOCHS", "4", "PRODUCE.EMBED_EPOCHS", "[4]"]))
     assert len(problems) == 1 and problems[0].startswith("PRODUCE.EMBED_EPOCHS: epoch 4 is outside")
 
@@ -64,6 +66,39 @@ def test_the_hook_captures_the_pre_logits_features_of_every_model_type(model_typ
     expected = (reference @ projection(reference.shape[1], 8)).half().numpy()
     np.testing.assert_allclose(rows.astype(np.float32), expected[[1, 2, 0]].astype(np.float32), rtol=1e-2, atol=1e-3)
     assert find_classifier(model).out_features == 7
+
+
+@pytest.mark.parametrize("model_type", list(SMALL))
+def test_full_width_records_the_classifier_input_unprojected(model_type):
+    """PRODUCE.EMBED_DIM -1: the pre-logits features themselves (float16), at the
+    classifier's width, for every model type."""
+    torch.manual_seed(0)
+    model = build_model(small_config(model_type)).eval()
+    recorder = EmbeddingRecorder(model, embeddings.FULL_WIDTH, [0], "unused", 0, 1, torch.device("cpu"))
+    assert recorder.dim == find_classifier(model).in_features
+    recorder.start(0, "embed")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        with recorder.capture("embed", torch.tensor([2, 0, 1])):
+            model(x)
+        reference = model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
+    recorder.close()
+    idx, rows = recorder.stores["embed"].sorted_rows(recorder.dim)
+    assert idx.tolist() == [0, 1, 2] and rows.shape == (3, find_classifier(model).in_features)
+    np.testing.assert_array_equal(rows, reference.half().numpy()[[1, 2, 0]])
+
+
+def test_full_width_through_the_recorder_and_the_merge(tmp_path):
+    n = 7
+    features = torch.randn(n, 5)
+    model = TableModel(features)
+    embedder = EmbeddingRecorder(model, embeddings.FULL_WIDTH, [0], str(tmp_path), 0, 1, torch.device("cpu"),
+                                 rest_loader=rest_loader)
+    embedder.start(0, "embed")
+    embedder.embed_all(n)
+    embedder.finish(0, "embed", n)
+    embedder.close()
+    np.testing.assert_array_equal(load_embeddings(str(tmp_path), n), features.half().numpy())
 
 
 def test_a_model_without_a_classifier_is_refused():

@@ -172,8 +172,8 @@ _C.TRAIN.DYNAMIC_PRUNE.RATIO = 0.5
 _C.TRAIN.DYNAMIC_PRUNE.SCORE = "loss"
 # dynunc only: the window, in the sample's own trained epochs (>= 2).
 _C.TRAIN.DYNAMIC_PRUNE.WINDOW = 3
-# The share of final epochs trained on the full data, in [0, 1]: the last
-# round(ANNEAL x EPOCHS) epochs (InfoBatch's default 0.125).
+# The share of final epochs trained on the full data, in [0, 1]: every epoch from
+# floor((1 - ANNEAL) x EPOCHS) on, as InfoBatch's code anneals (its default 0.125, delta 0.875).
 _C.TRAIN.DYNAMIC_PRUNE.ANNEAL = 0.125
 
 # -----------------------------------------------------------------------------
@@ -236,7 +236,8 @@ _C.PRODUCE.STOP_WHEN_STABLE.PATIENCE = 3
 _C.PRODUCE.STOP_WHEN_STABLE.FRACTION = 0.5
 # Embeddings (dynunc/training/embeddings.py): the classifier's input on the eval view, randomly
 # projected to EMBED_DIM values and stored float16 as embed_{epoch}.npy (training list)
-# and val_embed_{epoch}.npy (validation list). 0 records none.
+# and val_embed_{epoch}.npy (validation list). 0 records none; -1 records the classifier's
+# input itself, unprojected (its full width: 2,048 values for a ResNet-50).
 _C.PRODUCE.EMBED_DIM = 128
 # The epochs that record them; [] is the last epoch, negative values count from the end.
 _C.PRODUCE.EMBED_EPOCHS = []

@@ -42,6 +42,7 @@ old outputs as they were.
 """
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -196,15 +197,22 @@ def run(args: argparse.Namespace) -> int:
         check_dedup_left(args.dedup, args.dedup_max_removed, n, len(pool), plan.keeps)  # before anything is written
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
+    lowest = {o: METHODS[o.method].keeps_lowest(plan.params, o.keep, n) for o in outputs}  # prototype's rule
     for method in plan.methods:
-        if pool is None:
-            ranking = selection.ranking(scores[method], labels)
-        else:
-            ranking = selection.ranking(scores[method][pool], None if labels is None else labels[pool])
+        rankings = {}  # by side: the highest scores kept (False) or the lowest (True)
+        for side in sorted({lowest[o] for o in outputs if o.method == method}):
+            signed = -scores[method] if side else scores[method]
+            if pool is None:
+                rankings[side] = selection.ranking(signed, labels)
+            else:
+                rankings[side] = selection.ranking(signed[pool], None if labels is None else labels[pool])
         for o in outputs:
             if o.method == method:
+                ranking = rankings[lowest[o]]
                 try:
                     indices, cuts[o] = selection.choose(ranking, o.keep if pool is None else min(o.keep, len(pool)))
+                    if lowest[o] and cuts[o] is not None and cuts[o].score is not None:
+                        cuts[o] = dataclasses.replace(cuts[o], score=-cuts[o].score)  # the score as written
                 except ValueError as e:
                     if selection.ccs is None:
                         raise
@@ -242,6 +250,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"get_coreset.py: warning: {duplicates.warning()}", file=sys.stderr)
     for o in outputs:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
+        detail += ", the lowest scores kept" if lowest[o] else ""
         ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""
         whole = (f"; int(N * fraction) = {o.keep} exceeds the {len(pool)} lines left after --dedup: all kept"
                  if pool is not None and o.keep > len(pool) else "")

@@ -39,11 +39,32 @@ def latest_embeddings(hdir: str, num_samples: int, kind: str = "embed") -> Tuple
     return epochs[-1], embeddings
 
 
-def check_threshold(flag: str, value: float) -> float:
-    """A cosine-similarity threshold in (0, 1]; ValueError naming `flag` otherwise."""
+# The lowest cosine-similarity threshold taken: below, a threshold joins images that are
+# not copies (the curve's run: 0.99 already joins 59% of its digits), and a value this low
+# is most likely SemDeDup's eps (1 - cosine, e.g. 0.07) typed as a similarity.
+LOWEST_THRESHOLD = 0.5
+
+
+def check_threshold(flag: str, value: float, eps_flag: Optional[str] = None) -> float:
+    """A cosine-similarity threshold in [LOWEST_THRESHOLD, 1]; ValueError naming `flag`
+    otherwise (below LOWEST_THRESHOLD, the message gives the eps spelling: `eps_flag`)."""
     if not (0.0 < value <= 1.0):  # NaN fails too
         raise ValueError(f"{flag}: the cosine-similarity threshold must be in (0, 1], got {value}")
+    if value < LOWEST_THRESHOLD:
+        spelled = f"{flag} {1 - value:g}" + (f" or {eps_flag} {value:g}" if eps_flag else "")
+        raise ValueError(f"{flag} {value:g}: this is a cosine similarity (pairs with cosine >= {value:g} are joined, "
+                         f"most of a list), refused below {LOWEST_THRESHOLD:g}; SemDeDup's eps is 1 - cosine: for "
+                         f"eps {value:g} write {spelled}")
     return float(value)
+
+
+def eps_threshold(flag: str, eps: float) -> float:
+    """SemDeDup's eps (1 - cosine similarity, in [0, 1 - LOWEST_THRESHOLD]) as the cosine
+    threshold 1 - eps; ValueError naming `flag` otherwise."""
+    if not (0.0 <= eps <= 1.0 - LOWEST_THRESHOLD):  # NaN fails too
+        raise ValueError(f"{flag}: SemDeDup's eps (1 - cosine similarity) must be in [0, {1 - LOWEST_THRESHOLD:g}], "
+                         f"got {eps}")
+    return 1.0 - float(eps)
 
 
 def default_clusters(num_samples: int) -> int:
@@ -78,12 +99,50 @@ def merge_components(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.nda
             parent = grand
 
 
-def cluster_components(rows: np.ndarray, threshold: float, block: int) -> np.ndarray:
+def identical_rows(embeddings: np.ndarray, chunk: Optional[int] = None) -> np.ndarray:
+    """For each row, the lowest index of the rows equal to it, value for value (exact
+    copies; -0 equals 0), int64; an all-zero row only itself (it has no direction). A
+    64-bit hash of each row (a random odd multiplier per column, the sum modulo 2^64),
+    read `chunk` rows at a time (default: 4M values, 32 MiB of hash terms), then rows of
+    equal hash compared value for value: O(N) memory, never a copy of all the rows."""
+    n, d = embeddings.shape
+    chunk = chunk or max(1, (1 << 22) // max(d, 1))
+    weights = np.random.default_rng(0).integers(1, 2**63, size=d, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    hashes = np.empty(n, dtype=np.uint64)
+    zero = np.zeros(n, dtype=bool)
+    for rows in knn.chunks(n, chunk):
+        block = knn.as_float32(embeddings, rows) + np.float32(0.0)  # -0 + 0 is +0
+        zero[rows] = ~block.any(axis=1)
+        hashes[rows] = (block.view(np.uint32).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    root = np.arange(n, dtype=np.int64)
+    candidates = np.flatnonzero(~zero)
+    order = candidates[np.argsort(hashes[candidates], kind="stable")]  # equal hashes in index order
+    sorted_hashes = hashes[order]
+    repeated = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
+    if not len(repeated):
+        return root
+    starts = np.flatnonzero(np.concatenate([[True], sorted_hashes[1:] != sorted_hashes[:-1]]))
+    for begin, end in zip(starts, np.append(starts[1:], len(order))):
+        if end - begin < 2:
+            continue
+        members = order[begin:end]
+        rows = knn.as_float32(embeddings, members) + np.float32(0.0)
+        _, first, which = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        # members ascend, so each value's first member is its lowest index
+        root[members] = members[first[which.reshape(-1)]]
+    return root
+
+
+def cluster_components(rows: np.ndarray, threshold: float, block: int,
+                       copies: Optional[np.ndarray] = None) -> np.ndarray:
     """For the unit rows of one cluster: the smallest member index of each member's
-    duplicate component (pairs with cosine >= threshold, joined transitively). The
-    similarities are computed for `block` values at a time, upper triangle only."""
+    duplicate component (pairs with cosine >= threshold, joined transitively; and, given
+    `copies`, each member's lowest identical member, a member index <= its own, joined
+    whatever the threshold: float32 rounds a unit row's similarity with itself to either
+    side of 1). The similarities are computed for `block` values at a time, upper
+    triangle only."""
     m = len(rows)
-    parent = np.arange(m)
+    parent = np.arange(m) if copies is None else np.asarray(copies, dtype=np.int64).copy()
     step = max(1, block // m)
     for start in range(0, m, step):
         sims = rows[start:start + step] @ rows[start:].T  # row i of the block against members start..m-1
@@ -143,10 +202,14 @@ LARGE_GROUP = 20
 
 
 def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np.ndarray, threshold: float,
-                     block: int = DEFAULT_BLOCK) -> Duplicates:
+                     block: int = DEFAULT_BLOCK, copies: Optional[np.ndarray] = None) -> Duplicates:
     """The duplicate groups of the rows of `embeddings` given their clusters (see the
-    module). One cluster's rows are read and normalised at a time."""
+    module). One cluster's rows are read and normalised at a time. `copies`
+    (identical_rows): exact copies, joined at any threshold; each is put in its lowest
+    copy's cluster."""
     n = len(embeddings)
+    if copies is not None:
+        assigned = np.asarray(assigned)[copies]
     centroids = np.asarray(centroids, dtype=np.float64)
     order = np.argsort(assigned, kind="stable")  # members of a cluster in line order
     bounds = np.flatnonzero(np.diff(assigned[order])) + 1
@@ -155,11 +218,18 @@ def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np
         if len(members) < 2:
             continue
         rows = knn.as_float32(embeddings, members, normalise=True)
-        roots = cluster_components(rows, threshold, block)
+        local = None if copies is None else np.searchsorted(members, copies[members])
+        roots = cluster_components(rows, threshold, block, local)
         grouped = np.flatnonzero(np.bincount(roots, minlength=len(members))[roots] > 1)
         if not len(grouped):
             continue
+        # an exact copy takes its lowest copy's value: identical rows tie exactly (BLAS may
+        # round two identical rows' products differently), and the tie goes to the lower line
         to_centroid = rows[grouped].astype(np.float64) @ centroids[assigned[members[0]]]
+        if local is not None:  # a copy's root is grouped too (same component), at its own position
+            by_position = np.empty(len(members))
+            by_position[grouped] = to_centroid
+            to_centroid = by_position[local[grouped]]
         # within each component: least similar to the centroid first, then the lower line
         ranked = grouped[np.lexsort((grouped, to_centroid, roots[grouped]))]
         first = np.concatenate([[True], roots[ranked][1:] != roots[ranked][:-1]])
@@ -185,10 +255,11 @@ def duplicate_groups(embeddings: np.ndarray, assigned: np.ndarray, centroids: np
 def deduplicate(embeddings: np.ndarray, threshold: float, clusters: Optional[int] = None, seed: int = 0,
                 block: int = DEFAULT_BLOCK) -> Duplicates:
     """SemDeDup on (N, D) embeddings (any float dtype; a float16 memory map is read in
-    blocks, never copied whole)."""
+    blocks, never copied whole); identical rows (exact copies) are grouped at any
+    threshold."""
     assigned, centroids = spherical_clusters(embeddings, default_clusters(len(embeddings)) if clusters is None else clusters,
                                              seed)
-    return duplicate_groups(embeddings, assigned, centroids, threshold, block)
+    return duplicate_groups(embeddings, assigned, centroids, threshold, block, copies=identical_rows(embeddings))
 
 
 def nearest_neighbours(train: np.ndarray, queries: np.ndarray, chunk: int = 1 << 14) -> Tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,9 @@ with needs ("embed",)). Higher score = kept first, as everywhere.
   coordinate-wise median; the kept set is the band of distances around the median
   distance, over all samples (the authors' code: one global band);
 - `prototype_scores` (Sorscher et al., NeurIPS 2022): cosine distance to the nearest of
-  k spherical k-means centroids (no labels); the farthest first;
+  k spherical k-means centroids (no labels; the best of several k-means runs); the
+  farthest first, and, by Sorscher's rule (`prototype_keeps_easiest`), the nearest first
+  for budgets below a switch fraction;
 - `kcenter_scores` (Sener and Savarese, ICLR 2018): the greedy k-center pick order;
 - `d2_scores` (Maharana et al., ICLR 2024): forward message passing of a difficulty
   score over a kNN graph, then greedy selection with reverse message passing; the pick
@@ -97,11 +99,30 @@ def cosine_to_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarr
     return out
 
 
-def prototype_scores(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+PROTOTYPE_RESTARTS = 5  # k-means runs; the centroids of the lowest objective are kept
+PROTOTYPE_SWITCH = 0.5  # Sorscher's rule: the easiest kept below this fraction, the hardest at or above it
+PROTOTYPE_KEEP = ("auto", "easy", "hard")
+
+
+def prototype_scores(embeddings: np.ndarray, k: int, seed: int = 0, restarts: int = PROTOTYPE_RESTARTS) -> np.ndarray:
     """Cosine distance to the nearest of k spherical k-means centroids of the
-    L2-normalised embeddings (labels unused)."""
+    L2-normalised embeddings (labels unused); the centroids of the best of `restarts`
+    k-means runs (knn.kmeans)."""
     _check(embeddings)
-    return cosine_to_nearest(embeddings, knn.kmeans(embeddings, k, seed, spherical=True))
+    return cosine_to_nearest(embeddings, knn.kmeans(embeddings, k, seed, spherical=True, restarts=restarts))
+
+
+def prototype_keeps_easiest(rule: str, switch: float, keep: int, n: int) -> bool:
+    """Whether a coreset of `keep` of `n` samples keeps the lowest prototype distances
+    (the easiest, most prototypical) rather than the highest. Sorscher et al.: keep the
+    easy examples when data is scarce, the hard ones when it is abundant; `rule` 'auto'
+    keeps the easiest when keep < int(n x switch) (the budget of the fraction `switch`),
+    'easy' and 'hard' force either side."""
+    if rule == "easy":
+        return True
+    if rule == "hard":
+        return False
+    return keep < int(n * switch)
 
 
 # -----------------------------------------------------------------------------
@@ -211,19 +232,42 @@ def d2_order(density: np.ndarray, neighbours: np.ndarray, distances: np.ndarray,
     return np.asarray(order, dtype=np.int64)
 
 
-def d2_scores(embeddings: np.ndarray, difficulty: np.ndarray, k: int = D2_KNN, gamma_forward: float = D2_GAMMA_FORWARD,
-              gamma_reverse: float = D2_GAMMA_REVERSE, seed: int = 0, what: str = "the difficulty score") -> np.ndarray:
-    """D2's pick order as scores, over the kNN graph (FAISS, knn.knn_graph) of the
-    L2-normalised embeddings. `difficulty`: one score per row (higher = harder); NaN
-    (no data) is neither picked nor sends messages (scores NaN); +-inf is refused."""
-    _check(embeddings)
+def d2_difficulty(difficulty: np.ndarray, what: str = "the difficulty score") -> np.ndarray:
+    """The difficulty D2 passes over its graph: `difficulty` (float64) as it is when no
+    score is negative, else shifted by its minimum (the lowest becomes 0), as the
+    authors' code shifts AUM by its minimum before the graph (d2pruning,
+    core/data/Coreset.py). D2's messages are linear in the score: a pick lowers each
+    neighbour by a share of its own density, so a negative density would raise its
+    neighbours (a signed score runs the diversity backwards). NaN (no data) stays NaN.
+    ValueError naming `what` where shifting means nothing: an infinite score (no finite
+    shift; forgetting's never-learned), or a signed score that is one value at every
+    scored line (shifted, 0 everywhere: nothing to pass)."""
     difficulty = np.asarray(difficulty, dtype=np.float64)
-    if len(difficulty) != len(embeddings):
-        raise ValueError(f"{what}: {len(difficulty)} scores for {len(embeddings)} embeddings")
     if np.isinf(difficulty).any():
         i = int(np.flatnonzero(np.isinf(difficulty))[0])
         raise ValueError(f"{what} is infinite at line {i} (and {int(np.isinf(difficulty).sum()) - 1} others): "
                          "D2's messages need finite scores; choose another score for d2")
+    scored = difficulty[~np.isnan(difficulty)]
+    if not len(scored) or scored.min() >= 0:
+        return difficulty
+    low = float(scored.min())
+    if scored.max() == low:
+        raise ValueError(f"{what} is {low:g} at every scored line: shifted by its minimum (D2 needs non-negative "
+                         "scores) it is 0 everywhere and D2 would pass nothing; choose another score for d2")
+    return difficulty - low
+
+
+def d2_scores(embeddings: np.ndarray, difficulty: np.ndarray, k: int = D2_KNN, gamma_forward: float = D2_GAMMA_FORWARD,
+              gamma_reverse: float = D2_GAMMA_REVERSE, seed: int = 0, what: str = "the difficulty score") -> np.ndarray:
+    """D2's pick order as scores, over the kNN graph (FAISS, knn.knn_graph) of the
+    L2-normalised embeddings. `difficulty`: one score per row (higher = harder), shifted
+    by its minimum where it has a negative value (d2_difficulty); NaN (no data) is
+    neither picked nor sends messages (scores NaN); +-inf is refused."""
+    _check(embeddings)
+    difficulty = np.asarray(difficulty, dtype=np.float64)
+    if len(difficulty) != len(embeddings):
+        raise ValueError(f"{what}: {len(difficulty)} scores for {len(embeddings)} embeddings")
+    difficulty = d2_difficulty(difficulty, what)
     neighbours, distances = knn.knn_graph(embeddings, min(k, len(embeddings) - 1), seed, normalise=True)
     density = d2_forward(difficulty, neighbours, distances, gamma_forward)
     return order_scores(d2_order(density, neighbours, distances, gamma_reverse, seed), len(difficulty))

@@ -64,22 +64,56 @@ def float32_copy(x: np.ndarray, normalise: bool = False) -> np.ndarray:
     return out
 
 
+def restart_seed(seed: int, restart: int) -> int:
+    """FAISS's seed for k-means restart `restart`: `seed` itself for the first (one
+    restart is the k-means of before), a draw from (seed, restart) for the others."""
+    if restart == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, restart]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def kmeans_objective(train: np.ndarray, centroids: np.ndarray) -> float:
+    """The k-means objective of `centroids` on the rows `train` (float32, as trained on):
+    the sum of each row's squared Euclidean distance to its nearest centroid (the nearest
+    found by FAISS, the distances summed in float64). Lower is better."""
+    nearest = nearest_centroid(train, centroids)
+    total = 0.0
+    for rows in chunks(len(train)):
+        diff = train[rows].astype(np.float64) - centroids[nearest[rows]].astype(np.float64)
+        total += float(np.einsum("ij,ij->", diff, diff))
+    return total
+
+
 def kmeans(x: np.ndarray, k: int, seed: int, spherical: bool = False,
-           iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
+           iterations: int = KMEANS_ITERATIONS, restarts: int = 1) -> np.ndarray:
     """k centroids (k x D float32) of the rows of `x` (normalised first if `spherical`).
-    Trained on a seeded sample of at most MAX_POINTS_PER_CENTROID x k rows."""
+    Trained on a seeded sample of at most MAX_POINTS_PER_CENTROID x k rows. `restarts`
+    runs of FAISS k-means from different seeded starts (restart_seed) on that sample keep
+    the centroids of the lowest objective (kmeans_objective; equal: the earlier run), as
+    FAISS's `nredo` keeps its best run."""
     n, d = x.shape
     if not 1 <= k <= n:
         raise ValueError(f"k-means: k must be in [1, {n}] (the number of rows), got {k}")
+    if restarts < 1:
+        raise ValueError(f"k-means: restarts must be >= 1, got {restarts}")
     sample = min(n, MAX_POINTS_PER_CENTROID * k)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False)) if sample < n else None
     train = float32_copy(x if rows is None else x[rows], normalise=spherical)
     faiss = _faiss()
-    # min_points_per_centroid 1: below 39 rows per centroid FAISS would print a warning to stdout
-    km = faiss.Kmeans(d, k, niter=iterations, seed=seed, spherical=spherical, gpu=use_gpu(),
-                      min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID, verbose=False)
-    km.train(train)
-    return np.array(km.centroids, dtype=np.float32).reshape(k, d)
+    best, best_objective = None, math.inf
+    for restart in range(restarts):
+        # min_points_per_centroid 1: below 39 rows per centroid FAISS would print a warning to stdout
+        km = faiss.Kmeans(d, k, niter=iterations, seed=restart_seed(seed, restart), spherical=spherical,
+                          gpu=use_gpu(), min_points_per_centroid=1, max_points_per_centroid=MAX_POINTS_PER_CENTROID,
+                          verbose=False)
+        km.train(train)
+        centroids = np.array(km.centroids, dtype=np.float32).reshape(k, d)
+        if restarts == 1:
+            return centroids
+        objective = kmeans_objective(train, centroids)
+        if objective < best_objective:
+            best, best_objective = centroids, objective
+    return best
 
 
 def _index(faiss, index):

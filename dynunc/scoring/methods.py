@@ -17,6 +17,7 @@ with `embed`, a function of (embeddings, labels, parameters, other methods' scor
 --d2-score): those are scored in the same pass, and the embeddings are loaded once, by
 the caller's `embedded()`, for every such method, after the pass.
 """
+import sys
 from dataclasses import dataclass, field
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -25,8 +26,9 @@ import numpy as np
 
 from dynunc.history import list_embed_epochs
 from dynunc.uncertainty import default_threads, dynamic_uncertainty_scores, max_window
-from dynunc.scoring.geometry import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, check_gamma, d2_scores,
-                                      kcenter_scores, moderate_scores, prototype_scores)
+from dynunc.scoring.geometry import (D2_GAMMA_FORWARD, D2_GAMMA_REVERSE, D2_KNN, PROTOTYPE_KEEP, PROTOTYPE_RESTARTS,
+                                      PROTOTYPE_SWITCH, check_gamma, d2_scores, kcenter_scores, moderate_scores,
+                                      prototype_keeps_easiest, prototype_scores)
 
 # Rows per chunk: an epoch's update runs chunk by chunk, chunks spread over threads
 # (numpy releases the GIL), every accumulator on a chunk before the next, so that its
@@ -268,6 +270,9 @@ class Method:
     # Whether it reads the samples' class labels (the file list's), given its parameters:
     # a history without a file list cannot be scored by it then.
     labels: Callable[[ScoreParams], bool] = lambda params: False
+    # (parameters, keep, N) -> whether the coreset of `keep` keeps the LOWEST scores (a
+    # method whose kept side depends on the budget: prototype's Sorscher rule).
+    keeps_lowest: Callable[[ScoreParams, int, int], bool] = lambda params, keep, n: False
 
 
 PAPER_WINDOW = 10  # the window of the paper's experiments (J = 10)
@@ -385,14 +390,36 @@ def _d2_score(value: Optional[str], given: Mapping[str, object], num_epochs: int
 
 EMBED_EPOCH_FLAG = MethodFlag(
     "--embed-epoch", "embed_epoch", "moderate, prototype, kcenter and d2: the epoch whose recorded embeddings "
-    "(embed_{epoch}.npy) are read; default the last one recorded", _embed_epoch, {"type": int, "metavar": "E"})
+    "(embed_{epoch}.npy) are read; default the last one recorded. They read the file as recorded: a random "
+    "projection of the classifier input (PRODUCE.EMBED_DIM > 0) or the input itself (PRODUCE.EMBED_DIM -1)",
+    _embed_epoch, {"type": int, "metavar": "E"})
+def _prototype_switch(value: Optional[float], given: Mapping[str, object], num_epochs: int, where: str) -> float:
+    value = PROTOTYPE_SWITCH if value is None else value
+    if not 0.0 < value <= 1.0:  # NaN fails too
+        raise ValueError(f"--prototype-switch must be a fraction in (0, 1], got {value}")
+    return float(value)
+
+
 PROTOTYPE_FLAGS = (EMBED_EPOCH_FLAG, MethodFlag(
     "--prototypes", "prototypes", "prototype: the number of k-means centroids (default: the number of classes "
-    "of the list)", _at_least_one("--prototypes"), {"type": int, "metavar": "K"}))
+    "of the list)", _at_least_one("--prototypes"), {"type": int, "metavar": "K"}),
+    MethodFlag("--prototype-restarts", "prototype_restarts", f"prototype: k-means runs from different seeded "
+               f"starts; the centroids of the lowest k-means objective are kept, as FAISS's nredo (default "
+               f"{PROTOTYPE_RESTARTS})", _at_least_one("--prototype-restarts", PROTOTYPE_RESTARTS),
+               {"type": int, "metavar": "R"}),
+    MethodFlag("--prototype-keep", "prototype_keep", f"prototype: which side a coreset keeps. auto (default): "
+               f"Sorscher et al.'s rule, the easiest (nearest their prototype) for a fraction below "
+               f"--prototype-switch, the hardest (farthest) at or above it; easy or hard: that side at every fraction",
+               lambda value, given, num_epochs, where: value or "auto",
+               {"choices": PROTOTYPE_KEEP, "metavar": "{auto,easy,hard}"}),
+    MethodFlag("--prototype-switch", "prototype_switch", f"prototype, --prototype-keep auto: the fraction from "
+               f"which the hardest are kept (below it the easiest; default {PROTOTYPE_SWITCH})", _prototype_switch,
+               {"type": float, "metavar": "F"}))
 D2_FLAGS = (
     EMBED_EPOCH_FLAG,
     MethodFlag("--d2-score", "d2_score", f"d2: the method whose score is the difficulty passed over the graph "
-               f"(default {DEFAULT_METHOD})", _d2_score, {"metavar": "METHOD"}),
+               f"(default {DEFAULT_METHOD}); a score with negative values (aum, moderate) is shifted by its minimum "
+               "first, as D2's authors shift AUM", _d2_score, {"metavar": "METHOD"}),
     MethodFlag("--knn", "knn", f"d2: neighbours per sample in the kNN graph (default {D2_KNN}, the authors')",
                _at_least_one("--knn", D2_KNN), {"type": int, "metavar": "K"}),
     MethodFlag("--d2-gamma-forward", "d2_gamma_forward", f"d2: forward messages weigh a neighbour's score by "
@@ -402,6 +429,18 @@ D2_FLAGS = (
                f"exp(-gamma d) x its own (default {D2_GAMMA_REVERSE})", _gamma("--d2-gamma-reverse", D2_GAMMA_REVERSE),
                {"type": float, "metavar": "GAMMA"}),
 )
+
+
+def _d2(embeddings: np.ndarray, params: ScoreParams, scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """d2 over --d2-score's scores; says on stderr when a signed score is shifted by its minimum."""
+    what = f"--d2-score {params.d2_score}"
+    difficulty = scores[params.d2_score]
+    scored = difficulty[~np.isnan(difficulty)]
+    if len(scored) and np.isfinite(scored).all() and scored.min() < 0 < scored.max() - scored.min():
+        print(f"d2: {what} has negative scores (minimum {scored.min():.6g}): shifted by its minimum, so "
+              "that each pick lowers its neighbours (D2's authors shift AUM so)", file=sys.stderr)
+    return d2_scores(embeddings, difficulty, params.knn, params.d2_gamma_forward, params.d2_gamma_reverse,
+                     params.seed, what=what)
 
 
 def _num_classes(labels: np.ndarray) -> int:
@@ -438,10 +477,15 @@ METHODS: Dict[str, Method] = {
                        axis="closeness to the median distance (minus twice the rank's distance from the median rank)",
                        embed=lambda e, y, p, s: moderate_scores(e, y, p.seed), flags=(EMBED_EPOCH_FLAG,),
                        labels=lambda p: True),
-    "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids); no "
-                        "labels", "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
-                        embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed),
-                        flags=PROTOTYPE_FLAGS, labels=lambda p: not p.prototypes),
+    "prototype": Method(("embed",), "1 - cos(embedding, nearest of --prototypes spherical k-means centroids, the "
+                        "best of --prototype-restarts runs); no labels; the farthest kept at fractions >= "
+                        "--prototype-switch, the nearest below (Sorscher's rule, --prototype-keep)",
+                        "Sorscher et al. 2022", axis="cosine distance to the nearest prototype (0 to 2)",
+                        embed=lambda e, y, p, s: prototype_scores(e, p.prototypes or _num_classes(y), p.seed,
+                                                                  p.prototype_restarts or PROTOTYPE_RESTARTS),
+                        flags=PROTOTYPE_FLAGS, labels=lambda p: not p.prototypes,
+                        keeps_lowest=lambda p, keep, n: prototype_keeps_easiest(
+                            p.prototype_keep or "auto", p.prototype_switch or PROTOTYPE_SWITCH, keep, n)),
     "kcenter": Method(("embed",), "greedy k-center pick order (farthest from the picked first), N - position; "
                       "within k-means clusters above 2048 samples", "Sener and Savarese 2018",
                       axis="k-center pick order (N - position, 1 to N)",
@@ -449,8 +493,7 @@ METHODS: Dict[str, Method] = {
     "d2": Method(("embed",), "D2 pick order over a kNN graph of the embeddings: --d2-score passed forward, greedy "
                  "picks with reverse messages; N - position", "Maharana et al. 2024",
                  axis="D2 pick order (N - position, 1 to N)",
-                 embed=lambda e, y, p, s: d2_scores(e, s[p.d2_score], p.knn, p.d2_gamma_forward, p.d2_gamma_reverse,
-                                                    p.seed, what=f"--d2-score {p.d2_score}"),
+                 embed=lambda e, y, p, s: _d2(e, p, s),
                  uses=lambda p: (p.d2_score,), flags=D2_FLAGS),
 }
 

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from dynunc.lists.index import FileListIndex, open_index
-from dynunc.scoring.dedup import check_threshold
+from dynunc.scoring.dedup import check_threshold, eps_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
                             find_history_dir, fingerprint_path, load_embeddings, load_epoch_prob, read_sample_keys,
@@ -94,10 +94,14 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
     for flag, _ in method_flags().values():
         add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
     add_flag(parser, "--seed", type=int, default=0, help=seed_help)
-    add_flag(parser, "--dedup", type=float, metavar="THRESHOLD",
+    add_flag(parser, "--dedup", type=float, metavar="COSINE",
              help="remove near-duplicates first (SemDeDup, dynunc/scoring/dedup.py): images whose recorded embeddings "
-             "(embed_{epoch}.npy, the latest epoch) have a cosine similarity >= THRESHOLD, in (0, 1], within a "
-             "k-means cluster form a group, and only one image per group is kept")
+             "(embed_{epoch}.npy, the latest epoch) have a cosine SIMILARITY >= COSINE, in [0.5, 1], within a "
+             "k-means cluster form a group, and only one image per group is kept; identical embeddings (exact "
+             "copies) form a group at any value. SemDeDup's eps is 1 - cosine: see --dedup-eps")
+    add_flag(parser, "--dedup-eps", type=float, metavar="EPS",
+             help="--dedup in SemDeDup's spelling: EPS = 1 - cosine similarity, in [0, 0.5] (--dedup-eps 0.07 is "
+             "--dedup 0.93; 0: exact copies only)")
     add_flag(parser, "--dedup-clusters", type=int, metavar="K",
              help="--dedup: the number of k-means clusters (default: sqrt(N), rounded)")
     if selection:
@@ -157,8 +161,13 @@ def check_flags(args: argparse.Namespace) -> Selection:
         if unknown:
             raise ValueError(f"--method: unknown method {unknown[0]!r}; known: {', '.join(METHODS)}")
         check_not_repeated("--method", args.method)
-    if args.dedup is not None:
-        check_threshold("--dedup", args.dedup)
+    if getattr(args, "dedup_eps", None) is not None:
+        if args.dedup is not None:
+            raise ValueError(f"give --dedup (a cosine similarity) or --dedup-eps (1 - cosine), not both: "
+                             f"--dedup {args.dedup:g} --dedup-eps {args.dedup_eps:g}")
+        args.dedup = eps_threshold("--dedup-eps", args.dedup_eps)
+    elif args.dedup is not None:
+        check_threshold("--dedup", args.dedup, eps_flag="--dedup-eps")
     if args.dedup_clusters is not None and args.dedup_clusters < 1:
         raise ValueError(f"--dedup-clusters must be >= 1, got {args.dedup_clusters}")
     ccs = CCS(args.ccs, args.ccs_bins, args.seed) if getattr(args, "ccs", None) is not None else None
@@ -224,7 +233,12 @@ class Plan:
     def embedded(self) -> Tuple[np.ndarray, np.ndarray]:
         """(the embeddings of --embed-epoch, a checked float16 memory map N x D; the
         list's labels): what the embedding methods read, loaded once for all of them."""
-        return load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch), self.labels
+        embeddings = load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch)
+        readers = ", ".join(m for m in self.methods if METHODS[m].embed is not None) or "the embedding methods"
+        print(f"{readers}: read {embed_path(self.hdir, self.params.embed_epoch)}, {embeddings.shape[0]} x "
+              f"{embeddings.shape[1]} float16 (as recorded: PRODUCE.EMBED_DIM's random projection of the classifier "
+              f"input, or the input itself with PRODUCE.EMBED_DIM -1)", file=sys.stderr)
+        return embeddings, self.labels
 
     def describe_params(self) -> str:
         """The parameters the methods took, as flags: '; window 10; epochs 0:3'."""

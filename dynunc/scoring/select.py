@@ -66,8 +66,9 @@ def select(out_dir: str, method: str = DEFAULT_METHOD, fraction: float = 0.5, *,
     plan = make_plan(args, selection)
     scores = score_history(plan.methods, plan.num_epochs, plan.num_samples, plan.loader(mmap=True), plan.params,
                            embedded=plan.embedded)
-    ranking = selection.ranking(scores[method], plan.labels if class_balanced else None)
     (keep,) = plan.keeps.values()
+    lowest = METHODS[method].keeps_lowest(plan.params, keep, plan.num_samples)  # prototype's Sorscher rule
+    ranking = selection.ranking(-scores[method] if lowest else scores[method], plan.labels if class_balanced else None)
     indices, _ = selection.choose(ranking, keep)
     return np.sort(np.asarray(indices, dtype=np.int64))
 

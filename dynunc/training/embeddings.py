@@ -14,7 +14,9 @@ model's classifier, randomly projected to D and stored float16 as history.py lay
   (FeatureCapture), and given to the Recorder (recorder.py), which projects and stores
   them (EmbeddingStore).
 - Projected by a fixed Gaussian matrix (C x D, entries N(0, 1/D)) drawn from its own
-  seeded generator: recording draws nothing from the training's random streams.
+  seeded generator: recording draws nothing from the training's random streams. With
+  EMBED_DIM -1 (FULL_WIDTH) not projected: the C features themselves, the ones the
+  geometry methods' authors read.
 - Each rank keeps its own rows (float16, host memory) and writes them as a part file;
   rank 0 merges the parts block by block into the final file (a temporary file, then
   os.replace) and removes them: no N x D all-reduce, bounded memory.
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # The projection's own seed: the same matrix for every run of a model width.
 PROJECTION_SEED = 20230608
+# PRODUCE.EMBED_DIM's value for the classifier input as it is (C values, no projection).
+FULL_WIDTH = -1
 # Rows held on the device before they move to host memory (one host sync per flush).
 _FLUSH_ROWS = 1 << 16
 # Rows per block when rank 0 merges the parts.
@@ -64,8 +68,9 @@ def embed_epochs(epochs: Sequence[int], num_epochs: int) -> List[int]:
 def check_config(config) -> List[str]:
     """Problems in PRODUCE.EMBED_DIM and PRODUCE.EMBED_EPOCHS, each naming its key."""
     dim = config.PRODUCE.EMBED_DIM
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-        return [f"PRODUCE.EMBED_DIM must be 0 (no embeddings) or a positive width, got {dim!r}"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < FULL_WIDTH:
+        return [f"PRODUCE.EMBED_DIM must be 0 (no embeddings), a positive width (a random projection) or "
+                f"{FULL_WIDTH} (the classifier input, unprojected), got {dim!r}"]
     try:
         embed_epochs(config.PRODUCE.EMBED_EPOCHS, config.TRAIN.EPOCHS)
     except ValueError as e:
@@ -85,6 +90,12 @@ def find_classifier(model: nn.Module) -> nn.Module:
             return module
     raise ValueError(f"{type(model).__name__}: no classifier found (get_classifier(), head.fc, head or fc) to take "
                      f"embeddings from; set PRODUCE.EMBED_DIM 0")
+
+
+def classifier_width(model: nn.Module) -> Optional[int]:
+    """The number of values the classifier reads (its in_features), None if it does not say."""
+    width = getattr(find_classifier(model), "in_features", None)
+    return width if isinstance(width, int) and width > 0 else None
 
 
 def projection(in_features: int, dim: int) -> torch.Tensor:
@@ -232,8 +243,9 @@ class EmbeddingStore:
     features projected to `dim` (the fixed matrix of `projection`), float16, in host
     memory; `finish` writes them as history.py lays out (module docstring)."""
 
-    def __init__(self, hdir: str, dim: int, rank: int, world_size: int):
+    def __init__(self, hdir: str, dim: int, rank: int, world_size: int, project: bool = True):
         self.dir, self.dim = hdir, dim
+        self.project = project  # False: the features are stored as they are (their width must be `dim`)
         self.rank, self.world_size = rank, world_size
         self.projection: Optional[torch.Tensor] = None
         self.store = RowStore()
@@ -241,6 +253,13 @@ class EmbeddingStore:
 
     def add(self, indices: torch.Tensor, features: torch.Tensor) -> None:
         features = features.flatten(1).float()
+        if not self.project:
+            if features.shape[1] != self.dim:
+                raise ValueError(f"features of width {features.shape[1]}, but the embeddings are stored unprojected "
+                                 f"at width {self.dim}")
+            self.store.add(indices, features.to(torch.float16))
+            self.rows += len(indices)
+            return
         if self.projection is None or self.projection.shape[0] != features.shape[1] or (
                 self.projection.device != features.device):
             self.projection = projection(features.shape[1], self.dim).to(features.device)
@@ -261,7 +280,8 @@ class EmbeddingStore:
             return None
         remove_stale_temporaries(embed_path(self.dir, epoch, kind))  # what a killed merge left
         path = merge_parts(self.dir, epoch, kind, num_samples, self.dim, self.world_size)
-        logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 -> {path}")
+        what = "the classifier input, unprojected" if self.full else "a random projection of the classifier input"
+        logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 ({what}) -> {path}")
         return path
 
 

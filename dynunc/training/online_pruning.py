@@ -18,9 +18,10 @@ Each epoch e, from the scores of epochs 0..e-1:
 - the epoch's order is data/reader.py's epoch_permutation over the kept samples (in
   index order), the same on every rank, sharded by reader.shard (equal shards, full
   batches; the remainder is not trained that epoch, as without pruning);
-- nothing is dropped in epoch 0 (no scores yet), in the last round(ANNEAL x EPOCHS)
-  epochs (full data), at RATIO 0, or while no sample has a score: such an epoch's order
-  is exactly the one without dynamic pruning.
+- nothing is dropped in epoch 0 (no scores yet), from epoch floor((1 - ANNEAL) x
+  EPOCHS) on (full data: InfoBatch's code prunes its epochs e with e + 1 <= delta x
+  EPOCHS, delta = 1 - ANNEAL), at RATIO 0, or while no sample has a score: such an
+  epoch's order is exactly the one without dynamic pruning.
 
 Scores, from the training forward (augmented view, weights before the update):
 
@@ -66,6 +67,7 @@ loss, and `observe` takes each sample's score observation:
 """
 import logging
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
@@ -99,9 +101,14 @@ def check_config(prune) -> List[str]:
 
 
 def anneal_start(epochs: int, anneal: float) -> int:
-    """The first epoch trained on the full data at the end: the last round(ANNEAL x
-    EPOCHS) epochs are (InfoBatch's 0.875 x EPOCHS cut)."""
-    return epochs - int(round(anneal * epochs))
+    """The first epoch trained on the full data at the end: floor(delta x EPOCHS), delta
+    = 1 - ANNEAL, as InfoBatch's code runs it. Its sampler counts its resets from 1 at
+    epoch 0 (the first reset happens when it is built) and prunes while that count is
+    <= delta x EPOCHS, so epoch e prunes while e + 1 <= delta x EPOCHS: the full data from
+    epoch floor(delta x EPOCHS) (78 of 90 at delta 0.875). delta x EPOCHS is computed
+    exactly from ANNEAL as written (0.2 is 1/5), not in binary floating point."""
+    delta = 1 - Fraction(repr(float(anneal)))
+    return math.floor(delta * epochs)
 
 
 def dropped_count(ratio: float, candidates: int) -> int:

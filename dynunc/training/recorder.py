@@ -133,6 +133,8 @@ class Recorder:
     `num_samples`: N, the samples the loader's indices run over (0..N-1).
     `embed_dim`: D > 0 to accept `features` and write embed_{epoch}.npy (float16 N x D)
     for each epoch that gets them (every sample's, by `update` or `update_features`).
+    `project`: True (default) to store a fixed seeded random projection of the features to
+    D; False to store the features as they are (their width must then be D).
     `keys` (one str per sample, written as sample_keys.txt) or `file_list` (the
     training list's path, its fingerprint written as file_list.json) name the samples;
     neither: their index does. `start_epoch`: the first epoch this run records (a
@@ -143,7 +145,7 @@ class Recorder:
 
     def __init__(self, out_dir: str, num_samples: int, *, embed_dim: int = 0, keys: Optional[Sequence[str]] = None,
                  file_list: Optional[str] = None, start_epoch: int = 0, device: Optional[torch.device] = None,
-                 tracker: Optional[StabilityTracker] = None, val_samples: int = 0):
+                 tracker: Optional[StabilityTracker] = None, val_samples: int = 0, project: bool = True):
         self.rank, self.world_size = _rank_world()
         self.is_primary = self.rank == 0
         self.dir = history_dir(out_dir)
@@ -164,7 +166,7 @@ class Recorder:
         self.index_range = torch.zeros(2, dtype=torch.int64, device=self.device)  # -min, max of the epoch's indices
         self.target_range = torch.zeros(2, dtype=torch.int64, device=self.device)  # -min, max - classes + 1 of targets
         self.classes = 0  # the logits' width of the latest batch
-        self.embeddings = {kind: EmbeddingStore(self.dir, self.embed_dim, self.rank, self.world_size)
+        self.embeddings = {kind: EmbeddingStore(self.dir, self.embed_dim, self.rank, self.world_size, project)
                            for kind in ("embed", "val_embed")} if self.embed_dim else {}
         if self.is_primary:
             self._prepare_history(keys, file_list, start_epoch)
