@@ -74,31 +74,36 @@ def test_full_width_records_the_classifier_input_unprojected(model_type):
     classifier's width, for every model type."""
     torch.manual_seed(0)
     model = build_model(small_config(model_type)).eval()
-    recorder = EmbeddingRecorder(model, embeddings.FULL_WIDTH, [0], "unused", 0, 1, torch.device("cpu"))
-    assert recorder.dim == find_classifier(model).in_features
-    recorder.start(0, "embed")
+    width = embeddings.classifier_width(model)
+    assert width == find_classifier(model).in_features
+    capture, store = FeatureCapture(model), EmbeddingStore("unused", width, 0, 1, project=False)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        with recorder.capture("embed", torch.tensor([2, 0, 1])):
+        with capture.armed():
             model(x)
+        store.add(torch.tensor([2, 0, 1]), capture.take())
         reference = model.forward_head(model.forward_features(x), pre_logits=True).flatten(1)
-    recorder.close()
-    idx, rows = recorder.stores["embed"].sorted_rows(recorder.dim)
-    assert idx.tolist() == [0, 1, 2] and rows.shape == (3, find_classifier(model).in_features)
+    capture.close()
+    idx, rows = store.store.sorted_rows(width)
+    assert idx.tolist() == [0, 1, 2] and rows.shape == (3, width)
     np.testing.assert_array_equal(rows, reference.half().numpy()[[1, 2, 0]])
+    with pytest.raises(ValueError, match="stored unprojected at width"):
+        store.add(torch.tensor([0]), torch.zeros(1, width + 1))
 
 
 def test_full_width_through_the_recorder_and_the_merge(tmp_path):
     n = 7
     features = torch.randn(n, 5)
     model = TableModel(features)
-    embedder = EmbeddingRecorder(model, embeddings.FULL_WIDTH, [0], str(tmp_path), 0, 1, torch.device("cpu"),
-                                 rest_loader=rest_loader)
-    embedder.start(0, "embed")
-    embedder.embed_all(n)
-    embedder.finish(0, "embed", n)
-    embedder.close()
-    np.testing.assert_array_equal(load_embeddings(str(tmp_path), n), features.half().numpy())
+    recorder = Recorder(str(tmp_path), n, embed_dim=embeddings.classifier_width(model), project=False,
+                        device=torch.device("cpu"))
+    capture = FeatureCapture(model)
+    with torch.no_grad():
+        recorder.update(torch.arange(n), model(torch.arange(n).view(-1, 1)), torch.zeros(n, dtype=torch.int64))
+        embedding_pass(model, rest_loader(np.arange(n)), capture, recorder)
+    recorder.end_epoch(0)
+    capture.close()
+    np.testing.assert_array_equal(load_embeddings(history_dir(str(tmp_path)), n), features.half().numpy())
 
 
 def test_a_model_without_a_classifier_is_refused():

@@ -167,8 +167,8 @@ def run(args: argparse.Namespace) -> int:
     # score is computed. The list is never held as Python strings (13M lines would take
     # gigabytes): its count, identity and labels come from its index (the plan opens it),
     # and after scoring its bytes are read once, in blocks, to copy the kept lines.
+    check_placeholders(args)  # the command line alone: before any path is looked at
     selection = check_flags(args)
-    check_placeholders(args)
     if not 0.0 <= args.dedup_max_removed <= 1.0:
         raise ValueError(f"--dedup-max-removed must be in [0, 1], got {args.dedup_max_removed:g}")
     for method in args.method:  # the outputs' paths, before the list and the history are opened

@@ -280,7 +280,7 @@ class EmbeddingStore:
             return None
         remove_stale_temporaries(embed_path(self.dir, epoch, kind))  # what a killed merge left
         path = merge_parts(self.dir, epoch, kind, num_samples, self.dim, self.world_size)
-        what = "the classifier input, unprojected" if self.full else "a random projection of the classifier input"
+        what = "the classifier input, unprojected" if not self.project else "a random projection of the classifier input"
         logger.info(f"recorded {kind} of epoch {epoch}: {num_samples} x {self.dim} float16 ({what}) -> {path}")
         return path
 
