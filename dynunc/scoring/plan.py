@@ -75,13 +75,16 @@ def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
-                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
+                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False,
+                   fraction_required: Optional[bool] = None) -> None:
     """The shared flags. `method_default` None: the methods the history has records for;
-    `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags."""
+    `fraction_default` None: --fraction required (unless `fraction_required` is False: the
+    caller checks); `selection`: get_coreset.py's rule flags."""
     add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
     add_flag(parser, "--dataset_file_list", required=True, help="the training file list the history was recorded on")
     add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
-    add_flag(parser, "--fraction", nargs="+", metavar="F", required=not fraction_default,
+    required = not fraction_default if fraction_required is None else fraction_required
+    add_flag(parser, "--fraction", nargs="+", metavar="F", required=required,
              default=list(fraction_default or ()), help="fraction(s) of lines to keep, each in (0, 1]"
              + (f" (default {' '.join(fraction_default)})" if fraction_default else ""))
     for flag, _ in method_flags().values():
@@ -169,6 +172,7 @@ class Plan:
     fractions: List[str]  # as written on the command line
     keeps: Dict[str, int]  # fraction -> int(N * fraction)
     selection: Selection
+    also: Tuple[str, ...] = ()  # methods scored for another use (get_coreset's --label-score), not selected by
 
     @property
     def num_samples(self) -> int:
@@ -205,11 +209,13 @@ def _spelled(value) -> str:
     return f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
 
 
-def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None) -> Plan:
+def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None,
+              also: Sequence[str] = ()) -> Plan:
     """Open the list's index (unless given), open its history (HistoryError naming both
     if the list is not the one it was recorded on) and resolve the method flags; --method
-    None: every method whose records the history holds. ValueError / HistoryError /
-    FileListError naming the flag or file."""
+    None: every method whose records the history holds (an empty list: none, when `also`
+    names methods to score for another use, checked as --method's are). ValueError /
+    HistoryError / FileListError naming the flag or file."""
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
@@ -220,7 +226,9 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
     chosen = list(args.method) if args.method is not None else list(METHODS)
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
-    params = resolve_defaults(chosen, ScoreParams(seed=args.seed), len(paths), hdir, given)
+    also = tuple(m for m in dict.fromkeys(also) if m not in chosen)
+    params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given)
+    check_records(hdir, also, params, len(paths))
     if args.method is not None:
         check_records(hdir, chosen, params, len(paths))
     else:
@@ -233,11 +241,11 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         if unembedded:
             print(f"warning: {hdir} lacks the embeddings (embed_{{epoch}}.npy) or records of {', '.join(unembedded)}: "
                   f"left out (produce runs record embeddings when {EMBED_CONFIG_KEYS} ask for them)", file=sys.stderr)
-    scored = with_inputs(chosen, params)  # with the methods whose scores they read (d2's --d2-score)
+    scored = with_inputs(chosen + list(also), params)  # with the methods whose scores they read (d2's --d2-score)
     for flag, owners in flags.values():
         if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
                   "only; ignored", file=sys.stderr)
-    if not chosen:
+    if not chosen and not also and args.method is None:  # [] (get_coreset --label-issues alone): none asked
         raise ValueError(f"{hdir}: holds the records of no method (give --method)")
-    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
+    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also)

@@ -1,6 +1,7 @@
 """What produce mode adds to a training run (main_and_produce.py): rank 0's coreset
 stability tracker and the stop rule it feeds (dynunc/training/stability.py), and the embedding
-recorder (dynunc/training/embeddings.py), each built from the config."""
+recorder (dynunc/training/embeddings.py) and the top-k class-probability recorder
+(dynunc/training/topk.py), each built from the config."""
 import logging
 from functools import partial
 from typing import Optional
@@ -11,6 +12,7 @@ from data.build import build_eval_view_loader
 from dynunc.training import embeddings
 from dynunc.history import history_dir
 from dynunc.training.stability import StabilityTracker, StopWhenStable, effective_window
+from dynunc.training.topk import TopKRecorder, topk_epochs
 from utils.distributed import DistInfo, all_reduce_, is_primary
 
 logger = logging.getLogger("main")
@@ -48,6 +50,17 @@ def make_embedder(config, data, model, fwd_model, ctx, dist_info: DistInfo) -> O
         dist_info.device, forward_model=fwd_model,
         rest_loader=partial(build_eval_view_loader, config, data.train, device_id=dist_info.device_id),
         autocast=ctx.autocast)
+
+
+def make_topk(config, num_samples: int, dist_info: DistInfo) -> Optional[TopKRecorder]:
+    """Produce mode's top-k class-probability recorder (PRODUCE.TOPK), None for K 0."""
+    k = config.PRODUCE.TOPK.K
+    if not k:
+        return None
+    epochs = topk_epochs(config.PRODUCE.TOPK.EPOCHS, config.TRAIN.EPOCHS)
+    logger.info(f"top-{k} class probabilities are recorded at epochs {epochs} (PRODUCE.TOPK)")
+    return TopKRecorder(num_samples, k, config.MODEL.NUM_CLASSES, epochs, history_dir(config.OUTPUT),
+                        dist_info.device, dist_info.is_primary)
 
 
 def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:

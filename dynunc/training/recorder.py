@@ -3,7 +3,8 @@ view and with the weights as they are before the step's update (docs/semantics.m
 each kind of history.py's RECORD_KINDS, i.e. the softmax
 probability of its true label, whether the top-1 prediction is right, the margin (true
 logit minus the largest other, AUM) and EL2N (||softmax - one-hot||_2); and, in the
-epochs that ask for them, after the epoch, the embeddings (dynunc/training/embeddings.py)."""
+epochs that ask for them, after the epoch, the embeddings (dynunc/training/embeddings.py)
+and the top-k class probabilities (dynunc/training/topk.py)."""
 import logging
 import os
 from contextlib import nullcontext
@@ -18,6 +19,7 @@ from dynunc.history import (RECORD_KINDS, HistoryError, contiguous_epoch_files, 
                              list_epoch_files, load_epoch_prob, read_fingerprint, remove_epochs_from, write_epoch,
                              write_fingerprint)
 from dynunc.training.stability import StabilityTracker, describe
+from dynunc.training.topk import TopKRecorder
 from utils.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ class PredictionRecorder:
 
     def __init__(self, num_samples: int, output: str, device: torch.device, is_primary: bool,
                  eval_mode_forward: Optional[bool] = None, file_list: Optional[str] = None,
-                 tracker: Optional[StabilityTracker] = None, embeddings: Optional[EmbeddingRecorder] = None):
+                 tracker: Optional[StabilityTracker] = None, embeddings: Optional[EmbeddingRecorder] = None,
+                 topk: Optional[TopKRecorder] = None):
         self.num_samples = num_samples
         self.dir = history_dir(output)
         self.is_primary = is_primary
@@ -69,6 +72,7 @@ class PredictionRecorder:
         # Rank 0's coreset stability tracking (dynunc/training/stability.py), fed each written epoch.
         self.tracker = tracker if is_primary else None
         self.embeddings = embeddings
+        self.topk = topk  # PRODUCE.TOPK's class probabilities (dynunc/training/topk.py), or None
 
     def resume_from(self, epoch: int) -> None:
         """Called once as a run (re)starts at `epoch`: the history is rewritten from there
@@ -102,6 +106,8 @@ class PredictionRecorder:
         self.records.fill_(_UNSEEN)
         if self.embeddings is not None and epoch is not None:
             self.embeddings.start(epoch, "embed")
+        if self.topk is not None and epoch is not None:
+            self.topk.start(epoch)
 
     @torch.no_grad()
     def record(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
@@ -124,6 +130,8 @@ class PredictionRecorder:
             if to_eval:
                 model.train(was_training)
         self.records.index_copy_(1, indices, batch_records(logits, labels))
+        if self.topk is not None:
+            self.topk.record(logits, indices)
 
     def end_epoch(self, epoch: int) -> Dict[str, float]:
         """Gather across ranks and, on rank 0, write the epoch's files (history.py);
@@ -136,6 +144,8 @@ class PredictionRecorder:
             # embeddings go before prob, which marks the epoch complete.
             self.embeddings.embed_all(self.num_samples)
             self.embeddings.finish(epoch, "embed", self.num_samples)
+        if self.topk is not None:
+            self.topk.finish(epoch)  # collective; rank 0 writes before prob, which marks the epoch complete
         if not self.is_primary:
             return {}
         records = self.records.cpu()
