@@ -324,3 +324,37 @@ def test_cli_refuses_a_history_without_margins(tmp_path):
     message = refused(tmp_path, ["--input", tmp_path / "run", "--dataset_file_list", list_path,
                                  "--label-issues", out], [out])
     assert "margin_0.npy is missing: method aum needs margin_{epoch}.npy" in message
+
+
+# -----------------------------------------------------------------------------
+# report.py --label-issues
+# -----------------------------------------------------------------------------
+def test_report_section_matches_get_coreset(tmp_path):
+    import json
+
+    import report
+
+    list_path, run_dir, logits, labels, seen = make_run(tmp_path, topk=2)
+    flipped = np.arange(3 * N // 4, N - 1)  # the samples without a signal for their label, seen at least once
+    np.save(tmp_path / "flipped.npy", flipped)
+    tsv = tmp_path / "issues.tsv"
+    assert cli(["--input", run_dir, "--dataset_file_list", list_path, "--label-issues", tsv])[0] == 0
+    out = tmp_path / "report"
+    code, stdout, stderr = run_main(report.main, ["--input", run_dir, "--dataset_file_list", list_path, "--method",
+                                                  "aum", "--fraction", "0.5", "--output", out, "--flipped",
+                                                  tmp_path / "flipped.npy", "--label-issues"])
+    assert code == 0, stderr
+    assert (out / "label_issues.tsv").read_bytes() == tsv.read_bytes()
+    section = json.loads((out / "report.json").read_text())["label_issues"]
+    suspects = read_tsv(str(tsv))["index"]
+    assert section["count"] == len(suspects) and section["rule"] == "mean margin < 0"
+    hits = int(np.isin(suspects, flipped).sum())
+    assert section["flipped"]["found"] == hits
+    assert section["flipped"]["precision"] == pytest.approx(hits / len(suspects))
+    assert section["flipped"]["recall"] == pytest.approx(hits / len(flipped))
+    counts = {c["label"]: c["suspects"] for c in section["per_class"]}
+    assert counts == {int(y): int(np.sum(labels[suspects] == y)) for y in np.unique(labels[suspects])}
+    assert [s["index"] for s in section["shown"]] == list(suspects[:len(section["shown"])])
+    assert all(s["suggested"] != s["label"] for s in section["shown"])
+    page = (out / "index.html").read_text()
+    assert 'id="label_issues"' in page and "label_issues.png" in page and (out / "label_issues.png").exists()

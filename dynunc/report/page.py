@@ -25,6 +25,7 @@ import numpy as np
 
 from data.file_list import FileList, FileListError, read_file_list
 from dynunc.report import figures
+from dynunc.report import label_issues as label_section
 from dynunc.report import projection
 from dynunc.report.accuracy import FULL, TopOne, read_accuracies, summarise
 from dynunc.report.cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
              f"produce run's when no --accuracy full=RUN gives one (default {DEFAULT_PRODUCE_OVERHEAD}, the demo's)")
     projection.add_flag(p)
     add_leakage_flags(p, add_flag)
+    label_section.add_flag(p, add_flag)
     return p
 
 
@@ -179,6 +181,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     add_curves(files, numbers, orders, keeps[reference], reference, num_epochs, load, plan.params.seed)
     curves_done = time.perf_counter()
     add_image_grids(files, numbers, orders, file_list, labels, class_dirs)
+    if args.label_issues:
+        label_section.add_label_issues(files, numbers, args.label_issues, plan, file_list, labels, thumbnail, flipped)
     files.update(embedding_files)
     numbers.update(embedding_numbers)
     print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "
@@ -332,7 +336,8 @@ SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and co
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
             ("projection", "Kept and pruned images in embedding space"),
             ("curves", "p(true label) over epochs"), ("images", "Images"),
-            ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"))
+            ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"),
+            (label_section.ANCHOR, label_section.TITLE))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
@@ -444,7 +449,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
     """index.html: the figures and the tables of `numbers`; links only to the files
     written beside it; paths shown relative to the report folder."""
     methods, fractions, ref = numbers["methods"], numbers["fractions"], numbers["reference_fraction"]
-    sections = [(a, t) for a, t in SECTIONS if a not in ("dedup", "leakage") or a in numbers]
+    sections = [(a, t) for a, t in SECTIONS if a not in ("dedup", "leakage", label_section.ANCHOR) or a in numbers]
     out = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Pruning report</title>"
            f"<style>{_STYLE}</style></head><body>",
            "<h1>Pruning report</h1>",
@@ -499,6 +504,7 @@ def render_html(args: argparse.Namespace, numbers: dict) -> str:
         out.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable_images"])) + "</p>")
     out += [_img(f"images_{m}.png", f"{m} images") for m in methods]
     out += dedup_html(numbers.get("dedup")) + leakage_html(numbers.get("leakage"))
+    out += label_section.label_issues_html(numbers.get(label_section.ANCHOR), _heading(label_section.ANCHOR), _table)
     out.append("</body></html>\n")
     return "\n".join(out)
 
