@@ -233,7 +233,9 @@ def ranking_metrics(suspicion: np.ndarray, flagged: np.ndarray, truth: np.ndarra
             "precision_cut": hits / max(int(flagged.sum()), 1), "recall_cut": hits / max(k, 1)}
 
 
-def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray]) -> Dict[str, Dict[str, float]]:
+def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray]
+             ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, np.ndarray]]:
+    """({method: its metrics}, {method: its suspects, a bool per line})."""
     hdir = history_dir(os.path.join(folder, "produce"))
     with open(os.path.join(folder, "train.txt")) as f:
         labels = np.array([int(line.split()[1]) for line in f if line.strip()])
@@ -246,23 +248,41 @@ def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray]) -
     names = ["aum", "confidence", "forgetting", "el2n"]
     scored = score_history(list(dict.fromkeys(sum((methods_scored(m) for m in names), []))), k, n, load,
                            ScoreParams())
-    results = {}
-    for name in names:
+    suspects = {}
+    for name in names + ["cleanlab"]:
         issues = score_label_issues(name, scored, labels, hdir)
-        results[name] = ranking_metrics(issues.suspicion, issues.flagged, truth)
+        suspects[name] = (issues.suspicion, issues.flagged)
     mean_el2n = score_history(["el2n"], k, n, load, ScoreParams(epochs=range(k)))["el2n"]
-    results["el2n-mean"] = ranking_metrics(mean_el2n, mean_el2n > 1, truth)
-    issues = score_label_issues("cleanlab", scored, labels, hdir)
-    results["cleanlab"] = ranking_metrics(issues.suspicion, issues.flagged, truth)
+    suspects["el2n-mean"] = (mean_el2n, mean_el2n > 1)
     last = list_topk_epochs(hdir)[-1]
     classes, records = topk_records(hdir, n, [last])
     probs, seen = dense_probs(records, classes)
-    suspicion, flagged = cleanlab_scores(labels, probs, seen)
-    results["cleanlab-last"] = ranking_metrics(suspicion, flagged, truth)
+    suspects["cleanlab-last"] = cleanlab_scores(labels, probs, seen)
     if cv_probs is not None:
-        suspicion, flagged = cleanlab_scores(labels, cv_probs, np.ones(n, dtype=bool))
-        results["cleanlab-cv"] = ranking_metrics(suspicion, flagged, truth)
-    return results
+        suspects["cleanlab-cv"] = cleanlab_scores(labels, cv_probs, np.ones(n, dtype=bool))
+    results = {m: ranking_metrics(*suspects[m], truth) for m in METHODS if m in suspects}
+    return results, {m: flagged for m, (_, flagged) in suspects.items()}
+
+
+RETRAINED = ("full", "oracle", "aum", "el2n-mean", "cleanlab")  # the sets retrained on (--retrain)
+
+
+def retrain(args, data: str, folder: str, seed: int, name: str, drop: Optional[np.ndarray]) -> float:
+    """main.py on the noisy list without the lines `drop` (None: all of it); top-1 on the
+    (clean) validation list at the last epoch."""
+    train_list = os.path.join(folder, "train.txt")
+    out = os.path.join(folder, f"retrain_{name}")
+    cmd = [sys.executable, "main.py", "--config", CONFIG, "--output", out]
+    if drop is not None:
+        with open(train_list) as f:
+            lines = [line for line in f if line.strip()]
+        coreset = os.path.join(folder, f"cleaned_{name}.txt")
+        atomic_write_text(coreset, "".join(line for line, d in zip(lines, drop) if not d))
+        cmd += ["--coreset", coreset]
+    if not finished(out, args.epochs):
+        sh(cmd + ["--opts", *run_opts(data, train_list, args.epochs, seed)])
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return float([json.loads(line) for line in f if line.strip()][-1]["acc1"])
 
 
 def tables(rows: List[dict]) -> str:
@@ -310,7 +330,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--cv", nargs="*", default=[], metavar="SETTING:SEED",
                         help="the (setting, seed) pairs that also get cleanlab on 4-fold cross-validation")
-    parser.add_argument("--jobs", type=int, default=2, help="produce runs at a time")
+    parser.add_argument("--retrain", nargs="*", default=[], metavar="SETTING:SEED",
+                        help="the (setting, seed) pairs whose cleaned sets are retrained on (main.py): the full noisy "
+                        "list, the oracle (flipped lines removed), and each of aum, el2n-mean, cleanlab's suspects "
+                        "removed")
+    parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--doc", help="Markdown file whose marked section receives the tables")
     args = parser.parse_args(argv)
     start = time.time()
@@ -332,20 +356,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         trained = pool.map(lambda c: train_fold(args, data, os.path.join(out, f"{c[0]}_s{c[1]}"), c[1], c[2]), folds)
         seconds = dict(zip(cases, produced))
         list(trained)
-    rows = []
+    rows, retrain_jobs = [], []
     for setting, seed in cases:
         folder = os.path.join(out, f"{setting}_s{seed}")
         cv = cross_validated(args, data, folder, seed) if f"{setting}:{seed}" in args.cv else None
-        for method, metrics in evaluate(folder, flips[setting, seed], cv).items():
+        results, flagged = evaluate(folder, flips[setting, seed], cv)
+        for method, metrics in results.items():
             rows.append({"setting": setting, "seed": seed, "method": method, **metrics, "runs": METHODS[method][1],
                          "produce_seconds": seconds[setting, seed]})
         log(f"{setting} seed {seed} scored")
+        if f"{setting}:{seed}" in args.retrain:
+            oracle = np.zeros(len(flagged["aum"]), dtype=bool)
+            oracle[flips[setting, seed]] = True
+            drops = {"full": None, "oracle": oracle, **{m: flagged[m] for m in RETRAINED if m in flagged}}
+            retrain_jobs += [(setting, seed, name, drops[name], len(oracle)) for name in RETRAINED]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        top1 = list(pool.map(lambda j: retrain(args, data, os.path.join(out, f"{j[0]}_s{j[1]}"), j[1], j[2], j[3]),
+                             retrain_jobs))
+    retrained = [{"setting": s, "seed": seed, "trained_on": name, "images": n - (0 if drop is None else int(drop.sum())),
+                  "top1": t} for (s, seed, name, drop, n), t in zip(retrain_jobs, top1)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(os.path.join(out, "label_errors.csv"), buf.getvalue())
     text = tables(rows)
+    if retrained:
+        text += ("\n**Retrained on the cleaned sets** (main.py, the same 8 epochs and seed, the suspects of each "
+                 "method's cut removed; top-1 on the clean validation digits, one run each)\n\n"
+                 "| noise | seed | trained on | images | top-1 (%) |\n|---|---:|---|---:|---:|\n"
+                 + "".join(f"| {r['setting']} | {r['seed']} | {r['trained_on']} | {r['images']} | {r['top1']:.2f} |\n"
+                           for r in retrained))
+        buf_r = io.StringIO()
+        w = csv.DictWriter(buf_r, fieldnames=["setting", "seed", "trained_on", "images", "top1"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(retrained)
+        atomic_write_text(os.path.join(out, "retrained.csv"), buf_r.getvalue())
     if args.doc:
         write_doc(args.doc, text)
         atomic_write_text(os.path.splitext(args.doc)[0] + ".csv", buf.getvalue())

@@ -358,3 +358,33 @@ def test_report_section_matches_get_coreset(tmp_path):
     assert all(s["suggested"] != s["label"] for s in section["shown"])
     page = (out / "index.html").read_text()
     assert 'id="label_issues"' in page and "label_issues.png" in page and (out / "label_issues.png").exists()
+
+
+# -----------------------------------------------------------------------------
+# scripts/label_errors.py: its noise and its metrics
+# -----------------------------------------------------------------------------
+def benchmark_script():
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("label_errors", os.path.join(ROOT, "scripts", "label_errors.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_pair_noise_and_metrics():
+    script = benchmark_script()
+    labels = np.repeat(np.arange(10), 40)
+    noisy, flipped = script.pair_noise(labels, 0.3, seed=3)
+    assert len(flipped) == 120 and (noisy != labels).sum() == 120 and set(np.flatnonzero(noisy != labels)) == set(flipped)
+    targets = {int(c): set(noisy[flipped][labels[flipped] == c].tolist()) for c in range(10)}
+    assert all(len(t) == 1 and c not in t for c, t in targets.items())  # one other class per class
+    assert sorted(t.pop() for t in targets.values()) == list(range(10))  # a permutation of the classes
+    truth = np.array([1, 1, 0, 0, 0, 1], dtype=bool)
+    suspicion = np.array([0.9, 0.2, 0.8, 0.1, np.nan, np.inf])
+    m = script.ranking_metrics(suspicion, suspicion > 0.5, truth)
+    # ranked: 5 (inf), 0, 2, 1, 3, 4 (never seen, last); the top 3 hold 2 of the 3 flips
+    assert m["precision_at_k"] == pytest.approx(2 / 3) and m["estimate"] == 3
+    assert m["precision_cut"] == pytest.approx(2 / 3) and m["recall_cut"] == pytest.approx(2 / 3)
+    assert m["auroc"] == pytest.approx(8 / 9)  # of the 9 (flip, clean) pairs, only (1, 2) is misordered

@@ -40,7 +40,6 @@ import numpy as np
 from dynunc.history import HistoryError, list_topk_epochs, load_topk, read_topk_meta
 
 DEFAULT_LABEL_SCORE = "aum"
-NEVER_SEEN = np.nan
 
 
 @dataclass(frozen=True)
