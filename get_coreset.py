@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
              "stay fractions of the full list")
     add_flag(
         p, "--output",
-        help="coreset file to write (required with --fraction). With several methods it must contain {method}, with several fractions "
-        "{fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each method's scores go "
-        "once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
+        help="coreset file to write (required with --fraction). With several methods it must contain {method}, "
+        "with several fractions {fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each "
+        "method's scores go once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
     )
     return p
 
@@ -186,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         args.method = []  # --label-issues alone: no coreset method is scored
     label_score = LABEL_SCORES[args.label_score] if (args.label_issues or args.drop_label_issues) else None
+    if label_score is None and args.label_score != DEFAULT_LABEL_SCORE:
+        print("warning: --label-score is used by --label-issues and --drop-label-issues only; ignored", file=sys.stderr)
     plan = make_plan(args, selection, also=methods_scored(args.label_score) if label_score else [])
     outputs = plan_outputs(args.output, plan) if coresets else []
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]

@@ -373,8 +373,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         top1 = list(pool.map(lambda j: retrain(args, data, os.path.join(out, f"{j[0]}_s{j[1]}"), j[1], j[2], j[3]),
                              retrain_jobs))
-    retrained = [{"setting": s, "seed": seed, "trained_on": name, "images": n - (0 if drop is None else int(drop.sum())),
-                  "top1": t} for (s, seed, name, drop, n), t in zip(retrain_jobs, top1)]
+    retrained = [{"setting": s, "seed": seed, "trained_on": name, "top1": t,
+                  "images": n - (0 if drop is None else int(drop.sum()))}
+                 for (s, seed, name, drop, n), t in zip(retrain_jobs, top1)]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()

@@ -172,7 +172,7 @@ class Plan:
     fractions: List[str]  # as written on the command line
     keeps: Dict[str, int]  # fraction -> int(N * fraction)
     selection: Selection
-    also: Tuple[str, ...] = ()  # methods scored for another use (get_coreset's --label-score), not selected by
+    also: Tuple[str, ...] = ()  # methods scored for another use (get_coreset's --label-score), no coreset
 
     @property
     def num_samples(self) -> int:
