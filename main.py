@@ -29,10 +29,10 @@ from data.val_labels import RealLabels, val_logit_columns
 from engine import StepContext, evaluate, throughput, train_one_epoch
 from models.build import build_model
 from models.pretrained import adapt_pretrained_state
-from dynunc.training import embeddings, topk
+from dynunc.training import embeddings, threshold, topk
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
-from dynunc.training.produce_run import make_embedder, make_topk, make_tracker, stop_now
+from dynunc.training.produce_run import make_embedder, make_topk, make_tracker, record_threshold, stop_now
 from dynunc.training.recorder import PredictionRecorder
 from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, check_config
 from utils.checkpoint import (checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained, prune_checkpoints,
@@ -91,7 +91,8 @@ def setup_config(args: argparse.Namespace, produce: bool = False):
         raise ValueError(f"TRAIN.KEEP_CHECKPOINTS is {config.TRAIN.KEEP_CHECKPOINTS}: 0 keeps every checkpoint, "
                          f"N > 0 the newest N")
     problems = (check_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
-                + (embeddings.check_config(config) + topk.check_config(config) if produce else []))
+                + (embeddings.check_config(config) + topk.check_config(config) + threshold.check_config(config)
+                   if produce else []))
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
@@ -119,6 +120,10 @@ def read_inputs(args: argparse.Namespace, dist_info: DistInfo, produce: bool = F
         if os.path.exists(config.OUTPUT) and not os.path.isdir(config.OUTPUT):
             raise ValueError(f"{config.OUTPUT}: the output folder exists as a file; give another --output")
         data = load_file_lists(config, coreset=args.coreset)
+        if produce and threshold.relabel(config, data.train) is not None:
+            config.defrost()  # AUM's threshold samples: their extra class is one more output
+            config.MODEL.NUM_CLASSES += 1
+            config.freeze()
     except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     error = first_error(error)
@@ -308,6 +313,7 @@ def fit(config, data, train_model, fwd_model, model, ctx, dist_info, start_epoch
                                       file_list=data.train.path, tracker=tracker, embeddings=embedder,
                                       topk=make_topk(config, len(data.train), dist_info))
         recorder.resume_from(start_epoch)
+        record_threshold(config, len(data.train), dist_info.is_primary)
     best = 0.0  # best top-1 so far, for the log (rank 0 holds the metrics of earlier epochs)
     if dist_info.is_primary:
         earlier = metrics_log.truncate_from(start_epoch)

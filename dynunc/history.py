@@ -493,3 +493,45 @@ def load_topk(hdir: str, epoch: int, num_samples: int) -> Tuple[np.ndarray, np.n
                                                            & (seen_probs <= 1.001)).any(axis=1))[0]])
         raise HistoryError(f"{topk_path(hdir, epoch)}: row {row} holds a probability outside [0, 1]")
     return probs, classes
+
+
+# -----------------------------------------------------------------------------
+# AUM's threshold samples (PRODUCE.THRESHOLD_SAMPLES)
+# -----------------------------------------------------------------------------
+# A run with threshold samples trained N // (C + 1) images under an extra class C (Pleiss
+# et al. 2020): ``threshold.json`` ({"extra_class": C, "set": 1 or 2}) and
+# ``threshold_samples.npy`` (their indices, int64 ascending). Their records are about class C.
+THRESHOLD_META_NAME, THRESHOLD_SAMPLES_NAME = "threshold.json", "threshold_samples.npy"
+
+
+def write_threshold(hdir: str, extra_class: int, which: int, indices: np.ndarray) -> None:
+    os.makedirs(hdir, exist_ok=True)
+    atomic_save_npy(os.path.join(hdir, THRESHOLD_SAMPLES_NAME), np.asarray(indices, dtype=np.int64))
+    atomic_write_text(os.path.join(hdir, THRESHOLD_META_NAME),
+                      json.dumps({"extra_class": int(extra_class), "set": int(which)}) + "\n")
+
+
+def read_threshold(hdir: str, num_samples: int) -> Optional[Tuple[int, np.ndarray]]:
+    """(extra class, threshold sample indices) of a run with threshold samples, None for a
+    run without; HistoryError naming the file if threshold.json is unreadable or its
+    threshold_samples.npy is missing or not distinct ascending indices in 0..N-1."""
+    meta_path = os.path.join(hdir, THRESHOLD_META_NAME)
+    try:
+        with open(meta_path, "r", encoding="utf-8") as f:
+            extra_class = int(json.load(f)["extra_class"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HistoryError(f"{meta_path}: cannot be read as {{\"extra_class\": C, ...}}: {e}") from None
+    path = os.path.join(hdir, THRESHOLD_SAMPLES_NAME)
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise HistoryError(f"{path} is missing: {meta_path} says the run trained threshold samples under class "
+                           f"{extra_class}, and without their indices the run cannot be scored") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read: {e}") from None
+    if (indices.ndim != 1 or indices.dtype.kind not in "iu" or not len(indices)
+            or (len(indices) > 1 and (np.diff(indices) <= 0).any()) or indices[0] < 0 or indices[-1] >= num_samples):
+        raise HistoryError(f"{path}: expected distinct ascending indices in 0..{num_samples - 1}")
+    return extra_class, indices.astype(np.int64)

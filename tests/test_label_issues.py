@@ -243,6 +243,10 @@ def test_topk_config_checks():
     assert "PRODUCE.TOPK.EPOCHS: epoch 7 is outside" in check_config(config)[0]
     config.PRODUCE.TOPK.EPOCHS = [0, -1]
     assert check_config(config) == [] and topk_epochs([0, -1], 5) == [0, 4] and topk_epochs([], 5) == [4]
+    from dynunc.training import threshold
+    config.PRODUCE.THRESHOLD_SAMPLES = 3
+    assert threshold.check_config(config) == ["PRODUCE.THRESHOLD_SAMPLES must be 0 (none), 1 or 2 (AUM's two disjoint "
+                                              "sets), got 3"]
 
 
 # -----------------------------------------------------------------------------
@@ -388,3 +392,52 @@ def test_benchmark_pair_noise_and_metrics():
     assert m["precision_at_k"] == pytest.approx(2 / 3) and m["estimate"] == 3
     assert m["precision_cut"] == pytest.approx(2 / 3) and m["recall_cut"] == pytest.approx(2 / 3)
     assert m["auroc"] == pytest.approx(8 / 9)  # of the 9 (flip, clean) pairs, only (1, 2) is misordered
+
+
+# -----------------------------------------------------------------------------
+# AUM's threshold samples
+# -----------------------------------------------------------------------------
+def test_threshold_sets_are_disjoint_and_sized():
+    from dynunc.training.threshold import threshold_indices
+
+    one, two = threshold_indices(1000, 9, 1), threshold_indices(1000, 9, 2)
+    assert len(one) == len(two) == 100 and not set(one) & set(two)
+    assert (np.diff(one) > 0).all() and (threshold_indices(1000, 9, 1) == one).all()
+    with pytest.raises(ValueError, match="PRODUCE.THRESHOLD_SAMPLES"):
+        threshold_indices(1000, 9, 3)
+
+
+def test_threshold_cut_is_the_99th_percentile_of_the_threshold_samples(tmp_path):
+    """Pleiss et al.: a sample is flagged when its AUM is below the 99th percentile of the
+    threshold samples' AUMs; the threshold samples themselves are not judged."""
+    from dynunc.history import write_threshold
+
+    list_path, run_dir, logits, labels, seen = make_run(tmp_path)
+    hdir = history_dir(str(run_dir))
+    rows = np.arange(3 * N // 4, N - 1)  # the samples without a signal: AUMs as a relabelled image's
+    write_threshold(hdir, C, 1, rows)
+    issues = score_label_issues("aum", scores_of(run_dir, N, methods_scored("aum")), labels, hdir)
+    aum = reference_aum(logits, labels, seen)
+    cut = np.percentile(aum[rows], 99)
+    expected = (aum < cut) & seen.any(axis=1)
+    expected[rows] = False
+    np.testing.assert_array_equal(issues.flagged, expected)
+    assert np.isnan(issues.suspicion[rows]).all() and "99th percentile of the 11 threshold samples'" in issues.rule
+    # the CLI says the rule; a coreset from such a run, and cleanlab, are refused; so is a list with the extra class
+    out = tmp_path / "issues.tsv"
+    code, stdout, stderr = cli(["--input", run_dir, "--dataset_file_list", list_path, "--label-issues", out])
+    assert code == 0 and f"rule: mean margin < {cut:.4g}, the 99th percentile" in stdout
+    os.remove(out)
+    base = ["--input", run_dir, "--dataset_file_list", list_path]
+    assert "is for label errors only" in refused(tmp_path, base + ["--fraction", "0.5", "--window", "2",
+                                                                   "--output", tmp_path / "c.txt"], [tmp_path / "c.txt"])
+    write_topk_meta(hdir, 2, C + 1)
+    for e in range(K):
+        write_topk(hdir, e, np.full((N, 2), 0.4), np.tile([0, 1], (N, 1)), C + 1)
+    assert "cannot score a threshold-sample run" in refused(tmp_path, base + ["--label-issues", out, "--label-score",
+                                                                              "cleanlab"], [out])
+    write_threshold(hdir, C - 1, 1, rows)  # the list has label C - 1: not the list the extra class was added to
+    assert "a threshold-sample run (threshold.json: extra class 4) scored with a list that has label 4" in refused(
+        tmp_path, base + ["--label-issues", out], [out])
+    os.remove(os.path.join(hdir, "threshold_samples.npy"))
+    assert "threshold_samples.npy is missing" in refused(tmp_path, base + ["--label-issues", out], [out])

@@ -85,3 +85,29 @@ def test_label_issues_from_the_recorded_run(runs, tmp_path):
         assert f.readline().rstrip("\n").split("\t") == ["index", "line", "path", "label", "score", "suggested"]
     t = read_tsv(str(out))
     assert ((t["suggested"] != t["label"]) & (t["suggested"] < 3)).all()
+
+
+def test_threshold_samples_run(runs, tmp_path):
+    """PRODUCE.THRESHOLD_SAMPLES 1: N // (C + 1) images trained under an extra class (the
+    model gets C + 1 outputs), recorded beside the history; --label-issues judges the
+    others at the 99th percentile of their mean margins; a coreset from the run is refused."""
+    from dynunc.history import read_threshold
+    from dynunc.training.threshold import threshold_indices
+
+    root, _, _ = runs
+    opts = OPTS + ["DATA.DATA_PATH_TRAIN", str(root / "train"), "DATA.DATA_PATH_VAL", str(root / "val")]
+    hdir = produce(str(tmp_path / "aum"), opts + ["PRODUCE.THRESHOLD_SAMPLES", "1", "PRODUCE.TOPK.K", "3"])
+    extra, rows = read_threshold(hdir, 33)
+    assert extra == 3 and (rows == threshold_indices(33, 3, 1)).all() and len(rows) == 33 // 4
+    assert read_topk_meta(hdir) == (3, 4)  # the model has a fourth output
+    listed = str(root / "train" / "file_list.txt")
+    out = tmp_path / "issues.tsv"
+    proc = run([sys.executable, "get_coreset.py", "--input", os.path.dirname(hdir), "--dataset_file_list", listed,
+                "--label-issues", str(out)])
+    assert "the 99th percentile of the" in proc.stdout
+    t = read_tsv(str(out))
+    assert not set(t["index"]) & set(rows) and (t["suggested"] < 3).all()
+    proc = subprocess.run([sys.executable, "get_coreset.py", "--input", os.path.dirname(hdir), "--dataset_file_list",
+                           listed, "--fraction", "0.5", "--window", "2", "--output", str(tmp_path / "c.txt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "is for label errors only" in proc.stderr and not (tmp_path / "c.txt").exists()

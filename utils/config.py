@@ -234,6 +234,11 @@ _C.PRODUCE.EMBED_EPOCHS = []
 _C.PRODUCE.TOPK = CN()
 _C.PRODUCE.TOPK.K = 0
 _C.PRODUCE.TOPK.EPOCHS = []
+# AUM's threshold samples (dynunc/training/threshold.py): 1 or 2 trains N // (C + 1) images,
+# set 1 or the disjoint set 2, under an extra class (the model gets MODEL.NUM_CLASSES + 1
+# outputs); get_coreset.py --label-issues then cuts at the 99th percentile of their mean
+# margins. Such a run is for label errors only (its coresets are refused). 0: none.
+_C.PRODUCE.THRESHOLD_SAMPLES = 0
 
 # -----------------------------------------------------------------------------
 # Misc

@@ -21,8 +21,12 @@ whose count is the estimate of how many labels are wrong:
 
 Samples never seen have no score (NaN) and are never suspects.
 
-AUM's threshold samples (Pleiss et al. 2020) are not implemented: a history is scored
-with its own labels only.
+A run with AUM's threshold samples (PRODUCE.THRESHOLD_SAMPLES, dynunc/training/threshold.py:
+N // (C + 1) images trained under an extra class C): those images are not judged (NaN), and
+aum's cut becomes Pleiss et al.'s, a mean margin below the 99th percentile of the threshold
+samples' mean margins. Such a run is refused when its threshold indices are missing, when
+the list has a label >= C (the list is not the one the extra class was added to), and for
+cleanlab (its probabilities hold the extra class).
 
 The class probabilities rebuilt from top-k records (`pred_probs`): for each recorded
 epoch, the k recorded probabilities at their classes and the remaining mass
@@ -37,7 +41,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dynunc.history import HistoryError, list_topk_epochs, load_topk, read_topk_meta
+from dynunc.history import HistoryError, list_topk_epochs, load_topk, read_threshold, read_topk_meta
 
 DEFAULT_LABEL_SCORE = "aum"
 
@@ -120,10 +124,10 @@ def dense_probs(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_classes: i
 
 
 def suggested_labels(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_classes: int, labels: np.ndarray,
-                     rows: np.ndarray) -> np.ndarray:
+                     rows: np.ndarray, exclude: Optional[int] = None) -> np.ndarray:
     """For each row of `rows`, the class other than labels[row] with the highest mean rebuilt
-    probability among the classes in its top-k records (-1: none, e.g. never seen).
-    Memory: len(rows) x (epochs x k) candidates."""
+    probability among the classes in its top-k records (-1: none, e.g. never seen), never
+    `exclude` (a threshold run's extra class). Memory: len(rows) x (epochs x k) candidates."""
     rows = np.asarray(rows, dtype=np.int64)
     if not len(rows):
         return np.zeros(0, dtype=np.int64)
@@ -143,6 +147,8 @@ def suggested_labels(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_class
         value += np.where(recorded, in_epoch, spread[:, None]) * seen[:, None]
         count += seen
     bad = (candidates < 0) | (candidates == np.asarray(labels)[rows][:, None])
+    if exclude is not None:
+        bad |= candidates == exclude
     value[bad] = -np.inf
     best = np.argmax(value, axis=1)
     out = candidates[np.arange(len(rows)), best]
@@ -183,10 +189,7 @@ class LabelIssues:
     flagged: np.ndarray  # bool per sample
     order: np.ndarray  # the flagged indices, most suspicious first (ties: lower index first)
     suggested: Optional[np.ndarray]  # per entry of `order`, -1 where none
-
-    @property
-    def rule(self) -> str:
-        return LABEL_SCORES[self.score].rule
+    rule: str  # the cut, in words
 
     def describe(self, num_samples: int) -> str:
         count = len(self.order)
@@ -216,6 +219,17 @@ def score_label_issues(score: str, scores: Mapping[str, np.ndarray], labels: np.
     spec = LABEL_SCORES[score]
     n = len(labels)
     never_seen = np.isnan(scores[SEEN_METHOD])
+    threshold = read_threshold(hdir, n)
+    rule = spec.rule
+    if threshold is not None:
+        extra_class, threshold_rows = threshold
+        if len(labels) and int(np.max(labels)) >= extra_class:
+            raise HistoryError(f"{hdir}: a threshold-sample run (threshold.json: extra class {extra_class}) scored "
+                               f"with a list that has label {int(np.max(labels))}: give the list the run was "
+                               "started with (the extra class is added by the run)")
+        if spec.method is None:
+            raise HistoryError(f"{hdir}: --label-score {score} cannot score a threshold-sample run (its class "
+                               f"probabilities include the extra class {extra_class}); use aum")
     has_topk = read_topk_meta(hdir) is not None and bool(list_topk_epochs(hdir))
     records = num_classes = None
     if has_topk or spec.method is None:
@@ -229,10 +243,26 @@ def score_label_issues(score: str, scores: Mapping[str, np.ndarray], labels: np.
     else:
         suspicion = spec.suspicion(np.array(scores[spec.method], dtype=np.float64))
         suspicion[never_seen] = np.nan
-        flagged = spec.cut(suspicion)
+        if threshold is not None:
+            judged = np.isfinite(suspicion[threshold_rows])
+            if score == "aum" and not judged.any():
+                raise HistoryError(f"{hdir}: no threshold sample was seen: aum's cut cannot be set")
+            if score == "aum":
+                # AUM < the 99th percentile of the threshold samples' AUM <=> suspicion > minus it
+                cut = float(np.percentile(-suspicion[threshold_rows][judged], 99))
+                rule = (f"mean margin < {cut:.4g}, the 99th percentile of the {int(judged.sum())} threshold samples' "
+                        "(Pleiss et al. 2020)")
+                suspicion[threshold_rows] = np.nan
+                flagged = _finite_cut(lambda s: s > -cut)(suspicion)
+            else:
+                suspicion[threshold_rows] = np.nan
+                flagged = spec.cut(suspicion)
+        else:
+            flagged = spec.cut(suspicion)
     order = rank_flagged(suspicion, flagged)
-    suggested = suggested_labels(records, num_classes, labels, order) if records is not None else None
-    return LabelIssues(score, suspicion, flagged, order, suggested)
+    suggested = (suggested_labels(records, num_classes, labels, order, threshold[0] if threshold else None)
+                 if records is not None else None)
+    return LabelIssues(score, suspicion, flagged, order, suggested, rule)
 
 
 def write_tsv(f, issues: LabelIssues, labels: np.ndarray, line_of: Callable[[int], int],

@@ -16,7 +16,8 @@ from data.file_list_index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
-                            find_history_dir, fingerprint_path, load_embeddings, record_loader, record_path)
+                            find_history_dir, fingerprint_path, load_embeddings, read_threshold, record_loader,
+                            record_path)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
 
@@ -246,6 +247,10 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
                   "only; ignored", file=sys.stderr)
+    if chosen and read_threshold(hdir, index.count) is not None:
+        raise HistoryError(f"{hdir}: a run with AUM's threshold samples (threshold.json, PRODUCE.THRESHOLD_SAMPLES) "
+                           "is for label errors only (get_coreset.py --label-issues without --fraction): its "
+                           "relabelled images' records are about the extra class")
     if not chosen and not also and args.method is None:  # [] (get_coreset --label-issues alone): none asked
         raise ValueError(f"{hdir}: holds the records of no method (give --method)")
     return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also)

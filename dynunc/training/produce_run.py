@@ -12,6 +12,7 @@ from data.build import build_eval_view_loader
 from dynunc.training import embeddings
 from dynunc.history import history_dir
 from dynunc.training.stability import StabilityTracker, StopWhenStable, effective_window
+from dynunc.training import threshold
 from dynunc.training.topk import TopKRecorder, topk_epochs
 from utils.distributed import DistInfo, all_reduce_, is_primary
 
@@ -61,6 +62,18 @@ def make_topk(config, num_samples: int, dist_info: DistInfo) -> Optional[TopKRec
     logger.info(f"top-{k} class probabilities are recorded at epochs {epochs} (PRODUCE.TOPK)")
     return TopKRecorder(num_samples, k, config.MODEL.NUM_CLASSES, epochs, history_dir(config.OUTPUT),
                         dist_info.device, dist_info.is_primary)
+
+
+def record_threshold(config, num_samples: int, is_primary: bool) -> None:
+    """With PRODUCE.THRESHOLD_SAMPLES: rank 0 records which images were relabelled to the
+    extra class (MODEL.NUM_CLASSES - 1, the class main.py added) beside the history."""
+    which = config.PRODUCE.THRESHOLD_SAMPLES
+    if not which or not is_primary:
+        return
+    extra = config.MODEL.NUM_CLASSES - 1
+    indices = threshold.threshold_indices(num_samples, extra, which)
+    threshold.record(history_dir(config.OUTPUT), config, extra, indices)
+    logger.info(f"threshold samples (AUM, set {which}): {len(indices)} images trained under the extra class {extra}")
 
 
 def stop_now(stop_rule: Optional[StopWhenStable], record: dict, device: torch.device) -> bool:
