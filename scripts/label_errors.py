@@ -63,6 +63,8 @@ METHODS = {
                  "(in-sample)", 1),
     "cleanlab-last": ("cleanlab on the top-3 rebuilt probabilities of the last epoch only (in-sample)", 1),
     "cleanlab-cv": ("cleanlab on 4-fold cross-validated out-of-sample softmax", 1 + FOLDS),
+    "aum-threshold": ("AUM's two runs with threshold samples (PRODUCE.THRESHOLD_SAMPLES 1 and 2); cut: the 99th "
+                      "percentile of the threshold samples' AUM", 2),
 }
 FIELDS = ["setting", "seed", "method", "flips", "precision_at_k", "auroc", "ap", "estimate", "precision_cut",
           "recall_cut", "runs", "produce_seconds"]
@@ -133,9 +135,10 @@ def run_opts(data: str, train_list: str, epochs: int, seed: int) -> List[str]:
             str(seed)]
 
 
-def produce(args, data: str, folder: str, seed: int) -> float:
-    """The produce run of one noisy list; its wall time in seconds (0 if it was already done)."""
-    out = os.path.join(folder, "produce")
+def produce(args, data: str, folder: str, seed: int, threshold_set: int = 0) -> float:
+    """The produce run of one noisy list (with `threshold_set`, AUM's threshold samples of that
+    set, into folder/aum{set}); its wall time in seconds (NaN if it was done before)."""
+    out = os.path.join(folder, f"aum{threshold_set}" if threshold_set else "produce")
     if finished(out, args.epochs):
         timing = os.path.join(out, "wall_seconds.txt")
         return float(open(timing).read()) if os.path.exists(timing) else float("nan")
@@ -144,7 +147,8 @@ def produce(args, data: str, folder: str, seed: int) -> float:
     sh([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
         os.path.join(ROOT, "main_and_produce.py"), "--config", CONFIG, "--output", out, "--opts",
         *run_opts(data, os.path.join(folder, "train.txt"), args.epochs, seed), "PRODUCE.EMBED_DIM", "0",
-        "PRODUCE.TOPK.K", str(TOPK), "PRODUCE.TOPK.EPOCHS", epochs, "PRODUCE.TRACK_FRACTIONS", "[]"])
+        "PRODUCE.TOPK.K", "0" if threshold_set else str(TOPK), "PRODUCE.TOPK.EPOCHS", epochs,
+        "PRODUCE.TRACK_FRACTIONS", "[]", "PRODUCE.THRESHOLD_SAMPLES", str(threshold_set)])
     seconds = time.time() - start
     atomic_write_text(os.path.join(out, "wall_seconds.txt"), f"{seconds:.1f}\n")
     log(f"{out}: produce run {seconds:.0f} s")
@@ -233,7 +237,7 @@ def ranking_metrics(suspicion: np.ndarray, flagged: np.ndarray, truth: np.ndarra
             "precision_cut": hits / max(int(flagged.sum()), 1), "recall_cut": hits / max(k, 1)}
 
 
-def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray]
+def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray], two_runs: bool = False
              ) -> Tuple[Dict[str, Dict[str, float]], Dict[str, np.ndarray]]:
     """({method: its metrics}, {method: its suspects, a bool per line})."""
     hdir = history_dir(os.path.join(folder, "produce"))
@@ -260,8 +264,29 @@ def evaluate(folder: str, flipped: np.ndarray, cv_probs: Optional[np.ndarray]
     suspects["cleanlab-last"] = cleanlab_scores(labels, probs, seen)
     if cv_probs is not None:
         suspects["cleanlab-cv"] = cleanlab_scores(labels, cv_probs, np.ones(n, dtype=bool))
+    if two_runs:
+        suspects["aum-threshold"] = aum_threshold(folder, labels)
     results = {m: ranking_metrics(*suspects[m], truth) for m in METHODS if m in suspects}
     return results, {m: flagged for m, (_, flagged) in suspects.items()}
+
+
+def aum_threshold(folder: str, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """AUM's two runs (folder/aum1, folder/aum2, disjoint threshold sets): (suspicion, flagged).
+    A sample's suspicion is its minus-AUM averaged over the runs in which it is not a
+    threshold sample; it is flagged when every such run flags it."""
+    suspicions, flags = [], []
+    for which in (1, 2):
+        hdir = history_dir(os.path.join(folder, f"aum{which}"))
+        paths = contiguous_epoch_files(hdir)
+        scored = score_history(methods_scored("aum"), len(paths), len(labels), record_loader(hdir, paths, len(labels)),
+                               ScoreParams())
+        issues = score_label_issues("aum", scored, labels, hdir)
+        suspicions.append(issues.suspicion)
+        flags.append(np.where(np.isnan(issues.suspicion), np.nan, issues.flagged.astype(float)))
+    with np.errstate(invalid="ignore"):
+        suspicion = np.nanmean(np.stack(suspicions), axis=0)
+        flagged = np.nanmin(np.stack(flags), axis=0) == 1
+    return suspicion, flagged
 
 
 RETRAINED = ("full", "oracle", "aum", "el2n-mean", "cleanlab")  # the sets retrained on (--retrain)
@@ -330,10 +355,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--cv", nargs="*", default=[], metavar="SETTING:SEED",
                         help="the (setting, seed) pairs that also get cleanlab on 4-fold cross-validation")
+    parser.add_argument("--aum-runs", nargs="*", default=[], metavar="SETTING:SEED",
+                        help="the (setting, seed) pairs that also get AUM's two runs with threshold samples")
     parser.add_argument("--retrain", nargs="*", default=[], metavar="SETTING:SEED",
                         help="the (setting, seed) pairs whose cleaned sets are retrained on (main.py): the full noisy "
                         "list, the oracle (flipped lines removed), and each of aum, el2n-mean, cleanlab's suspects "
                         "removed")
+    parser.add_argument("--retrain-sets", nargs="+", default=list(RETRAINED), choices=RETRAINED,
+                        help="--retrain: which sets")
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     parser.add_argument("--doc", help="Markdown file whose marked section receives the tables")
     args = parser.parse_args(argv)
@@ -351,16 +380,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         flips[setting, seed] = make_noisy_list(clean, setting, seed, os.path.join(folder, "train.txt"))
     folds = [(setting, seed, fold) for setting, seed in cases if f"{setting}:{seed}" in args.cv
              for fold in range(FOLDS)]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # produce runs first, then the folds
+    aum_runs = [(setting, seed, which) for setting, seed in cases if f"{setting}:{seed}" in args.aum_runs
+                for which in (1, 2)]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:  # produce runs first, then the others
         produced = pool.map(lambda c: produce(args, data, os.path.join(out, f"{c[0]}_s{c[1]}"), c[1]), cases)
         trained = pool.map(lambda c: train_fold(args, data, os.path.join(out, f"{c[0]}_s{c[1]}"), c[1], c[2]), folds)
+        thresholds = pool.map(lambda c: produce(args, data, os.path.join(out, f"{c[0]}_s{c[1]}"), c[1], c[2]),
+                              aum_runs)
         seconds = dict(zip(cases, produced))
         list(trained)
+        list(thresholds)
     rows, retrain_jobs = [], []
     for setting, seed in cases:
         folder = os.path.join(out, f"{setting}_s{seed}")
         cv = cross_validated(args, data, folder, seed) if f"{setting}:{seed}" in args.cv else None
-        results, flagged = evaluate(folder, flips[setting, seed], cv)
+        results, flagged = evaluate(folder, flips[setting, seed], cv, f"{setting}:{seed}" in args.aum_runs)
         for method, metrics in results.items():
             rows.append({"setting": setting, "seed": seed, "method": method, **metrics, "runs": METHODS[method][1],
                          "produce_seconds": seconds[setting, seed]})
@@ -369,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             oracle = np.zeros(len(flagged["aum"]), dtype=bool)
             oracle[flips[setting, seed]] = True
             drops = {"full": None, "oracle": oracle, **{m: flagged[m] for m in RETRAINED if m in flagged}}
-            retrain_jobs += [(setting, seed, name, drops[name], len(oracle)) for name in RETRAINED]
+            retrain_jobs += [(setting, seed, name, drops[name], len(oracle)) for name in args.retrain_sets]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         top1 = list(pool.map(lambda j: retrain(args, data, os.path.join(out, f"{j[0]}_s{j[1]}"), j[1], j[2], j[3]),
                              retrain_jobs))

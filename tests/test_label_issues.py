@@ -441,3 +441,27 @@ def test_threshold_cut_is_the_99th_percentile_of_the_threshold_samples(tmp_path)
         tmp_path, base + ["--label-issues", out], [out])
     os.remove(os.path.join(hdir, "threshold_samples.npy"))
     assert "threshold_samples.npy is missing" in refused(tmp_path, base + ["--label-issues", out], [out])
+
+
+def test_benchmark_combines_aum_two_runs(tmp_path):
+    """AUM's two runs in the benchmark: minus-AUM averaged over the runs that judge a sample,
+    flagged when every such run flags it."""
+    from dynunc.history import write_threshold
+
+    script = benchmark_script()
+    n = 30
+    labels = np.arange(n) % 3
+    list_path = tmp_path / "list.txt"
+    list_path.write_text("".join(f"/c{y}/i{i}.png {y}\n" for i, y in enumerate(labels)))
+    per_run = []
+    for which, rows in ((1, np.arange(0, 7)), (2, np.arange(7, 14))):
+        rng = np.random.default_rng(which)
+        hdir = write_full_history(list_path, tmp_path / f"aum{which}", rng.random(n), 4, rng)
+        write_threshold(hdir, 3, which, rows)
+        scored = scores_of(tmp_path / f"aum{which}", n, methods_scored("aum"), k=4)
+        per_run.append(score_label_issues("aum", scored, labels, hdir))
+    suspicion, flagged = script.aum_threshold(str(tmp_path), labels)
+    for i in range(n):
+        judged = [r for r in per_run if not np.isnan(r.suspicion[i])]
+        assert suspicion[i] == pytest.approx(np.mean([r.suspicion[i] for r in judged]))
+        assert flagged[i] == all(r.flagged[i] for r in judged)
