@@ -14,10 +14,15 @@ For each noise setting and seed:
 2. one produce run (main_and_produce.py, SEED = the seed, PRODUCE.TOPK.K 3 at every epoch);
 3. with --cv, 4 runs of main.py, each on 3 of 4 folds of the noisy list (folds drawn with
    the seed), then each held-out fold's softmax from its run's last weights on the eval view;
+   with --aum-runs, AUM's two produce runs with threshold samples (PRODUCE.THRESHOLD_SAMPLES
+   1 and 2);
 4. each method's suspicion for every image and its automatic cut (the functions
    get_coreset.py --label-issues calls), and against the flipped indices: precision at
    k = the number of flips (= recall there), AUROC, average precision, the estimated count
-   (its cut) and precision and recall at the cut.
+   (its cut) and precision and recall at the cut;
+5. with --retrain, main.py on the cleaned lists (--retrain-sets: the full noisy list, the
+   oracle without the flipped lines, and the list without each method's suspects), top-1 on
+   the clean validation digits.
 
 Then OUTPUT/label_errors.csv (one row per setting, seed and method) and the Markdown
 tables (mean +- population std over the seeds), written to --doc between the markers
