@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from data.build import build_eval_view_loader, history_identity
+from dynunc.history import history_dir
 from dynunc.distributed import all_reduce_, is_primary
-from dynunc.training import embeddings
+from dynunc.training import embeddings, threshold, topk
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
 from dynunc.training.recorder import Recorder, has_batchnorm
@@ -48,7 +49,8 @@ def check_config(config, produce: bool) -> List[str]:
                         f"N > 0 the newest N")
     problems += check_produce_config(config.PRODUCE) + check_prune_config(config.TRAIN.DYNAMIC_PRUNE)
     if produce:
-        problems += embeddings.check_config(config) + check_stop_fits(config)
+        problems += (embeddings.check_config(config) + check_stop_fits(config) + topk.check_config(config)
+                     + threshold.check_config(config))
     return problems
 
 
@@ -67,6 +69,29 @@ def make_tracker(config, num_samples: int) -> Optional[StabilityTracker]:
         logger.info(f"coreset stability: window {window} (PRODUCE.TRACK_WINDOW {produce.TRACK_WINDOW} is more than "
                     f"{config.TRAIN.EPOCHS} epochs allow)")
     return StabilityTracker(num_samples, window, produce.TRACK_FRACTIONS, produce.TRACK_DELTA)
+
+
+def make_topk(config, num_samples: int, dist_info) -> Optional[topk.TopKRecorder]:
+    """Produce mode's top-k class-probability recorder (PRODUCE.TOPK), None for K 0."""
+    k = config.PRODUCE.TOPK.K
+    if not k:
+        return None
+    epochs = topk.topk_epochs(config.PRODUCE.TOPK.EPOCHS, config.TRAIN.EPOCHS)
+    logger.info(f"top-{k} class probabilities are recorded at epochs {epochs} (PRODUCE.TOPK)")
+    return topk.TopKRecorder(num_samples, k, config.MODEL.NUM_CLASSES, epochs, history_dir(config.OUTPUT),
+                             dist_info.device, dist_info.is_primary)
+
+
+def record_threshold(config, num_samples: int, is_primary: bool) -> None:
+    """With PRODUCE.THRESHOLD_SAMPLES: rank 0 records which images were relabelled to the
+    extra class (MODEL.NUM_CLASSES - 1, the class main.py added) beside the history."""
+    which = config.PRODUCE.THRESHOLD_SAMPLES
+    if not which or not is_primary:
+        return
+    extra = config.MODEL.NUM_CLASSES - 1
+    indices = threshold.threshold_indices(num_samples, extra, which)
+    threshold.record(history_dir(config.OUTPUT), config, extra, indices)
+    logger.info(f"threshold samples (AUM, set {which}): {len(indices)} images trained under the extra class {extra}")
 
 
 @contextlib.contextmanager
@@ -245,7 +270,9 @@ def build_hooks(config, data, model: nn.Module, fwd_model: nn.Module, autocast, 
     hooks.record_model = fwd_model
     hooks.recorder = Recorder(config.OUTPUT, n, embed_dim=embed_dim, project=project, **history_identity(data.train),
                               start_epoch=start_epoch, device=dist_info.device, tracker=tracker,
-                              val_samples=len(data.val) if data.val is not None else 0)
+                              val_samples=len(data.val) if data.val is not None else 0,
+                              topk=make_topk(config, n, dist_info))
+    record_threshold(config, n, dist_info.is_primary)
     if embed_dim:
         hooks.embed_epochs = frozenset(embeddings.embed_epochs(config.PRODUCE.EMBED_EPOCHS, config.TRAIN.EPOCHS))
         if stop.ENABLE:

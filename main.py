@@ -26,6 +26,7 @@ from data.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
 from dynunc.distributed import barrier, broadcast_buffers_, first_error
 from dynunc.io import atomic_write_text
+from dynunc.training import threshold
 from dynunc.training.stability import STOPPED_KEY
 from engine import build_step_context, evaluate, throughput, train_one_epoch
 from hooks import Hooks, build_hooks, check_config
@@ -112,6 +113,10 @@ def read_inputs(args: argparse.Namespace, dist_info: DistInfo, produce: bool = F
         data = load_file_lists(config, coreset=args.coreset)
         if config.EVAL_MODE and data.val is None:
             raise ValueError("EVAL_MODE needs DATA.DATA_PATH_VAL")
+        if produce and threshold.relabel(config, data.train) is not None:
+            config.defrost()  # AUM's threshold samples: their extra class is one more output
+            config.MODEL.NUM_CLASSES += 1
+            config.freeze()
         bound = run_identity.check(args, config, data, produce, dist_info.world_size, dist_info.is_primary)
     except (FileListError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)

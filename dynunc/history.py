@@ -12,6 +12,10 @@ EMBED_DIM -1 as they are), and
 ``val_embed_{epoch}.npy``, one row per line of the validation list. Plain np.save
 files, so np.load(mmap_mode="r") maps them; `load_embeddings` reads them checked.
 
+Top-k class probabilities (``PRODUCE.TOPK.K`` > 0), for the epochs of ``PRODUCE.TOPK.EPOCHS``:
+``topk_prob_{epoch}.npy`` and ``topk_class_{epoch}.npy``, N x k, with ``topk.json`` (see
+the section below); what confident learning (cleanlab) reads.
+
 The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
 whose prob file exists is complete.
@@ -142,12 +146,17 @@ def write_epoch(hdir: str, epoch: int, prob: np.ndarray, correct: np.ndarray, **
 
 def remove_epochs_from(hdir: str, first_epoch: int) -> List[int]:
     """Delete the records of epochs >= first_epoch (a restart from an older checkpoint
-    rewrites them), embeddings included. Returns the epochs removed (of the prob files)."""
+    rewrites them), embeddings and top-k records included. Returns the epochs removed (of the prob files)."""
     removed = []
     for kind in EMBED_KINDS:
         for epoch in list_embed_epochs(hdir, kind):
             if epoch >= first_epoch:
                 os.remove(embed_path(hdir, epoch, kind))
+    for epoch in list_topk_epochs(hdir):
+        if epoch >= first_epoch:
+            for kind in TOPK_KINDS:
+                if os.path.exists(topk_path(hdir, epoch, kind)):
+                    os.remove(topk_path(hdir, epoch, kind))
     for epoch, path in list_epoch_files(hdir).items():
         if epoch >= first_epoch:
             # prob first: an epoch without its completion mark is no longer listed.
@@ -409,3 +418,143 @@ def load_embeddings(hdir: str, num_samples: int, epoch: Optional[int] = None, ki
     _FINITE_FILES.add(checked)
     return values
 
+
+
+# -----------------------------------------------------------------------------
+# Top-k class probabilities (PRODUCE.TOPK), for the epochs that ask for them
+# -----------------------------------------------------------------------------
+# ``topk_prob_{epoch}.npy`` (float16, N x k: the k largest softmax probabilities of each
+# sample, descending, on the eval view as the other records) and ``topk_class_{epoch}.npy``
+# (int16 where the classes fit, else int32, N x k: their classes), both -1 in every
+# column of a sample not seen that epoch; ``topk.json`` records k and the class count.
+# Written before prob_{epoch}, which marks the epoch complete.
+TOPK_KINDS = ("topk_prob", "topk_class")
+TOPK_META_NAME = "topk.json"
+TOPK_PROB_DTYPE = np.float16
+
+
+def topk_class_dtype(num_classes: int) -> type:
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+def topk_path(hdir: str, epoch, kind: str = "topk_prob") -> str:
+    if kind not in TOPK_KINDS:
+        raise ValueError(f"unknown top-k kind {kind!r}; known: {', '.join(TOPK_KINDS)}")
+    return os.path.join(hdir, f"{kind}_{epoch}.npy")
+
+
+def list_topk_epochs(hdir: str) -> List[int]:
+    """The epochs, ascending, with a ``topk_prob_{epoch}.npy`` in `hdir`."""
+    pattern = re.compile(r"^topk_prob_(\d+)\.npy$")
+    if not os.path.isdir(hdir):
+        return []
+    return sorted(int(m.group(1)) for m in map(pattern.match, os.listdir(hdir)) if m)
+
+
+def write_topk_meta(hdir: str, k: int, num_classes: int) -> None:
+    atomic_write_text(os.path.join(hdir, TOPK_META_NAME), json.dumps({"k": k, "num_classes": num_classes}) + "\n")
+
+
+def read_topk_meta(hdir: str) -> Optional[Tuple[int, int]]:
+    """(k, number of classes) of the run's top-k records, None if it recorded none;
+    HistoryError if the file is unreadable or k is not in 1..classes."""
+    path = os.path.join(hdir, TOPK_META_NAME)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            meta = json.load(f)
+        k, num_classes = int(meta["k"]), int(meta["num_classes"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HistoryError(f"{path}: cannot be read as {{\"k\": K, \"num_classes\": C}}: {e}") from None
+    if not 1 <= k <= num_classes:
+        raise HistoryError(f"{path}: k {k} must lie in 1..{num_classes} (the number of classes)")
+    return k, num_classes
+
+
+def write_topk(hdir: str, epoch: int, probs: np.ndarray, classes: np.ndarray, num_classes: int) -> None:
+    atomic_save_npy(topk_path(hdir, epoch, "topk_class"), np.asarray(classes, dtype=topk_class_dtype(num_classes)))
+    atomic_save_npy(topk_path(hdir, epoch, "topk_prob"), np.asarray(probs, dtype=TOPK_PROB_DTYPE))
+
+
+def load_topk(hdir: str, epoch: int, num_samples: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(probabilities float16 N x k, classes N x k) of `epoch`, checked: both present, N x k
+    with k of topk.json, classes in 0..C-1 (or all -1 for an unseen sample), probabilities
+    in [0, 1] (-1 where unseen). HistoryError naming the file otherwise."""
+    meta = read_topk_meta(hdir)
+    if meta is None:
+        raise HistoryError(f"{os.path.join(hdir, TOPK_META_NAME)} is missing: the run recorded no top-k class "
+                           "probabilities (PRODUCE.TOPK.K > 0 records them)")
+    k, num_classes = meta
+    arrays = []
+    for kind in TOPK_KINDS:
+        path = topk_path(hdir, epoch, kind)
+        try:
+            values = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            held = list_topk_epochs(hdir)
+            raise HistoryError(f"{path} is missing: {hdir} holds top-k records for "
+                               f"{'epochs ' + ', '.join(map(str, held)) if held else 'no epoch'}") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise HistoryError(f"{path}: cannot be read as a top-k file: {e}") from None
+        if values.shape != (num_samples, k):
+            raise HistoryError(f"{path}: expected shape ({num_samples}, {k}) (N lines x k of topk.json), "
+                               f"found {values.shape}")
+        arrays.append(values)
+    probs, classes = arrays
+    if probs.dtype.kind != "f" or classes.dtype.kind not in "iu":
+        raise HistoryError(f"{topk_path(hdir, epoch)}: expected float probabilities and integer classes, found "
+                           f"{probs.dtype} and {classes.dtype}")
+    unseen = classes[:, 0] < 0
+    bad = np.flatnonzero(((classes < 0) != unseen[:, None]).any(axis=1) | (classes >= num_classes).any(axis=1))
+    if len(bad):
+        raise HistoryError(f"{topk_path(hdir, epoch, 'topk_class')}: row {int(bad[0])} holds a class outside "
+                           f"0..{num_classes - 1} (or -1 in some columns only)")
+    seen_probs = probs[~unseen]
+    if not np.isfinite(seen_probs).all() or (seen_probs < 0).any() or (seen_probs > 1.001).any():
+        row = int(np.flatnonzero(~unseen)[np.flatnonzero(~(np.isfinite(seen_probs) & (seen_probs >= 0)
+                                                           & (seen_probs <= 1.001)).any(axis=1))[0]])
+        raise HistoryError(f"{topk_path(hdir, epoch)}: row {row} holds a probability outside [0, 1]")
+    return probs, classes
+
+
+# -----------------------------------------------------------------------------
+# AUM's threshold samples (PRODUCE.THRESHOLD_SAMPLES)
+# -----------------------------------------------------------------------------
+# A run with threshold samples trained N // (C + 1) images under an extra class C (Pleiss
+# et al. 2020): ``threshold.json`` ({"extra_class": C, "set": 1 or 2}) and
+# ``threshold_samples.npy`` (their indices, int64 ascending). Their records are about class C.
+THRESHOLD_META_NAME, THRESHOLD_SAMPLES_NAME = "threshold.json", "threshold_samples.npy"
+
+
+def write_threshold(hdir: str, extra_class: int, which: int, indices: np.ndarray) -> None:
+    os.makedirs(hdir, exist_ok=True)
+    atomic_save_npy(os.path.join(hdir, THRESHOLD_SAMPLES_NAME), np.asarray(indices, dtype=np.int64))
+    atomic_write_text(os.path.join(hdir, THRESHOLD_META_NAME),
+                      json.dumps({"extra_class": int(extra_class), "set": int(which)}) + "\n")
+
+
+def read_threshold(hdir: str, num_samples: int) -> Optional[Tuple[int, np.ndarray]]:
+    """(extra class, threshold sample indices) of a run with threshold samples, None for a
+    run without; HistoryError naming the file if threshold.json is unreadable or its
+    threshold_samples.npy is missing or not distinct ascending indices in 0..N-1."""
+    meta_path = os.path.join(hdir, THRESHOLD_META_NAME)
+    try:
+        with open(meta_path, "r", encoding="utf-8") as f:
+            extra_class = int(json.load(f)["extra_class"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise HistoryError(f"{meta_path}: cannot be read as {{\"extra_class\": C, ...}}: {e}") from None
+    path = os.path.join(hdir, THRESHOLD_SAMPLES_NAME)
+    try:
+        indices = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise HistoryError(f"{path} is missing: {meta_path} says the run trained threshold samples under class "
+                           f"{extra_class}, and without their indices the run cannot be scored") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise HistoryError(f"{path}: cannot be read: {e}") from None
+    if (indices.ndim != 1 or indices.dtype.kind not in "iu" or not len(indices)
+            or (len(indices) > 1 and (np.diff(indices) <= 0).any()) or indices[0] < 0 or indices[-1] >= num_samples):
+        raise HistoryError(f"{path}: expected distinct ascending indices in 0..{num_samples - 1}")
+    return extra_class, indices.astype(np.int64)

@@ -241,6 +241,19 @@ _C.PRODUCE.STOP_WHEN_STABLE.FRACTION = 0.5
 _C.PRODUCE.EMBED_DIM = 128
 # The epochs that record them; [] is the last epoch, negative values count from the end.
 _C.PRODUCE.EMBED_EPOCHS = []
+# Top-k class probabilities (dynunc/training/topk.py): each training sample's K largest
+# softmax probabilities and their classes, topk_prob_{epoch}.npy (float16) and
+# topk_class_{epoch}.npy, for the epochs of EPOCHS ([] is the last, negative values count
+# from the end); what confident learning (get_coreset.py --label-score cleanlab) and the
+# suggested labels of --label-issues read. 0 records none. K <= MODEL.NUM_CLASSES.
+_C.PRODUCE.TOPK = CN()
+_C.PRODUCE.TOPK.K = 0
+_C.PRODUCE.TOPK.EPOCHS = []
+# AUM's threshold samples (dynunc/training/threshold.py): 1 or 2 trains N // (C + 1) images,
+# set 1 or the disjoint set 2, under an extra class (the model gets MODEL.NUM_CLASSES + 1
+# outputs); get_coreset.py --label-issues then cuts at the 99th percentile of their mean
+# margins. Such a run is for label errors only (its coresets are refused). 0: none.
+_C.PRODUCE.THRESHOLD_SAMPLES = 0
 
 # -----------------------------------------------------------------------------
 # Misc

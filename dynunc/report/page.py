@@ -25,6 +25,7 @@ import numpy as np
 
 from dynunc.lists.file_list import FileList, FileListError, read_file_list
 from dynunc.report import figures
+from dynunc.report import label_issues as label_section
 from dynunc.report import projection
 from dynunc.report.accuracy import FULL, TopOne, read_accuracies, summarise
 from dynunc.report.cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_reading
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
              f"produce run's when no --accuracy full=RUN gives one (default {DEFAULT_PRODUCE_OVERHEAD}, the demo's)")
     projection.add_flag(p)
     add_leakage_flags(p, add_flag)
+    label_section.add_flag(p, add_flag)
     return p
 
 
@@ -190,6 +192,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     curves_done = time.perf_counter()
     add_cost(files, numbers, args, stability)
     add_image_grids(files, numbers, orders, file_list, labels, class_dirs)
+    if args.label_issues:
+        label_section.add_label_issues(files, numbers, args.label_issues, plan, file_list, labels, thumbnail, flipped)
     files.update(embedding_files)
     numbers.update(embedding_numbers)
     print(f"scored {n} lines over {num_epochs} epochs in {scored - started:.1f}s, curves pass "
@@ -383,7 +387,8 @@ SECTIONS = (("decision", "Which method, which fraction"), ("cost", "Cost, and co
             ("per-class", "Per class"), ("agreement", "Agreement between methods"),
             ("projection", "Kept and pruned images in embedding space"),
             ("curves", "p(true label) over epochs"), ("images", "Images"),
-            ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"))
+            ("dedup", "Near-duplicates (--dedup)"), ("leakage", "Train/val leakage (--leakage)"),
+            (label_section.ANCHOR, label_section.TITLE))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], left: int = 1,
@@ -589,7 +594,8 @@ def section_bodies(numbers: dict) -> Dict[str, Optional[List[str]]]:
             "histograms": histograms_html(numbers), "per-class": per_class_html(numbers),
             "agreement": agreement_html(numbers), "projection": projection_section(numbers),
             "curves": curves_html(numbers), "images": images_html(numbers),
-            "dedup": dedup_html(numbers.get("dedup")) or None, "leakage": leakage_html(numbers.get("leakage")) or None}
+            "dedup": dedup_html(numbers.get("dedup")) or None, "leakage": leakage_html(numbers.get("leakage")) or None,
+            label_section.ANCHOR: label_section.label_issues_html(numbers.get(label_section.ANCHOR), _table) or None}
 
 
 def render_html(args: argparse.Namespace, numbers: dict) -> str:

@@ -33,6 +33,15 @@ groups go to OUTPUT.dedup_groups.tsv. A threshold that would remove more than
 --dedup-max-removed of the list (default half), or leave fewer lines than a fraction
 asks for, is refused with the numbers; --fraction 1 writes the deduplicated list.
 
+With --label-issues FILE (no --fraction needed), the suspected label errors go to FILE,
+a TSV, most suspicious first (dynunc/scoring/label_issues.py: the scores and their
+automatic cuts), and the estimate of how many labels are wrong is printed with its rule:
+
+    python get_coreset.py --input OUTPUT --dataset_file_list LIST --label-issues issues.tsv
+
+--drop-label-issues removes the suspects before any method selects (as --dedup does, the
+fractions stay fractions of the full list).
+
 Writes, atomically and all together at the end: each coreset (the kept lines of LIST
 in LIST's order; without --dataset_file_list, the kept samples' indices, or their keys
 for a history that names its samples by keys (sample_keys.txt), one per line,
@@ -55,6 +64,8 @@ from dynunc.lists.file_list import FileListError
 from dynunc.lists.lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
 from dynunc.history import HistoryError
+from dynunc.scoring.label_issues import (DEFAULT_LABEL_SCORE, LABEL_SCORES, methods_scored, score_label_issues,
+                                         write_tsv)
 from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
 from dynunc.interrupt import deliver_interrupts_to_main_thread
 from dynunc.io import atomic_group, remove_stale_temporaries
@@ -77,14 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(p, [DEFAULT_METHOD], f"scoring method(s), default {DEFAULT_METHOD}. "
                    + "; ".join(f"{name}: {m.score} ({m.paper})" for name, m in METHODS.items()),
-                   fraction_default=None, selection=True,
+                   fraction_default=None, selection=True, fraction_required=False,
                    seed_help="ties at a cut: which of the tied images are kept (a uniform draw); random: the subset "
                    "drawn; --ccs: the draws in each bin")
+    add_flag(p, "--label-issues", metavar="FILE",
+             help="write the suspected label errors to FILE (TSV, most suspicious first: index, line, path, label, "
+             "score, and suggested where PRODUCE.TOPK recorded class probabilities) and print how many labels are "
+             "estimated wrong, by the rule of --label-score; --fraction and --output are then optional")
+    add_flag(p, "--label-score", default=DEFAULT_LABEL_SCORE, choices=list(LABEL_SCORES),
+             help=f"how label errors are scored (default {DEFAULT_LABEL_SCORE}); "
+             + "; ".join(f"{name}: {s.what}, suspects: {s.rule}" for name, s in LABEL_SCORES.items()))
+    add_flag(p, "--drop-label-issues", action="store_true",
+             help="remove the suspected label errors (--label-score's cut) before any method selects; the fractions "
+             "stay fractions of the full list")
     add_flag(
-        p, "--output", required=True,
-        help="coreset file to write. With several methods it must contain {method}, with several fractions "
-        "{fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each method's scores go "
-        "once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
+        p, "--output",
+        help="coreset file to write (required with --fraction). With several methods it must contain {method}, "
+        "with several fractions {fraction} (as written in --fraction), e.g. out/{method}_{fraction}.txt. Each "
+        "method's scores go once to OUTPUT.scores.npy, with {fraction} written as 'all' (out/dynunc_all.txt.scores.npy)",
     )
     add_flag(p, "--dedup-max-removed", type=float, default=DEDUP_MAX_REMOVED, metavar="SHARE",
              help=f"--dedup: refuse a threshold that removes more than this share of the list (default "
@@ -150,6 +171,26 @@ def write_kept_names(f, kept: np.ndarray, keys: Optional[Sequence[str]]) -> None
         f.write("".join(f"{name}\n" for name in names))
 
 
+def check_label_flags(args: argparse.Namespace) -> bool:
+    """Whether coresets are asked for (--fraction); ValueError naming the flag for a
+    combination that cannot run. Without --fraction only --label-issues runs, and
+    --method is then not scored."""
+    if (args.label_issues or args.drop_label_issues) and args.dataset_file_list is None:
+        raise ValueError("--label-issues and --drop-label-issues need --dataset_file_list: the labels given to "
+                         "the images are the list's")
+    if not args.fraction:
+        for flag, given in (("--drop-label-issues", args.drop_label_issues), ("--dedup", args.dedup is not None),
+                            ("--output", args.output is not None)):
+            if given:
+                raise ValueError(f"{flag} needs --fraction (it shapes or names the coresets)")
+        if args.label_issues is None:
+            raise ValueError("--fraction is required (or --label-issues FILE alone)")
+        return False
+    if args.output is None:
+        raise ValueError("--output is required with --fraction")
+    return True
+
+
 def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None:
     listed = os.path.realpath(args.dataset_file_list) if args.dataset_file_list is not None else None
     seen: Dict[str, str] = {}
@@ -158,7 +199,8 @@ def check_output_paths(args: argparse.Namespace, written: Sequence[str]) -> None
         if real == listed:
             raise ValueError(f"{path!r} would overwrite --dataset_file_list {args.dataset_file_list!r}")
         if real in seen:
-            raise ValueError(f"--output {args.output!r}: two outputs would both be written to {path!r}")
+            flag = "--label-issues" if path == args.label_issues or seen[real] == args.label_issues else "--output"
+            raise ValueError(f"{flag} {path!r}: two outputs would both be written to {path!r}")
         seen[real] = path
 
 
@@ -167,18 +209,28 @@ def run(args: argparse.Namespace) -> int:
     # score is computed. The list is never held as Python strings (13M lines would take
     # gigabytes): its count, identity and labels come from its index (the plan opens it),
     # and after scoring its bytes are read once, in blocks, to copy the kept lines.
-    check_placeholders(args)  # the command line alone: before any path is looked at
+    coresets = check_label_flags(args)  # the command line alone: before any path is looked at
+    if coresets:
+        check_placeholders(args)
+    else:
+        args.method = []  # --label-issues alone: no coreset method is scored
     selection = check_flags(args)
     if not 0.0 <= args.dedup_max_removed <= 1.0:
         raise ValueError(f"--dedup-max-removed must be in [0, 1], got {args.dedup_max_removed:g}")
     for method in args.method:  # the outputs' paths, before the list and the history are opened
         for path in [render(args.output, method, f) for f in args.fraction] + [method_scores_path(args.output, method)]:
             check_output_file("--output", path)
-    plan = make_plan(args, selection)
-    outputs = plan_outputs(args.output, plan)
+    if args.label_issues:
+        check_output_file("--label-issues", args.label_issues)
+    label_score = LABEL_SCORES[args.label_score] if (args.label_issues or args.drop_label_issues) else None
+    if label_score is None and args.label_score != DEFAULT_LABEL_SCORE:
+        print("warning: --label-score is used by --label-issues and --drop-label-issues only; ignored", file=sys.stderr)
+    plan = make_plan(args, selection, also=methods_scored(args.label_score) if label_score else [])
+    outputs = plan_outputs(args.output, plan) if coresets else []
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
-    check_output_paths(args, written + ([groups_path] if groups_path else []))
+    extra = [p for p in (groups_path, args.label_issues) if p]
+    check_output_paths(args, written + extra)
     if groups_path:
         check_output_file("--output", groups_path)
     labels = plan.labels if selection.class_balanced else None
@@ -186,8 +238,11 @@ def run(args: argparse.Namespace) -> int:
     # the embeddings are checked before any scoring
     embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
     t0 = time.perf_counter()
-    scores = score_history(plan.methods, plan.num_epochs, n, plan.loader(mmap=True), plan.params,
-                           embedded=plan.embedded)
+    scores = score_history(list(plan.methods) + list(plan.also), plan.num_epochs, n, plan.loader(mmap=True),
+                           plan.params, embedded=plan.embedded)
+    issues = None
+    if label_score is not None:
+        issues = score_label_issues(args.label_score, scores, plan.index.labels, plan.hdir)
     duplicates, pool = None, None  # pool: the lines methods select from (all when None)
     if embeddings is not None:
         dedup_started = time.perf_counter()
@@ -195,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
         dedup_seconds = time.perf_counter() - dedup_started
         pool = np.flatnonzero(~duplicates.removed)
         check_dedup_left(args.dedup, args.dedup_max_removed, n, len(pool), plan.keeps)  # before anything is written
+    if issues is not None and args.drop_label_issues:
+        kept_lines = ~issues.flagged
+        if duplicates is not None:
+            kept_lines &= ~duplicates.removed
+        pool = np.flatnonzero(kept_lines)
     kept = {}  # output -> one bool per line (N bytes, not 8 bytes per kept line)
     cuts = {}  # output -> how its cut meets ties (select.Cut; None under CCS)
     lowest = {o: METHODS[o.method].keeps_lowest(plan.params, o.keep, n) for o in outputs}  # prototype's rule
@@ -222,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
                 kept[o][indices if pool is None else pool[indices]] = True
     elapsed = time.perf_counter() - t0
     t1 = time.perf_counter()
-    for path in written + ([groups_path] if groups_path else []):
+    for path in written + extra:
         remove_stale_temporaries(path)  # left by a run of this command killed while writing
     with atomic_group() as group:
         for method in plan.methods:
@@ -238,6 +298,15 @@ def run(args: argparse.Namespace) -> int:
         if duplicates is not None:
             with group.open(groups_path, "w", encoding="utf-8", newline="") as f:
                 write_groups(f, duplicates, plan.index, plan.keys)
+        if issues is not None and args.label_issues:
+            with group.open(args.label_issues, "w", encoding="utf-8", newline="") as f:
+                write_tsv(f, issues, plan.index.labels, lambda i: int(plan.index.lines[i]), plan.index.name)
+    if issues is not None:
+        where = f" -> {args.label_issues}" if args.label_issues else ""
+        dropped = "; dropped before selection" if args.drop_label_issues else ""
+        print(f"label issues: {issues.describe(n)}{dropped}{where}")
+    if not coresets:
+        return 0
     size = sum(os.path.getsize(path) for path in written)
     print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
@@ -252,7 +321,9 @@ def run(args: argparse.Namespace) -> int:
         detail = "" if (o.method == DEFAULT_METHOD and not rule) else f", {o.method}{rule}"
         detail += ", the lowest scores kept" if lowest[o] else ""
         ties = f"; {cuts[o].describe()} (--seed {selection.seed})" if cuts[o] and cuts[o].tied else ""
-        whole = (f"; int(N * fraction) = {o.keep} exceeds the {len(pool)} lines left after --dedup: all kept"
+        removed_by = " and ".join(f for f, on in (("--dedup", duplicates is not None),
+                                                   ("--drop-label-issues", args.drop_label_issues)) if on)
+        whole = (f"; int(N * fraction) = {o.keep} exceeds the {len(pool)} lines left after {removed_by}: all kept"
                  if pool is not None and o.keep > len(pool) else "")
         print(f"kept {int(kept[o].sum())} of {n} lines (fraction {o.fraction}{detail}{ties}{whole}) -> {o.path}")
     return 0

@@ -18,7 +18,7 @@ from dynunc.scoring.dedup import check_threshold, eps_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
                             find_history_dir, fingerprint_path, load_embeddings, load_epoch_prob, read_sample_keys,
-                            record_loader, record_path, sample_keys_path, why_no_embeddings)
+                            read_threshold, record_loader, record_path, sample_keys_path, why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
 from dynunc.paths import check_arguments
@@ -78,17 +78,20 @@ def method_flags() -> Dict[str, Tuple[MethodFlag, List[str]]]:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[List[str]], method_help: str,
-                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False) -> None:
+                   fraction_default: Optional[Sequence[str]], seed_help: str, selection: bool = False,
+                   fraction_required: Optional[bool] = None) -> None:
     """The shared flags. `method_default` None: the methods the history has records for;
-    `fraction_default` None: --fraction required; `selection`: get_coreset.py's rule flags
-    (and --dataset_file_list optional: without it the coreset is the kept indices or keys)."""
+    `fraction_default` None: --fraction required (unless `fraction_required` is False: the
+    caller checks); `selection`: get_coreset.py's rule flags (and --dataset_file_list
+    optional: without it the coreset is the kept indices or keys)."""
     add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
     add_flag(parser, "--dataset_file_list", required=not selection,
              help="the training file list the history was recorded on" + (
                  "; without it, the coreset file holds the kept samples' indices (0-based), or their keys if the "
                  "history names its samples by keys (sample_keys.txt), one per line" if selection else ""))
     add_flag(parser, "--method", nargs="+", default=method_default, metavar="NAME", help=method_help)
-    add_flag(parser, "--fraction", nargs="+", metavar="F", required=not fraction_default,
+    required = not fraction_default if fraction_required is None else fraction_required
+    add_flag(parser, "--fraction", nargs="+", metavar="F", required=required,
              default=list(fraction_default or ()), help="fraction(s) of lines to keep, each in (0, 1]"
              + (f" (default {' '.join(fraction_default)})" if fraction_default else ""))
     for flag, _ in method_flags().values():
@@ -214,6 +217,7 @@ class Plan:
     selection: Selection
     count: int = 0  # N, read from the history when no list is given
     keys: Optional[List[str]] = None  # sample_keys.txt of a history without a list (None: named by index)
+    also: Tuple[str, ...] = ()  # methods scored for another use (get_coreset's --label-score), no coreset
 
     @property
     def num_samples(self) -> int:
@@ -259,13 +263,15 @@ def _spelled(value) -> str:
     return f"{value.start}:{value.stop}" + (f":{value.step}" if value.step != 1 else "")
 
 
-def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None) -> Plan:
+def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None,
+              also: Sequence[str] = ()) -> Plan:
     """Open the list's index (unless given), open its history (HistoryError naming both
     if the list is not the one it was recorded on) and resolve the method flags; --method
-    None: every method whose records the history holds. ValueError / HistoryError /
-    FileListError naming the flag or file."""
+    None: every method whose records the history holds (an empty list: none, when `also`
+    names methods to score for another use, checked as --method's are). ValueError /
+    HistoryError / FileListError naming the flag or file."""
     if args.dataset_file_list is None:
-        return _plan_without_list(args, selection)
+        return _plan_without_list(args, selection, also)
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
     hdir = find_history_dir(args.input)
@@ -274,11 +280,11 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {listed} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
-    chosen, params = _methods(args, hdir, paths)
-    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection)
+    chosen, params, also = _methods(args, hdir, paths, index.count, also)
+    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also=also)
 
 
-def _plan_without_list(args: argparse.Namespace, selection: Selection) -> Plan:
+def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Sequence[str] = ()) -> Plan:
     """The plan of a history scored without its file list: N from its first epoch file,
     the samples named by its sample_keys.txt or by index; no labels, so class-balanced
     selection and the methods that read labels are refused."""
@@ -292,20 +298,23 @@ def _plan_without_list(args: argparse.Namespace, selection: Selection) -> Plan:
     if selection.class_balanced:
         raise ValueError("--class-balanced needs --dataset_file_list: the classes are the list's labels")
     keeps = fraction_keeps(args.fraction, count)
-    chosen, params = _methods(args, hdir, paths)
-    needing = [m for m in with_inputs(chosen, params) if METHODS[m].labels(params)]
+    chosen, params, also = _methods(args, hdir, paths, count, also)
+    needing = [m for m in with_inputs(chosen + list(also), params) if METHODS[m].labels(params)]
     if needing:
         raise ValueError(f"method {needing[0]} reads the class labels: give --dataset_file_list")
-    return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys)
+    return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys, also)
 
 
-def _methods(args: argparse.Namespace, hdir: str, paths: List[str]) -> Tuple[List[str], ScoreParams]:
-    """The methods to score (--method, or every one whose records `hdir` holds) and their
-    resolved parameters."""
+def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int,
+             also: Sequence[str] = ()) -> Tuple[List[str], ScoreParams, Tuple[str, ...]]:
+    """The methods to score (--method, or every one whose records `hdir` holds), their
+    resolved parameters, and `also` (methods scored for another use) without those."""
     chosen = list(args.method) if args.method is not None else list(METHODS)
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
-    params = resolve_defaults(chosen, ScoreParams(seed=args.seed), len(paths), hdir, given)
+    also = tuple(m for m in dict.fromkeys(also) if m not in chosen)
+    params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given)
+    check_records(hdir, also, params, len(paths))
     if args.method is not None:
         check_records(hdir, chosen, params, len(paths))
     else:
@@ -318,11 +327,15 @@ def _methods(args: argparse.Namespace, hdir: str, paths: List[str]) -> Tuple[Lis
         if unembedded:
             print(f"warning: {hdir} lacks the embeddings (embed_{{epoch}}.npy) or records of {', '.join(unembedded)}: "
                   f"left out (produce runs record embeddings when {EMBED_CONFIG_KEYS} ask for them)", file=sys.stderr)
-    scored = with_inputs(chosen, params)  # with the methods whose scores they read (d2's --d2-score)
+    scored = with_inputs(chosen + list(also), params)  # with the methods whose scores they read (d2's --d2-score)
     for flag, owners in flags.values():
         if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
                   "only; ignored", file=sys.stderr)
-    if not chosen:
+    if chosen and read_threshold(hdir, count) is not None:
+        raise HistoryError(f"{hdir}: a run with AUM's threshold samples (threshold.json, PRODUCE.THRESHOLD_SAMPLES) "
+                           "is for label errors only (get_coreset.py --label-issues without --fraction): its "
+                           "relabelled images' records are about the extra class")
+    if not chosen and not also and args.method is None:  # [] (get_coreset --label-issues alone): none asked
         raise ValueError(f"{hdir}: holds the records of no method (give --method)")
-    return chosen, params
+    return chosen, params, also

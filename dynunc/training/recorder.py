@@ -45,6 +45,7 @@ from dynunc.history import (RECORD_KINDS, SAMPLE_KEYS_NAME, HistoryError, check_
 from dynunc.io import atomic_open
 from dynunc.training.embeddings import EmbeddingStore, remove_parts
 from dynunc.training.stability import StabilityTracker, describe
+from dynunc.training.topk import TopKRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,13 @@ class Recorder:
     resumed run's; the history's epochs from there on are removed, the earlier ones
     kept, checked to be of N samples). `device`: where the records live (default: the
     current CUDA device under CUDA, else the CPU). `tracker`: rank 0's coreset
-    stability tracker (dynunc/training/stability.py), fed each written epoch."""
+    stability tracker (dynunc/training/stability.py), fed each written epoch. `topk`:
+    PRODUCE.TOPK's top-k class-probability recorder (dynunc/training/topk.py), fed each batch."""
 
     def __init__(self, out_dir: str, num_samples: int, *, embed_dim: int = 0, keys: Optional[Sequence[str]] = None,
                  file_list: Optional[str] = None, start_epoch: int = 0, device: Optional[torch.device] = None,
-                 tracker: Optional[StabilityTracker] = None, val_samples: int = 0, project: bool = True):
+                 tracker: Optional[StabilityTracker] = None, val_samples: int = 0, project: bool = True,
+                 topk: Optional[TopKRecorder] = None):
         self.rank, self.world_size = _rank_world()
         self.is_primary = self.rank == 0
         self.dir = history_dir(out_dir)
@@ -159,6 +162,7 @@ class Recorder:
         self.val_samples = int(val_samples)
         self.next_epoch = int(start_epoch)
         self.tracker = tracker if self.is_primary else None
+        self.topk = topk  # PRODUCE.TOPK's class probabilities (dynunc/training/topk.py), or None
         rows = len(ROWS) + (1 if self.embed_dim else 0)  # + "has an embedding row" in embedding epochs
         self.records = torch.full((rows, self.num_samples + _COLUMNS), _UNSEEN, dtype=torch.float32,
                                   device=self.device)
@@ -245,6 +249,8 @@ class Recorder:
         self.counts.zero_()
         self.index_range.zero_()
         self.target_range.fill_(-(1 << 62))
+        if self.topk is not None:
+            self.topk.start(self.next_epoch)
 
     # ------------------------------------------------------------------ per step
     @torch.no_grad()
@@ -274,6 +280,8 @@ class Recorder:
         self.target_range = torch.maximum(self.target_range, torch.stack([-targets.min(), targets.max() - classes + 1]))
         values = batch_records(logits.to(device, non_blocking=True), targets.clamp(0, classes - 1))
         self.records[:len(ROWS)].index_copy_(1, safe, values)
+        if self.topk is not None:
+            self.topk.record(logits.to(device, non_blocking=True), safe)
         self.counts.index_add_(0, safe, torch.ones_like(safe, dtype=torch.int32))
         if features is not None:
             self.update_features(indices, features)
@@ -366,6 +374,8 @@ class Recorder:
         for kind, column in (("embed", _EMBED), ("val_embed", _VAL_EMBED)):
             if self.embed_dim and meta[column - 1] > 0:  # every rank: finishing holds a barrier
                 self.embeddings[kind].finish(epoch, kind, n if kind == "embed" else self.val_samples)
+        if self.topk is not None:
+            self.topk.finish(epoch)  # collective; rank 0 writes before prob, which marks the epoch complete
         if self.is_primary:
             records = self.records[:len(ROWS), :n].cpu()
             seen = seen.cpu()
