@@ -17,7 +17,7 @@ from dynunc.history import (history_dir, list_topk_epochs, load_topk, read_topk_
                             topk_path, write_epoch, write_fingerprint, write_topk, write_topk_meta)
 from dynunc.scoring.label_issues import dense_probs, methods_scored, read_tsv, score_label_issues, suggested_labels
 from dynunc.scoring.methods import ScoreParams, score_history
-from dynunc.training.recorder import PredictionRecorder, batch_records, ROWS
+from dynunc.training.recorder import ROWS, Recorder, batch_records
 from dynunc.training.topk import TopKRecorder, check_config, topk_epochs
 from utils.config import get_defaults
 
@@ -217,11 +217,10 @@ def test_topk_recorder_writes_the_top_k_of_the_softmax(tmp_path):
     y = torch.randint(0, C, (n,))
     hdir = history_dir(str(tmp_path))
     topk = TopKRecorder(n, 3, C, [1], hdir, torch.device("cpu"), True)
-    rec = PredictionRecorder(n, str(tmp_path), torch.device("cpu"), True, eval_mode_forward=True, topk=topk)
-    os.makedirs(hdir, exist_ok=True)
+    rec = Recorder(str(tmp_path), n, device=torch.device("cpu"), topk=topk)
     for epoch in range(2):
-        rec.start_epoch(epoch)
-        rec.record(model, x[:6], y[:6], torch.arange(6))  # samples 6..9 unseen
+        with torch.no_grad():
+            rec.update(torch.arange(6), model(x[:6]), y[:6])  # samples 6..9 unseen
         rec.end_epoch(epoch)
     assert list_topk_epochs(hdir) == [1] and read_topk_meta(hdir) == (3, C)
     probs, classes = load_topk(hdir, 1, n)
