@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data.build import build_train_loader, build_val_loader, history_identity, load_file_lists
 from data.datasets import dataset_info
-from data.file_list import FileListError
+from dynunc.lists.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
 from dynunc.distributed import barrier, broadcast_buffers_, first_error
 from dynunc.io import atomic_write_text

@@ -20,7 +20,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.measure import run_child  # noqa: E402
-from data.file_list_index import open_index  # noqa: E402
+from dynunc.lists.index import open_index  # noqa: E402
 from dynunc.history import write_epoch, write_fingerprint  # noqa: E402
 from dynunc.scoring.methods import METHODS  # noqa: E402
 

@@ -62,7 +62,7 @@ def write_coreset(full: str, path: str, fraction: float, seed: int = 0) -> int:
 
 def legacy_read(path: str, num_classes: int):
     """The reader before the index: one Python string per path, read line by line."""
-    from data.file_list import parse_line
+    from dynunc.lists.file_list import parse_line
 
     files, labels, linenos = [], [], []
     with open(path, "r", encoding="utf-8") as f:
@@ -97,13 +97,13 @@ def child(step: str, full: str, coreset: str, classes: int, rank: int, world: in
         files, _, _ = legacy_read(full, classes)
         report["entries"] = len(files)
     elif step in ("build", "load"):
-        from data.file_list import read_file_list
+        from dynunc.lists.file_list import read_file_list
 
         fl = read_file_list(full, root="/data", num_classes=classes)
         report["entries"] = len(fl)
         report["index"] = fl.index.location
     elif step == "coreset":
-        from data.file_list import read_coreset
+        from dynunc.lists.file_list import read_coreset
 
         fl = read_coreset(coreset, full, root="/data", num_classes=classes)
         report["entries"] = len(fl)

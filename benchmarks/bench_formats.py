@@ -168,7 +168,7 @@ def keys_child(what: str, args) -> dict:
     hdir = os.path.join(args.dir, "history")
     if what == "write_keys":  # what the recorder does at a produce run's start (rank 0)
         from dynunc.history import SAMPLE_KEYS_NAME, sample_keys_path, write_fingerprint
-        from utils.io import atomic_open
+        from dynunc.io import atomic_open
 
         os.makedirs(hdir, exist_ok=True)
         t1 = time.perf_counter()
@@ -196,7 +196,7 @@ def write_indexes_only(args) -> None:
     without 26 GiB of tar on disk; the scan step is left out."""
     from data.keyed import key_hashes
     from data.shards import INDEX_VERSION, scan_shard, shard_index_path
-    from utils.io import atomic_open
+    from dynunc.io import atomic_open
 
     template_path = os.path.join(args.dir, "template.tar")
     with open(template_path, "wb") as f:

@@ -122,7 +122,7 @@ class TorchDataset:
     def __init__(self, train: str, eval_view: bool, auto_augment: bool):
         import torchvision.transforms as T
 
-        from data.file_list import read_file_list
+        from dynunc.lists.file_list import read_file_list
         from data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 
         self.files = read_file_list(os.path.join(train, "file_list.txt"), root=train)

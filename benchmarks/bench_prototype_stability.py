@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from data.file_list import read_file_list  # noqa: E402
+from dynunc.lists.file_list import read_file_list  # noqa: E402
 from dynunc.history import find_history_dir, list_embed_epochs, load_embeddings  # noqa: E402
 from dynunc.ranking import top  # noqa: E402
 from dynunc.scoring import knn  # noqa: E402

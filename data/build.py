@@ -7,7 +7,7 @@ from typing import Optional, Union
 import numpy as np
 
 from data.datasets import dataset_info
-from data.file_list import FileList, read_coreset, read_file_list
+from dynunc.lists.file_list import FileList, read_coreset, read_file_list
 from dynunc.lists.keyed import KeyedSamples, KeyTable
 from data.pipeline import DaliLoader, ViewSpec
 from data.reader import BatchReader, eval_shard, pipeline_seed, shard, train_shard

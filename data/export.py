@@ -15,7 +15,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from data.file_list import FileListError, read_file_list
+from dynunc.lists.file_list import FileListError, read_file_list
 from data.shards import LABEL_EXT, write_shards
 
 

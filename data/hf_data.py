@@ -24,9 +24,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from data.file_list_index import RACY_SECONDS, index_location
+from dynunc.lists.index import RACY_SECONDS, index_location
 from dynunc.lists.keyed import DataFormatError, KeyedSamples, KeyTable
-from utils.io import atomic_open
+from dynunc.io import atomic_open
 
 ARROW_SUFFIX = ".dynunc.arrow"
 _IDENTITY = b"dynunc_source"

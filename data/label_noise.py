@@ -17,8 +17,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list import FileListError, parse_line, read_lines
-from utils.io import atomic_open, atomic_save_npy
+from dynunc.lists.file_list import FileListError, parse_line, read_lines
+from dynunc.io import atomic_open, atomic_save_npy
 
 
 def flipped_path(noisy_list: str) -> str:

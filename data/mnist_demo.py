@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from utils.io import atomic_write_text
+from dynunc.io import atomic_write_text
 
 VAL_PER_CLASS = 100
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from utils.io import atomic_write_text
+from dynunc.io import atomic_write_text
 
 
 def near_copy(pixels: np.ndarray, rng: np.random.Generator) -> bytes:

@@ -19,7 +19,7 @@ Conventions (the paper's, see PAPER_README section 2):
   directory with that name is created by ``map-21k``. It takes a label and has no lines.
   Any other empty class directory is an error.
 
-Every output is written through ``utils.io.atomic_open``: after an error the previous
+Every output is written through ``dynunc.io.atomic_open``: after an error the previous
 file (if any) is untouched. Problems are collected over the whole pass and reported
 together, so one run shows all of them.
 """
@@ -37,10 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.datasets import DATASETS
-from data.file_list import FileListError, parse_line
-from data.file_list_parse import iter_lines, label_error
+from dynunc.lists.file_list import FileListError, parse_line
+from dynunc.lists.parse import iter_lines, label_error
 from data.image_check import KINDS, survey_images
-from utils.io import atomic_open
+from dynunc.io import atomic_open
 
 PLACEHOLDER_CLASS = "n04399382"  # the ImageNet-1K class absent from ImageNet-21K
 DEFAULT_CLASS_PATTERN = "n*"

@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from data.file_list import FileList
+from dynunc.lists.file_list import FileList
 # The epoch order lives in the package (dynamic pruning plans it); re-exported here.
 from dynunc.training.order import epoch_permutation, shard, shard_length  # noqa: F401
 

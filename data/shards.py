@@ -9,7 +9,7 @@ key, label, the image's byte range and the sample's byte range (its members, hea
 included). The index is kept beside the shard, ``<shard>.keys.npz`` (or in
 ``$XDG_CACHE_HOME/dynunc/shard_index/`` when the shard's folder is not writable) and used
 again while the shard's size and modification time are the ones it records, as a file
-list's index is (data/file_list_index.py). The loader then reads each image by its
+list's index is (dynunc/lists/index.py). The loader then reads each image by its
 offset (os.pread), in the epoch's order, through the same pipeline as a folder tree:
 DALI's own webdataset reader reads shards in sequence and shuffles only within a buffer,
 so it could not give the epoch order that makes a run on shards repeat the same run on
@@ -32,9 +32,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data.file_list_index import RACY_SECONDS, index_location
+from dynunc.lists.index import RACY_SECONDS, index_location
 from dynunc.lists.keyed import DataFormatError, KeyedSamples, KeyTable
-from utils.io import atomic_open
+from dynunc.io import atomic_open
 
 logger = logging.getLogger(__name__)
 

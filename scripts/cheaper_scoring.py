@@ -45,13 +45,13 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from pruning_curve import (CONFIG, FULL, Job, finished, flipped_share, fraction_text, log, sh, train,  # noqa: E402
                            training_opts, write_csv)
-from data.file_list import read_coreset  # noqa: E402
+from dynunc.lists.file_list import read_coreset  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
 from dynunc.report.accuracy import TopOne, within_spread  # noqa: E402
 from dynunc.history import contiguous_epoch_files, history_dir, load_epoch_prob  # noqa: E402
 from dynunc.report.figures import png_bytes  # noqa: E402
 from dynunc.training.stability import StabilityTracker, StopWhenStable, overlap_key  # noqa: E402
-from utils.io import atomic_open, atomic_write_text  # noqa: E402
+from dynunc.io import atomic_open, atomic_write_text  # noqa: E402
 
 FIELDS = ["labels", "setting", "produce_epochs", "window", "produce_seconds", "fraction", "seed", "top1",
           "flipped_kept", "overlap_with_full"]

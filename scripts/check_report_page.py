@@ -48,7 +48,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from dynunc.report.figures import PAGE_HEIGHT_LIMIT, png_text_problems  # noqa: E402
-from utils.io import atomic_open  # noqa: E402
+from dynunc.io import atomic_open  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 RESULT_ID = "page-check-result"

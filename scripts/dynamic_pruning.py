@@ -42,13 +42,13 @@ for folder in (ROOT, os.path.join(ROOT, "scripts")):
     if folder not in sys.path:
         sys.path.insert(0, folder)
 
-from data.file_list import read_coreset, read_file_list  # noqa: E402
+from dynunc.lists.file_list import read_coreset, read_file_list  # noqa: E402
 from benchmarks.measure import run_child  # noqa: E402
 from data.reader import shard_length  # noqa: E402
 from dynunc.report.accuracy import FULL  # noqa: E402
 from pruning_curve import (Job, finished, fraction_text, log, make_coresets, train,  # noqa: E402
                                    training_opts, write_csv)
-from utils.io import atomic_write_text  # noqa: E402
+from dynunc.io import atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
 FIELDS = ["labels", "method", "ratio", "fraction", "seed", "images_seen", "train_wall_s", "top1", "top5"]

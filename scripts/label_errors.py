@@ -50,7 +50,7 @@ from dynunc.history import contiguous_epoch_files, history_dir, list_topk_epochs
 from dynunc.scoring.label_issues import (cleanlab_scores, dense_probs, methods_scored, score_label_issues,  # noqa: E402
                                          topk_records)
 from dynunc.scoring.methods import ScoreParams, score_history  # noqa: E402
-from utils.io import atomic_write_text  # noqa: E402
+from dynunc.io import atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
 NUM_CLASSES = 10
@@ -171,7 +171,7 @@ def predict(run_dir: str, data: str, list_path: str, rows: np.ndarray, epochs: i
     import torch
 
     from data.build import build_eval_view_loader
-    from data.file_list import read_file_list
+    from dynunc.lists.file_list import read_file_list
     from models.build import build_model
     from utils.checkpoint import latest_checkpoint
     from utils.config import load_config

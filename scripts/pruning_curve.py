@@ -39,12 +39,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from data.file_list import read_coreset, read_file_list  # noqa: E402
+from dynunc.lists.file_list import read_coreset, read_file_list  # noqa: E402
 from data.label_noise import flipped_path  # noqa: E402
 from dynunc.report.accuracy import CSV_FIELDS, FULL, Accuracy, summarise  # noqa: E402
 from dynunc.history import history_dir, list_embed_epochs  # noqa: E402
 from dynunc.report.figures import accuracy_curve  # noqa: E402
-from utils.io import atomic_open, atomic_write_text  # noqa: E402
+from dynunc.io import atomic_open, atomic_write_text  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "demo-mnist.yaml")
 PLAIN_METHODS = ("dynunc", "forgetting", "el2n", "aum", "variability", "confidence", "random")

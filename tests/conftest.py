@@ -49,7 +49,7 @@ def write_full_history(list_path, run_dir, level, epochs, rng, noise=0.2, kinds=
     drawn around `level` (clipped to [0, 1]), correct = p > 0.5, a margin and an EL2N that
     follow p with noise, about 10% of the samples unseen (NaN, -1), and the list's
     fingerprint. `kinds`: which of margin and el2n are written. Returns the history folder."""
-    from data.file_list_index import open_index
+    from dynunc.lists.index import open_index
     from dynunc.history import history_dir, write_epoch, write_fingerprint
 
     n = len(level)

@@ -12,7 +12,7 @@ from models.pretrained import adapt_pretrained_state
 from utils.checkpoint import (checkpoint_dir, checkpoint_path, latest_checkpoint, load_checkpoint, load_pretrained,
                               model_state, prune_checkpoints, save_checkpoint)
 from utils.config import config_to_yaml, load_config
-from utils.io import atomic_open
+from dynunc.io import atomic_open
 
 
 class Net(nn.Module):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from utils.io import AtomicGroup, atomic_group, remove_stale_temporaries
+from dynunc.io import AtomicGroup, atomic_group, remove_stale_temporaries
 
 METHODS = ["dynunc", "confidence", "variability", "random"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, make_image_tree, run_main
 from data.export import list_samples, to_hf, to_shards
-from data.file_list import read_file_list
+from dynunc.lists.file_list import read_file_list
 from data.hf_data import open_hf
 from dynunc.lists.keyed import DataFormatError, KeyTable
 from data.prune import main as prune_main

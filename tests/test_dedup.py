@@ -283,7 +283,7 @@ def read_groups(path):
 
 
 def kept_indices(run, path):
-    from data.file_list import read_file_list
+    from dynunc.lists.file_list import read_file_list
 
     names = {read_file_list(str(run["list"])).name(i): i for i in range(run["n"])}
     return sorted(names[line.rsplit(" ", 1)[0]] for line in open(path).read().splitlines())

@@ -17,7 +17,7 @@ from torch import nn
 from conftest import ROOT
 from engine import StepContext, TrainingDiverged, train_one_epoch
 from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from utils.io import atomic_save_npy, atomic_write_text
+from dynunc.io import atomic_save_npy, atomic_write_text
 from utils.logger import MetricsLog
 from utils.output_lock import LOCK_NAME, OutputInUseError, OutputLock, lock_output
 
@@ -52,7 +52,7 @@ class _FullDiskFile:
 
 @pytest.fixture
 def disk_full(monkeypatch):
-    """disk_full(room): from now on, every file opened by utils.io.atomic_open can take
+    """disk_full(room): from now on, every file opened by dynunc.io.atomic_open can take
     only `room` more bytes."""
     real_fdopen = os.fdopen
 

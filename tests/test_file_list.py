@@ -1,11 +1,11 @@
-"""data/file_list.py: parsing the paper's `/<class>/<file> <label>` lists and the errors
+"""dynunc/lists/file_list.py: parsing the paper's `/<class>/<file> <label>` lists and the errors
 that name `path:line`."""
 import os
 
 import numpy as np
 import pytest
 
-from data.file_list import FileListError, read_coreset, read_file_list, read_lines
+from dynunc.lists.file_list import FileListError, read_coreset, read_file_list, read_lines
 
 
 def write(path, text):
@@ -190,8 +190,8 @@ def test_invalid_utf8_names_the_line(tmp_path):
 # -----------------------------------------------------------------------------
 def reference_read(path, num_classes=None):
     """The plain reader: text mode, one stripped line at a time, parse_line on each
-    (what data/file_list.py did before the index), with the byte-order mark dropped."""
-    from data.file_list import parse_line
+    (what dynunc/lists/file_list.py did before the index), with the byte-order mark dropped."""
+    from dynunc.lists.file_list import parse_line
 
     files, labels, lines = [], [], []
     with open(path, "r", encoding="utf-8-sig") as f:
@@ -240,7 +240,7 @@ def random_list(rng, n, bad_line=None):
 
 def test_labels_read_a_word_at_a_time():
     """parse_labels against int(): 1-8 ASCII digits are read, anything else is left to parse_line."""
-    from data.file_list_parse import _PAD, byte_words, parse_labels
+    from dynunc.lists.parse import _PAD, byte_words, parse_labels
 
     rng = np.random.default_rng(0)
     texts = ["0", "9", "00000000", "99999999", "12345678", "123456789", "", "+1", "1_0", "٣"]
@@ -265,9 +265,9 @@ def test_labels_read_a_word_at_a_time():
 @pytest.mark.parametrize("block_bytes", [3, 16, 97, 1 << 20])
 @pytest.mark.parametrize("seed", range(6))
 def test_same_entries_as_the_line_by_line_reader(tmp_path, monkeypatch, block_bytes, seed):
-    import data.file_list_parse
+    import dynunc.lists.parse
 
-    monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(dynunc.lists.parse, "BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(seed)
     path = str(tmp_path / "list.txt")
     with open(path, "w", encoding="utf-8", newline="") as f:
@@ -283,9 +283,9 @@ def test_same_entries_as_the_line_by_line_reader(tmp_path, monkeypatch, block_by
 @pytest.mark.parametrize("block_bytes", [5, 1 << 20])
 @pytest.mark.parametrize("seed", range(12))
 def test_same_error_as_the_line_by_line_reader(tmp_path, monkeypatch, block_bytes, seed):
-    import data.file_list_parse
+    import dynunc.lists.parse
 
-    monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(dynunc.lists.parse, "BLOCK_BYTES", block_bytes)
     rng = np.random.default_rng(100 + seed)
     path = str(tmp_path / "list.txt")
     with open(path, "w", encoding="utf-8", newline="") as f:
@@ -311,7 +311,7 @@ def aged_list(tmp_path, text, name="list.txt", age=60):
 
 
 def count_builds(monkeypatch):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     calls = []
     real = fli._write_index
@@ -368,7 +368,7 @@ def test_stale_index_is_rebuilt(tmp_path, monkeypatch):
 
 
 def corrupt_label_section(index_path):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     with open(index_path, "r+b") as f:
         header = fli.Header.unpack(f.read(fli.HEADER_BYTES))
@@ -406,7 +406,7 @@ def test_corrupt_index_is_rebuilt_never_used(tmp_path, monkeypatch, damage):
 
 
 def test_lookup_arrays_are_checked_for_coresets(tmp_path, monkeypatch):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     builds = count_builds(monkeypatch)
     path = aged_list(tmp_path, "/a.jpg 0\n/b.jpg 1\n")
@@ -423,7 +423,7 @@ def test_lookup_arrays_are_checked_for_coresets(tmp_path, monkeypatch):
 
 
 def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypatch):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -438,7 +438,7 @@ def test_index_goes_to_the_cache_when_the_folder_is_read_only(tmp_path, monkeypa
 
 
 def test_index_header_round_trip():
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     header = fli.Header(fli.VERSION, 3, 100, 123456789, 987654321, 5, 9, 21841, 2, tuple(range(len(fli.SECTIONS))),
                         bytes(range(32)))
@@ -495,9 +495,9 @@ def test_coreset_errors_name_the_coreset_line(tmp_path):
 
 
 def test_coreset_of_a_large_list_with_similar_names(tmp_path, monkeypatch):
-    import data.file_list_parse
+    import dynunc.lists.parse
 
-    monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(dynunc.lists.parse, "BLOCK_BYTES", 4096)
     names = [f"/n{c:08d}/n{c:08d}_{i}.JPEG" for c in range(50) for i in range(200)]
     full = write(tmp_path / "train.txt", "".join(f"{n} {k // 200}\n" for k, n in enumerate(names)))
     rng = np.random.default_rng(0)
@@ -526,10 +526,10 @@ def coreset_text(names, picks, label_of):
 @pytest.fixture
 def small_windows(monkeypatch):
     """Small parse blocks and finder chunks, so that a coreset spans many of each."""
-    import data.file_list_index as fli
-    import data.file_list_parse
+    import dynunc.lists.index as fli
+    import dynunc.lists.parse
 
-    monkeypatch.setattr(data.file_list_parse, "BLOCK_BYTES", 1000)
+    monkeypatch.setattr(dynunc.lists.parse, "BLOCK_BYTES", 1000)
     monkeypatch.setattr(fli, "BLOCK_BYTES", 64)  # the index's reads: 8 rows of hashes at a time
     monkeypatch.setattr(fli.SequenceFinder, "CHUNK", 7)
     monkeypatch.setattr(fli.SequenceFinder, "PROBE", 3)
@@ -537,7 +537,7 @@ def small_windows(monkeypatch):
 
 @pytest.mark.parametrize("order", ["in_order", "shuffled", "mostly_in_order", "reversed", "gaps", "dense"])
 def test_coreset_rows_whatever_the_order(tmp_path, monkeypatch, small_windows, order):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     looked_up = []  # lines that went through the global table
     global_find = fli.FileListIndex.find
@@ -639,7 +639,7 @@ def test_released_rows_read_the_same(tmp_path):
 
 
 def test_index_of_another_version_is_rebuilt(tmp_path, monkeypatch, caplog):
-    import data.file_list_index as fli
+    import dynunc.lists.index as fli
 
     builds = count_builds(monkeypatch)
     path = aged_list(tmp_path, "/a.jpg 0\n/b.jpg 1\n")
@@ -659,7 +659,7 @@ class Keep(logging.Handler):
         records.append(record.getMessage())
 logging.getLogger("dynunc.lists.index").addHandler(Keep())
 logging.getLogger("dynunc.lists.index").setLevel(logging.INFO)
-from data.file_list import read_file_list
+from dynunc.lists.file_list import read_file_list
 print("ready", flush=True)
 sys.stdin.readline()  # start together
 fl = read_file_list(sys.argv[1])

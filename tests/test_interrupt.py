@@ -1,4 +1,4 @@
-"""utils/interrupt.py: a SIGINT that the kernel hands to another thread still interrupts
+"""dynunc/interrupt.py: a SIGINT that the kernel hands to another thread still interrupts
 a main thread blocked in a system call (real subprocesses)."""
 import subprocess
 import sys
@@ -9,7 +9,7 @@ from conftest import ROOT
 CHILD = textwrap.dedent("""
     import os, signal, sys, threading, time
     sys.path.insert(0, {root!r})
-    from utils.interrupt import deliver_interrupts_to_main_thread
+    from dynunc.interrupt import deliver_interrupts_to_main_thread
     if {install}:
         deliver_interrupts_to_main_thread()
         deliver_interrupts_to_main_thread()  # a second call changes nothing

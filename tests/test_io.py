@@ -1,11 +1,11 @@
-"""utils/io.py: atomic file output (temporary file beside the target, then os.replace)."""
+"""dynunc/io.py: atomic file output (temporary file beside the target, then os.replace)."""
 import os
 import stat
 
 import numpy as np
 import pytest
 
-from utils.io import atomic_open, atomic_save_npy, atomic_write_text
+from dynunc.io import atomic_open, atomic_save_npy, atomic_write_text
 
 
 def test_atomic_open_writes_text(tmp_path):

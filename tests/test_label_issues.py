@@ -63,7 +63,7 @@ def make_run(tmp_path, n=N, k_epochs=K, c=C, topk=None, seed=0):
             p[~seen[:, e]], cl[~seen[:, e]] = -1, -1
             write_topk(hdir, e, p, cl, c)
         write_epoch(hdir, e, **values)
-    from data.file_list_index import open_index
+    from dynunc.lists.index import open_index
     write_fingerprint(hdir, open_index(str(list_path)).fingerprint())
     return list_path, run, logits, labels, seen
 

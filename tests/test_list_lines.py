@@ -1,4 +1,4 @@
-"""data/list_lines.py and data.file_list.read_lines against Python's text mode
+"""dynunc/lists/lines.py and dynunc.lists.file_list.read_lines against Python's text mode
 (universal newlines, str.strip()) on random lists with blank lines, CRLF and lone CR line ends, Unicode whitespace, a
 missing final newline, and blocks so small that lines and CRLF pairs straddle them."""
 import io
@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from data.file_list import read_lines
-from data.file_list_index import open_index
-from data.list_lines import write_entries
+from dynunc.lists.file_list import read_lines
+from dynunc.lists.index import open_index
+from dynunc.lists.lines import write_entries
 
 PIECES = ["a 0", "", "  ", "\t", "b/c d 1", " x 2 ", "\u00a0", "\u00e9t\u00e9 3", "\u2003 \u00a0", "\x1c",
           "\x85", "z 9", "\u3000y 4", "\x0b\x0c", "n 5\u00a0", "\u00e9 \u00e9 7\t"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import get_coreset
-from data.file_list_index import open_index
+from dynunc.lists.index import open_index
 from dynunc.history import write_fingerprint
 from conftest import run_main
 from dynunc.report import page as report

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from data.build import build_train_loader, build_val_loader, dali_device_id, load_file_lists
-from data.file_list import FileListError
+from dynunc.lists.file_list import FileListError
 from data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from data.reader import DataError, train_shard
 from utils.config import load_config

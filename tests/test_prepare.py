@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from data.file_list import read_file_list
+from dynunc.lists.file_list import read_file_list
 from data import prepare
 from data.prepare import PLACEHOLDER_CLASS, main
 

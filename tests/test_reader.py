@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from data.file_list import read_file_list
+from dynunc.lists.file_list import read_file_list
 from data.reader import (BatchReader, DataError, epoch_permutation, eval_shard, find_undecodable, pipeline_seed,
                          read_image_bytes, train_shard)
 

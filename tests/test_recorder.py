@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from data.file_list_index import open_index
+from dynunc.lists.index import open_index
 from dynunc.history import HistoryError, history_dir, record_path, write_epoch
 from dynunc.training.recorder import Recorder, RecorderError, has_batchnorm
 from hooks import Hooks

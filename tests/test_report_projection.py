@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_tree, run_main, write_full_history
-from data.file_list_index import open_index
+from dynunc.lists.index import open_index
 from dynunc.report import page as report, projection as report_projection
 from dynunc.history import load_embeddings
 from dynunc.scoring.methods import METHODS, ScoreParams, score_history

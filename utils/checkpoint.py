@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from utils.io import atomic_open, named_write_error
+from dynunc.io import atomic_open, named_write_error
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 import yaml
 
-from utils.io import atomic_write_text
+from dynunc.io import atomic_write_text
 from utils.output_lock import in_use
 
 logger = logging.getLogger(__name__)
