@@ -65,7 +65,8 @@ def main(argv=None) -> int:
                 f" | {np.mean([np.isin(flipped, list(kept[s])).mean() for s in args.seeds]):.1%}"
             rows.append(f"| {name} | {fraction:g} | {'easiest' if easiest else 'hardest'} | {min(overlaps):.2f} | "
                         f"{np.mean(overlaps):.2f} | {max(overlaps):.2f}{share} |")
-    print("\n| rule | keep | side | overlap min | mean | max" + (" | flipped kept" if flipped is not None else "") + " |")
+    flipped_column = " | flipped kept" if flipped is not None else ""
+    print(f"\n| rule | keep | side | overlap min | mean | max{flipped_column} |")
     print("|---|---:|---|---:|---:|---:|" + ("---:|" if flipped is not None else ""))
     print("\n".join(rows))
     return 0

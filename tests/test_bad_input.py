@@ -98,8 +98,9 @@ CASES = {
 # Read by produce mode only (main.py ignores the PRODUCE.EMBED_* keys).
 PRODUCE_CASES = {
     "PRODUCE.EMBED_DIM negative": (
-        None, [], ["PRODUCE.EMBED_DIM", "-8"], "PRODUCE.EMBED_DIM must be 0 (no embeddings), a positive width (a random "
-        "projection) or -1 (the classifier input, unprojected), got -8"),
+        None, [], ["PRODUCE.EMBED_DIM", "-8"],
+        "PRODUCE.EMBED_DIM must be 0 (no embeddings), a positive width (a random projection) or -1 (the classifier "
+        "input, unprojected), got -8"),
     "PRODUCE.EMBED_EPOCHS outside the run": (
         None, [], ["PRODUCE.EMBED_EPOCHS", "[3]"], "PRODUCE.EMBED_EPOCHS: epoch 3 is outside the run's 1 epochs"),
     "PRODUCE.EMBED_EPOCHS twice": (

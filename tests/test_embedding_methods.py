@@ -361,14 +361,14 @@ def test_get_coreset_scores_each_method_from_the_chosen_epoch(s):
                            "--output", s["tmp"] / "p.txt", "--seed", "3")
     assert code == 0, err
     assert ("(prototype; embed-epoch 2; prototypes 3; prototype-restarts 5; prototype-keep auto; "
-            "prototype-switch 0.5)") in err
+            "prototype-switch 0.2)") in err
     np.testing.assert_array_equal(np.load(f"{s['tmp']}/p.txt.scores.npy"), es.prototype_scores(s["embeddings"][2], 3, 3))
 
 
-@pytest.mark.parametrize("flags, lowest", [((), {"0.3": True, "0.5": False, "0.7": False}),
-                                           (("--prototype-keep", "hard"), {"0.3": False, "0.5": False, "0.7": False}),
-                                           (("--prototype-keep", "easy"), {"0.3": True, "0.5": True, "0.7": True}),
-                                           (("--prototype-switch", "0.6"), {"0.3": True, "0.5": True, "0.7": False})])
+@pytest.mark.parametrize("flags, lowest", [((), {"0.1": True, "0.3": False, "0.7": False}),
+                                           (("--prototype-keep", "hard"), {"0.1": False, "0.3": False, "0.7": False}),
+                                           (("--prototype-keep", "easy"), {"0.1": True, "0.3": True, "0.7": True}),
+                                           (("--prototype-switch", "0.6"), {"0.1": True, "0.3": True, "0.7": False})])
 def test_prototype_coresets_follow_sorschers_rule(s, flags, lowest):
     """The easiest (nearest their prototype) below --prototype-switch, the hardest at or
     above it; --prototype-keep forces a side. The scores file is the distance either way."""

@@ -34,7 +34,7 @@ def add_leakage_flags(parser: argparse.ArgumentParser, add_flag: Callable) -> No
     add_flag(parser, "--leakage", type=float, metavar="THRESHOLD",
              help="train/val leakage: each validation image's most similar training image by the recorded "
              "embeddings (val_embed_{epoch}.npy against embed_{epoch}.npy, the latest epoch with both); the pairs "
-             "with cosine >= THRESHOLD, in (0, 1], go to leakage.csv and the page. Needs --val_file_list")
+             "with cosine similarity >= THRESHOLD, in [0.5, 1], go to leakage.csv and the page. Needs --val_file_list")
     add_flag(parser, "--val_file_list", metavar="LIST",
              help="--leakage: the validation file list the produce run recorded val_embed on (DATA.VAL_FILE_LIST)")
     add_flag(parser, "--val_data_root", help="folder the validation list's paths are relative to (default: its folder)")

@@ -100,7 +100,7 @@ def cosine_to_nearest(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarr
 
 
 PROTOTYPE_RESTARTS = 5  # k-means runs; the centroids of the lowest objective are kept
-PROTOTYPE_SWITCH = 0.5  # Sorscher's rule: the easiest kept below this fraction, the hardest at or above it
+PROTOTYPE_SWITCH = 0.2  # Sorscher's rule: the easiest kept below this fraction (docs/pruning_curve.md)
 PROTOTYPE_KEEP = ("auto", "easy", "hard")
 
 
