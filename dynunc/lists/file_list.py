@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from dynunc.lists.index import FileListIndex, SequenceFinder, line_bound, open_index
-from dynunc.lists.parse import FileListError, iter_blocks, iter_lines, label_error, parse_line
+from dynunc.lists.parse import FileListError, iter_blocks, iter_lines, label_error, open_list_file, parse_line
 
 __all__ = ["FileList", "FileListError", "parse_line", "read_coreset", "read_file_list", "read_lines"]
 
@@ -137,12 +137,7 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
     if root is None:
         root = os.path.dirname(os.path.abspath(full_list))
     index = open_index(full_list, lookup=True)  # the coreset's own labels are checked below
-    try:
-        f = open(path, "rb")
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileListError(f"file list not found: {path}") from None
-    except IsADirectoryError:
-        raise FileListError(f"{path}: is a folder; a file list is expected") from None
+    f = open_list_file(path)
     with f:
         bound = line_bound(f)
         f.seek(0)
@@ -184,12 +179,7 @@ def read_coreset(path: str, full_list: str, root: Optional[str] = None,
 def read_lines(path: str) -> List[str]:
     """The non-blank lines of a file list, as written: without the line terminator
     ('\\n', '\\r\\n' or '\\r') and without a UTF-8 byte-order mark."""
-    try:
-        f = open(path, "rb")
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileListError(f"file list not found: {path}") from None
-    except IsADirectoryError:
-        raise FileListError(f"{path}: is a folder; a file list is expected") from None
+    f = open_list_file(path)
     with f:
         return [line for _, line in iter_lines(f, path) if line.strip()]
 

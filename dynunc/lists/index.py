@@ -48,7 +48,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from dynunc.lists.parse import BLOCK_BYTES, FileListError, iter_blocks
+from dynunc.lists.parse import BLOCK_BYTES, FileListError, iter_blocks, open_list_file
 
 logger = logging.getLogger(__name__)
 
@@ -561,12 +561,7 @@ def open_index(list_path: str, num_classes: Optional[int] = None, lookup: bool =
     reported as a line-by-line reader would (format and label errors in line order).
     With `lookup`, the coreset lookup arrays are checked too.
     """
-    try:
-        list_file = open(list_path, "rb")
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileListError(f"file list not found: {list_path}") from None
-    except IsADirectoryError:
-        raise FileListError(f"{list_path}: is a folder; a file list is expected") from None
+    list_file = open_list_file(list_path)
     with list_file:
         st = os.fstat(list_file.fileno())
         if st.st_size == 0:

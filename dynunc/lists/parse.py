@@ -37,6 +37,17 @@ class FileListError(ValueError):
     """A problem in a file list, naming the file and the line."""
 
 
+def open_list_file(path: str):
+    """`path` opened for reading bytes; FileListError naming it if it is missing (or under
+    a file) or a folder."""
+    try:
+        return open(path, "rb")
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileListError(f"file list not found: {path}") from None
+    except IsADirectoryError:
+        raise FileListError(f"{path}: is a folder; a file list is expected") from None
+
+
 def parse_line(line: str, path: str, lineno: int) -> Tuple[str, int]:
     """Split one stripped line into (relative path, label); raise FileListError if malformed."""
     parts = line.rsplit(maxsplit=1)

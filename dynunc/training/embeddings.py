@@ -47,22 +47,27 @@ _FLUSH_ROWS = 1 << 16
 _MERGE_ROWS = 1 << 16
 
 
-def embed_epochs(epochs: Sequence[int], num_epochs: int) -> List[int]:
-    """PRODUCE.EMBED_EPOCHS resolved: [] is the last epoch, a negative value counts from
-    the end (-1 is the last). ValueError naming the key for an epoch outside the run or
-    one given twice."""
+def resolve_epochs(key: str, epochs: Sequence[int], num_epochs: int) -> List[int]:
+    """Config key `key`'s epochs resolved: [] is the last epoch, a negative value counts
+    from the end (-1 is the last). ValueError naming the key for an epoch outside the run
+    or one given twice."""
     resolved = []
     for e in epochs or [-1]:
         if isinstance(e, bool) or not isinstance(e, int):
-            raise ValueError(f"PRODUCE.EMBED_EPOCHS: {e!r} is not an epoch number")
+            raise ValueError(f"{key}: {e!r} is not an epoch number")
         epoch = e + num_epochs if e < 0 else e
         if not 0 <= epoch < num_epochs:
-            raise ValueError(f"PRODUCE.EMBED_EPOCHS: epoch {e} is outside the run's {num_epochs} epochs "
+            raise ValueError(f"{key}: epoch {e} is outside the run's {num_epochs} epochs "
                              f"(0..{num_epochs - 1}, or -{num_epochs}..-1 from the end)")
         if epoch in resolved:
-            raise ValueError(f"PRODUCE.EMBED_EPOCHS: epoch {epoch} is given twice in {list(epochs)}")
+            raise ValueError(f"{key}: epoch {epoch} is given twice in {list(epochs)}")
         resolved.append(epoch)
     return sorted(resolved)
+
+
+def embed_epochs(epochs: Sequence[int], num_epochs: int) -> List[int]:
+    """PRODUCE.EMBED_EPOCHS resolved (resolve_epochs)."""
+    return resolve_epochs("PRODUCE.EMBED_EPOCHS", epochs, num_epochs)
 
 
 def check_config(config) -> List[str]:

@@ -15,26 +15,16 @@ from typing import List, Optional, Sequence
 import torch
 
 from dynunc.history import write_topk, write_topk_meta
+from dynunc.training.embeddings import resolve_epochs
 from dynunc.distributed import all_reduce_
 
 CONFIG_KEYS = "PRODUCE.TOPK.K and PRODUCE.TOPK.EPOCHS"
 
 
 def topk_epochs(epochs: Sequence[int], num_epochs: int) -> List[int]:
-    """PRODUCE.TOPK.EPOCHS resolved: [] is the last epoch, a negative value counts from the
-    end. ValueError naming the key for an epoch outside the run or given twice."""
-    resolved = []
-    for e in epochs or [-1]:
-        if isinstance(e, bool) or not isinstance(e, int):
-            raise ValueError(f"PRODUCE.TOPK.EPOCHS: {e!r} is not an epoch number")
-        epoch = e + num_epochs if e < 0 else e
-        if not 0 <= epoch < num_epochs:
-            raise ValueError(f"PRODUCE.TOPK.EPOCHS: epoch {e} is outside the run's {num_epochs} epochs "
-                             f"(0..{num_epochs - 1}, or -{num_epochs}..-1 from the end)")
-        if epoch in resolved:
-            raise ValueError(f"PRODUCE.TOPK.EPOCHS: epoch {epoch} is given twice in {list(epochs)}")
-        resolved.append(epoch)
-    return sorted(resolved)
+    """PRODUCE.TOPK.EPOCHS resolved (embeddings.resolve_epochs: [] is the last epoch, a
+    negative value counts from the end)."""
+    return resolve_epochs("PRODUCE.TOPK.EPOCHS", epochs, num_epochs)
 
 
 def check_config(config) -> List[str]:
