@@ -11,10 +11,15 @@ Python's last check and the blocking call.
 C-level handler also writes its number to a wake-up pipe (signal.set_wakeup_fd); a
 watcher thread reads it and, until the main thread has raised KeyboardInterrupt, sends
 SIGINT to the main thread itself (pthread_kill), which interrupts its system call.
+
+`run_command(prog, work)` runs a command's work under that handler and the commands'
+shared ending: a refusal is one line and exit 2, Ctrl-C exit 130.
 """
 import os
 import signal
+import sys
 import threading
+from typing import Callable
 
 _RESEND_SECONDS = 0.2
 _installed = False
@@ -59,3 +64,19 @@ def deliver_interrupts_to_main_thread() -> None:
         threading.Thread(target=watch, name="interrupt-watcher", daemon=True).start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def run_command(prog: str, work: Callable[[], int]) -> int:
+    """`work()`'s exit code, Ctrl-C delivered to the main thread. A ValueError (every
+    refusal: HistoryError, FileListError, PathError, a bad value) is one line on stderr,
+    "PROG: error: ...", and exit 2; Ctrl-C is exit 130, saying that no output was replaced
+    (the commands write every output atomically at their end)."""
+    deliver_interrupts_to_main_thread()
+    try:
+        return work()
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output was replaced", file=sys.stderr)
+        return 130

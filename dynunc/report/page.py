@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dynunc.lists.file_list import FileList, FileListError, read_file_list
+from dynunc.lists.file_list import FileList, read_file_list
 from dynunc.report import figures
 from dynunc.report import label_issues as label_section
 from dynunc.report import projection
@@ -32,12 +32,11 @@ from dynunc.report.cost import DEFAULT_PRODUCE_OVERHEAD, cost_numbers, cost_read
 from dynunc.report.decision import BEST, decision_rows, reading, reading_parts
 from dynunc.report.stability import PageStability
 from dynunc.report.duplicates import add_duplicates, add_leakage, add_leakage_flags, check_leakage_flags
-from dynunc.history import HistoryError
 from dynunc.report.stats import (MethodOrder, class_kept_fractions, epoch_curves, extremes, flipped_kept_share,
                                   hardest_hit, overlap_matrix, sample_sides, spearman_matrix)
 from dynunc.scoring.methods import METHODS, score_history
 from dynunc.scoring.plan import add_flag, add_plan_flags, check_flags, make_plan
-from dynunc.interrupt import deliver_interrupts_to_main_thread
+from dynunc.interrupt import run_command
 from dynunc.io import atomic_group, remove_stale_temporaries
 from dynunc.paths import check_arguments, check_output_folder
 
@@ -675,16 +674,12 @@ def write_report(output: str, files: Dict[str, bytes]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    deliver_interrupts_to_main_thread()
-    try:
+
+    def work() -> int:
         files, numbers = build_report(args)
         write_report(args.output, files)
-    except (HistoryError, FileListError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line, as every refusal
-        return 2
-    except KeyboardInterrupt:
-        print("report.py: interrupted; no output was replaced", file=sys.stderr)
-        return 130
-    print(f"report of {', '.join(numbers['methods'])} at {' '.join(numbers['fractions'])} -> "
-          f"{os.path.join(args.output, INDEX)}")
-    return 0
+        print(f"report of {', '.join(numbers['methods'])} at {' '.join(numbers['fractions'])} -> "
+              f"{os.path.join(args.output, INDEX)}")
+        return 0
+
+    return run_command(parser.prog, work)

@@ -60,14 +60,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from dynunc.lists.file_list import FileListError
 from dynunc.lists.lines import write_entries
 from dynunc.scoring.dedup import deduplicate, latest_embeddings, write_groups
-from dynunc.history import HistoryError
 from dynunc.scoring.label_issues import (DEFAULT_LABEL_SCORE, LABEL_SCORES, methods_scored, score_label_issues,
                                          write_tsv)
 from dynunc.scoring.methods import DEFAULT_METHOD, METHODS, score_history
-from dynunc.interrupt import deliver_interrupts_to_main_thread
+from dynunc.interrupt import run_command
 from dynunc.io import atomic_group, remove_stale_temporaries
 from dynunc.paths import check_output_file
 from dynunc.scoring.plan import (DEDUP_MAX_REMOVED, Plan, add_flag, add_plan_flags, check_dedup_left, check_flags,
@@ -128,15 +126,7 @@ def render(template: str, method: str, fraction: str) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    deliver_interrupts_to_main_thread()
-    try:
-        return run(args)
-    except (HistoryError, FileListError, ValueError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)  # one line, as every refusal
-        return 2
-    except KeyboardInterrupt:
-        print("get_coreset.py: interrupted; no output was replaced", file=sys.stderr)
-        return 130
+    return run_command(parser.prog, lambda: run(args))
 
 
 def check_placeholders(args: argparse.Namespace) -> None:
