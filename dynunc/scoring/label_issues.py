@@ -95,6 +95,18 @@ def topk_records(hdir: str, num_samples: int, epochs: Optional[Sequence[int]] = 
     return meta[1], [load_topk(hdir, e, num_samples) for e in chosen]
 
 
+def _epoch_rows(probs: np.ndarray, classes: np.ndarray, rows, num_classes: int):
+    """One epoch's top-k records of `rows`: (p float64 n x k, c int64 n x k, seen bool n,
+    spread n: the mass outside the top k spread evenly over the other classes, each's
+    share; 0 when k = C)."""
+    p = probs[rows].astype(np.float64)
+    c = classes[rows].astype(np.int64)
+    k = c.shape[1]
+    rest = np.clip(1.0 - p.sum(axis=1), 0.0, None)
+    spread = rest / (num_classes - k) if num_classes > k else np.zeros(len(p))
+    return p, c, c[:, 0] >= 0, spread
+
+
 def dense_probs(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_classes: int,
                 rows: Optional[slice] = None) -> Tuple[np.ndarray, np.ndarray]:
     """(pred_probs float64 n x C, seen: bool n): the mean over seen epochs of each epoch's
@@ -104,12 +116,8 @@ def dense_probs(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_classes: i
     total = np.zeros((n, num_classes))
     count = np.zeros(n)
     for probs, classes in records:
-        p = probs[rows].astype(np.float64)
-        c = classes[rows].astype(np.int64)
-        seen = c[:, 0] >= 0
+        p, c, seen, spread = _epoch_rows(probs, classes, rows, num_classes)
         k = c.shape[1]
-        rest = np.clip(1.0 - p.sum(axis=1), 0.0, None)
-        spread = rest / (num_classes - k) if num_classes > k else np.zeros(n)
         epoch = np.repeat(spread[:, None], num_classes, axis=1)
         r = np.flatnonzero(seen)
         epoch[r[:, None], c[r]] = p[r]
@@ -135,12 +143,7 @@ def suggested_labels(records: Sequence[Tuple[np.ndarray, np.ndarray]], num_class
     value = np.zeros(candidates.shape)
     count = np.zeros(len(rows))
     for probs, classes in records:
-        p = probs[rows].astype(np.float64)
-        c = classes[rows].astype(np.int64)
-        seen = c[:, 0] >= 0
-        k = c.shape[1]
-        rest = np.clip(1.0 - p.sum(axis=1), 0.0, None)
-        spread = rest / (num_classes - k) if num_classes > k else np.zeros(len(rows))
+        p, c, seen, spread = _epoch_rows(probs, classes, rows, num_classes)
         match = candidates[:, :, None] == c[:, None, :]  # n x E*k x k
         in_epoch = (match * p[:, None, :]).sum(axis=2)
         recorded = match.any(axis=2)
