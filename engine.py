@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import nn
 
-from utils.distributed import all_reduce_
+from dynunc.distributed import all_reduce_
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from dynunc.training import embeddings, threshold, topk
 from dynunc.training.online_pruning import DynamicPruner, plan_images, plan_pruned_epoch
 from dynunc.training.online_pruning import check_config as check_prune_config
 from dynunc.training.recorder import Recorder, has_batchnorm
-from dynunc.training.stability import STOPPED_KEY, StabilityTracker, StopWhenStable, effective_window
+from dynunc.history import STOPPED_KEY
+from dynunc.training.stability import StabilityTracker, StopWhenStable, effective_window
 from dynunc.training.stability import check_config as check_produce_config
 from dynunc.training.stability import check_stop_fits
 

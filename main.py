@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from data.build import build_train_loader, build_val_loader, history_identity, load_file_lists
+from data.build import build_train_loader, build_val_loader, load_file_lists
 from data.datasets import dataset_info
 from dynunc.lists.file_list import FileListError
 from data.val_labels import RealLabels, val_logit_columns
 from dynunc.distributed import barrier, broadcast_buffers_, first_error
 from dynunc.io import atomic_write_text
 from dynunc.training import threshold
-from dynunc.training.stability import STOPPED_KEY
+from dynunc.history import STOPPED_KEY
+from dynunc.metrics_log import MetricsLog
 from engine import build_step_context, evaluate, throughput, train_one_epoch
 from hooks import Hooks, build_hooks, check_config
 from models.build import build_model
@@ -36,7 +37,7 @@ from utils.checkpoint import (checkpoint_path, checkpoint_state, load_pretrained
                               save_checkpoint)
 from utils.config import load_config
 from utils.distributed import DistInfo, cleanup, init_distributed
-from utils.logger import MetricsLog, note_in_earlier_log, setup_logging, start_logging
+from utils.logger import note_in_earlier_log, setup_logging, start_logging
 from utils.output_lock import OutputInUseError, lock_output
 from dynunc.paths import check_arguments
 from utils import run_identity

@@ -8,7 +8,8 @@ import numpy as np
 
 import get_coreset
 from conftest import ROOT, run_main  # noqa: F401
-from dynunc.training.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, overlap_key, spearman
+from dynunc.history import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY
+from dynunc.training.stability import overlap_key, spearman
 from test_end_to_end import data, metrics, run, torchrun  # noqa: F401
 
 EPOCHS = 8

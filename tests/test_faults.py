@@ -18,7 +18,7 @@ from conftest import ROOT
 from engine import StepContext, TrainingDiverged, train_one_epoch
 from utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from dynunc.io import atomic_save_npy, atomic_write_text
-from utils.logger import MetricsLog
+from dynunc.metrics_log import MetricsLog
 from utils.output_lock import LOCK_NAME, OutputInUseError, OutputLock, lock_output
 
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from dynunc.report import figures as report_figures
-from dynunc.training.stability import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY, StabilityTracker, overlap_key
+from dynunc.history import SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY
+from dynunc.training.stability import StabilityTracker, overlap_key
 from test_report import K, N, base, run_cli, s  # noqa: F401
 
 FRACTIONS = ["0.5", "0.25"]

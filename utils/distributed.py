@@ -10,10 +10,6 @@ from typing import Mapping, Optional
 import torch
 import torch.distributed as dist
 
-# The collectives the package uses live in dynunc.distributed; re-exported for the research layout.
-from dynunc.distributed import (all_reduce_, barrier, broadcast_buffers_, first_error,  # noqa: F401
-                                is_distributed, is_primary)
-
 
 @dataclass(frozen=True)
 class DistInfo:

@@ -5,7 +5,6 @@ import os
 import sys
 from typing import List
 
-from dynunc.metrics_log import MetricsLog  # noqa: F401 (the format lives in the package)
 from utils.output_lock import in_use
 
 LOGGER_NAME = ""  # the root logger: library modules log through logging.getLogger(__name__)

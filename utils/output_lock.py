@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch.distributed as dist
 
-from utils.distributed import is_distributed
+from dynunc.distributed import is_distributed
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tup
 
 import numpy as np
 
-from dynunc.history import OVERLAP_KEY, SPEARMAN_KEY, STOPPED_KEY, VS_EPOCH_KEY  # noqa: F401 (re-exported)
+from dynunc.history import OVERLAP_KEY, SPEARMAN_KEY, VS_EPOCH_KEY
 from dynunc.uncertainty import WindowScores, check_fraction
 from dynunc.ranking import tie_group_starts, top
 
