@@ -74,23 +74,29 @@ def setup_config(args: argparse.Namespace, produce: bool = False):
         opts += ["EVAL_MODE", "True"]
     if args.throughput:
         opts += ["THROUGHPUT_MODE", "True"]
-    config = load_config(args.config, opts)
-    info = dataset_info(config.DATA.DATASET)
-    if config.MODEL.NUM_CLASSES == 0:
-        if info is None:
-            raise ValueError(f"{args.config}: DATA.DATASET is custom, so MODEL.NUM_CLASSES must be set")
-        config.defrost()
-        config.MODEL.NUM_CLASSES = info.num_classes
-        config.freeze()
-    elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
-        logging.getLogger("main").warning(
-            f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
+    config = with_class_count(load_config(args.config, opts), args.config)
     problems = check_config(config, produce)
     if problems:
         raise ValueError(problems[0])
     for key, path in (("MODEL.PRETRAINED", config.MODEL.PRETRAINED), ("MODEL.RESUME", config.MODEL.RESUME)):
         if path and not os.path.isfile(path):
             raise FileNotFoundError(f"{key}: checkpoint not found: {path}")
+    return config
+
+
+def with_class_count(config, config_path: str):
+    """`config` with MODEL.NUM_CLASSES 0 replaced by its dataset's class count (ValueError
+    naming the file for a custom dataset); a count other than the dataset's is a warning."""
+    info = dataset_info(config.DATA.DATASET)
+    if config.MODEL.NUM_CLASSES == 0:
+        if info is None:
+            raise ValueError(f"{config_path}: DATA.DATASET is custom, so MODEL.NUM_CLASSES must be set")
+        config.defrost()
+        config.MODEL.NUM_CLASSES = info.num_classes
+        config.freeze()
+    elif info is not None and config.MODEL.NUM_CLASSES != info.num_classes:
+        logging.getLogger("main").warning(
+            f"MODEL.NUM_CLASSES {config.MODEL.NUM_CLASSES} differs from {info.name}'s {info.num_classes} classes")
     return config
 
 

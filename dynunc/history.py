@@ -16,6 +16,13 @@ Top-k class probabilities (``PRODUCE.TOPK.K`` > 0), for the epochs of ``PRODUCE.
 ``topk_prob_{epoch}.npy`` and ``topk_class_{epoch}.npy``, N x k, with ``topk.json`` (see
 the section below); what confident learning (cleanlab) reads.
 
+An embeddings folder (embed.py: a pretrained model's features, no training) holds
+``embed_0.npy`` and ``val_embed_0.npy`` in the same format, the list's identity
+(``file_list.json``, and ``sample_keys.txt`` for samples named by keys) and
+``embedder.json`` (the model, its weights' sha256, the view); get_coreset.py and
+report.py read it with ``--embeddings`` in place of the history's own embeddings
+(`find_embeddings_dir`, `check_embeddings_samples`).
+
 The paper's code wrote ``prob_{epoch}.txt`` (np.savetxt, 0 = unseen); get_coreset.py
 reads that too. Files are written atomically, and ``prob_{epoch}`` last, so an epoch
 whose prob file exists is complete.
@@ -59,6 +66,75 @@ def stopped_epoch(hdir: str) -> Optional[int]:
         return None
     stops = [r.get("epoch") for r in records if isinstance(r, dict) and r.get(STOPPED_KEY)]
     return int(stops[-1]) if stops and stops[-1] is not None else None
+
+
+EMBEDDER_NAME = "embedder.json"  # an embeddings folder's description (embed.py)
+
+
+def embedder_path(edir: str) -> str:
+    return os.path.join(edir, EMBEDDER_NAME)
+
+
+def read_embedder(edir: str) -> Optional[dict]:
+    """embed.py's description of the embeddings in `edir` (None: a produce run's own).
+    HistoryError naming the file if it cannot be read."""
+    path = embedder_path(edir)
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            described = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise HistoryError(f"{path}: cannot be read: {e}") from None
+    if not isinstance(described, dict) or "model" not in described:
+        raise HistoryError(f"{path}: expected an object with the key model (written by embed.py)")
+    return described
+
+
+def describe_embeddings(edir: str) -> str:
+    """What the embedding files of `edir` hold, for the commands' messages."""
+    described = read_embedder(edir)
+    if described is None:
+        return ("as recorded: PRODUCE.EMBED_DIM's random projection of the classifier input, or the input itself "
+                "with PRODUCE.EMBED_DIM -1")
+    dim = described.get("embed_dim", -1)
+    width = "the pooled features" if dim == -1 else f"a random projection of the pooled features to {dim}"
+    return (f"embed.py: {width} of {described['model']} ({described.get('weights', '?')}) at "
+            f"{described.get('img_size', '?')} px")
+
+
+def find_embeddings_dir(path: str) -> str:
+    """The folder of `path`'s embedding files: ``path/pred_prob_history`` if it holds some
+    (another produce run's), else `path` (embed.py's output folder). HistoryError if
+    neither holds an ``embed_{epoch}.npy``."""
+    for candidate in (history_dir(path), path):
+        if list_embed_epochs(candidate):
+            return candidate
+    raise HistoryError(f"--embeddings {path}: no embed_<epoch>.npy in {path!r} or in {history_dir(path)!r} "
+                       f"(embed.py writes them; a produce run does when {EMBED_CONFIG_KEYS} ask for them)")
+
+
+def check_embeddings_samples(edir: str, hdir: str, fingerprint: Optional[dict]) -> bool:
+    """HistoryError unless the embeddings folder `edir` was made on the samples of the
+    history `hdir`: its file_list.json must agree with `fingerprint` (the list's, when one
+    is given) or else with the history's own (entries and sha256). An embeddings folder
+    without one is refused (nothing to check its rows against). False when neither the
+    list nor the history has a fingerprint (only the row count can be checked)."""
+    recorded = read_fingerprint(edir)
+    if recorded is None:
+        raise HistoryError(f"{fingerprint_path(edir)} is missing: cannot check that the embeddings in {edir} are of "
+                           f"the samples of {hdir} (embed.py and produce runs write it)")
+    expected, source = fingerprint, "the file list"
+    if expected is None:
+        expected, source = read_fingerprint(hdir), fingerprint_path(hdir)
+    if expected is None:
+        return False
+    if recorded["sha256"] != expected["sha256"] or int(recorded["entries"]) != int(expected["entries"]):
+        raise HistoryError(
+            f"the embeddings in {edir} are of {recorded['path']} ({recorded['entries']} entries, sha256 "
+            f"{str(recorded['sha256'])[:16]}...), not of {source} of {hdir} ({expected['entries']} entries, sha256 "
+            f"{str(expected['sha256'])[:16]}...): embed the list the history was recorded on")
+    return True
 
 
 def why_no_embeddings(hdir: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from dynunc.lists.file_list import FileList, read_file_list
 from dynunc.report import figures
 from dynunc.scoring.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
-from dynunc.history import load_embeddings
+from dynunc.history import describe_embeddings, load_embeddings, read_embedder
 
 SHOWN_GROUPS = 12
 SHOWN_PAIRS = 24
@@ -61,6 +61,14 @@ def _class(label: int, class_dirs: Dict[int, str]) -> str:
     return f"class {class_dirs.get(label) or label}"
 
 
+def embeddings_source(edir: str, epoch: int) -> str:
+    """Which embeddings a section read, as the page says it: a produce run's recorded
+    ones, or embed.py's (its model and weights)."""
+    if read_embedder(edir) is None:
+        return f"the recorded embeddings of epoch {epoch}"
+    return f"the embeddings in {edir} ({describe_embeddings(edir)})"
+
+
 def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace, hdir: str, file_list: FileList,
                    labels: np.ndarray, class_dirs: Dict[int, str], thumbnail: Thumbnail) -> None:
     """--dedup: the groups file, the figure of the largest groups, numbers['dedup']."""
@@ -94,6 +102,7 @@ def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namesp
             f"near-duplicates at cosine >= {args.dedup:g}: the kept image (least similar to its cluster's centroid) "
             "and the removed ones", blocks, figures.GRID_COLUMNS)
     numbers["dedup"] = {"threshold": args.dedup, "clusters": duplicates.clusters, "epoch": epoch,
+                        "source": embeddings_source(hdir, epoch),
                         "groups": duplicates.num_groups, "removed": duplicates.num_removed,
                         "removed_share": duplicates.num_removed / n, "file": GROUPS_FILE,
                         "largest_group": duplicates.largest_group, "warning": duplicates.warning(),
@@ -137,6 +146,7 @@ def add_leakage(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace
             f"validation images whose nearest training image has cosine >= {args.leakage:g}", blocks,
             figures.GRID_COLUMNS)
     numbers["leakage"] = {"threshold": args.leakage, "epoch": epoch, "val_images": len(val_list),
+                          "source": embeddings_source(hdir, epoch),
                           "pairs": int(len(above)), "share": len(above) / max(len(val_list), 1),
                           "max_cosine": float(cosine.max()) if len(cosine) else None,
                           "median_cosine": float(np.median(cosine)) if len(cosine) else None,

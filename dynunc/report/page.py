@@ -146,13 +146,13 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     accuracy = summarise(read_accuracies(args.accuracy)) if args.accuracy else None
     methods, fractions, keeps = plan.methods, plan.fractions, plan.keeps
     labels, class_dirs = class_labels(file_list)
-    shown = projection.prepare(plan.hdir, n, args.projection_fraction, fractions, plan.selection.seed)
+    shown = projection.prepare(plan.embed_dir, n, args.projection_fraction, fractions, plan.selection.seed)
     embedding_files: Dict[str, bytes] = {}  # --dedup and --leakage (dynunc/report/duplicates.py)
     embedding_numbers: dict = {}
     if args.dedup is not None:
-        add_duplicates(embedding_files, embedding_numbers, args, plan.hdir, file_list, labels, class_dirs, thumbnail)
+        add_duplicates(embedding_files, embedding_numbers, args, plan.embed_dir, file_list, labels, class_dirs, thumbnail)
     if args.leakage is not None:
-        add_leakage(embedding_files, embedding_numbers, args, plan.hdir, file_list, thumbnail)
+        add_leakage(embedding_files, embedding_numbers, args, plan.embed_dir, file_list, thumbnail)
 
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params, embedded=plan.embedded)
@@ -621,8 +621,9 @@ def dedup_html(dedup: Optional[dict]) -> List[str]:
     """--dedup: how many images the groups remove, and the largest groups as image rows."""
     if dedup is None:
         return []
-    out = [f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of the recorded "
-           f"embeddings of epoch {dedup['epoch']} &ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
+    source = html.escape(dedup.get("source") or f"the recorded embeddings of epoch {dedup['epoch']}")
+    out = [f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of {source} "
+           f"&ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
            f"clusters): get_coreset.py --dedup removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of "
            f"the list, before any method selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.</p>"]
     if dedup.get("warning"):
@@ -642,7 +643,8 @@ def leakage_html(leakage: Optional[dict]) -> List[str]:
         return []
     out = [f"<p class=\"reading\">{leakage['pairs']} of {leakage['val_images']} validation images "
            f"({_pct(leakage['share'])}) have a training image with cosine similarity &ge; {leakage['threshold']:g} "
-           f"(recorded embeddings of epoch {leakage['epoch']}; the highest {figures.number(leakage['max_cosine'])}, "
+           f"({html.escape(leakage.get('source') or 'recorded embeddings of epoch ' + str(leakage['epoch']))}; "
+           f"the highest {figures.number(leakage['max_cosine'])}, "
            f"the median over validation images {figures.number(leakage['median_cosine'])}). Every pair: "
            f"<a href=\"{leakage['file']}\">{leakage['file']}</a>.</p>"]
     if leakage.get("warning"):

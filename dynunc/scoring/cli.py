@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     labels = plan.labels if selection.class_balanced else None
     n = plan.num_samples
     # the embeddings are checked before any scoring
-    embed_epoch, embeddings = latest_embeddings(plan.hdir, n) if args.dedup is not None else (None, None)
+    embed_epoch, embeddings = latest_embeddings(plan.embed_dir, n) if args.dedup is not None else (None, None)
     t0 = time.perf_counter()
     scores = score_history(list(plan.methods) + list(plan.also), plan.num_epochs, n, plan.loader(mmap=True),
                            plan.params, embedded=plan.embedded)
@@ -303,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(written[:len(plan.methods)])}", file=sys.stderr)
     rule = selection.describe()
     if duplicates is not None:
-        print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}, in {dedup_seconds:.1f}s; methods select "
+        source = f" in {plan.embed_dir}" if plan.edir else ""
+        print(f"{duplicates.describe()}, embeddings of epoch {embed_epoch}{source}, in {dedup_seconds:.1f}s; methods select "
               f"from the other {len(pool)} -> {groups_path}")
         if duplicates.warning():
             print(f"get_coreset.py: warning: {duplicates.warning()}", file=sys.stderr)

@@ -245,6 +245,7 @@ class MethodFlag:
     # K; the history folder) -> the parameter, or ValueError naming the flag.
     resolve: Callable[[object, Mapping[str, object], int, str], object]
     options: Mapping[str, object] = field(default_factory=dict)  # argparse's: type, action, metavar
+    reads: str = "history"  # the folder `resolve` is given: "history", or "embeddings" (--embeddings, if given)
 
 
 @dataclass(frozen=True)
@@ -391,8 +392,9 @@ def _d2_score(value: Optional[str], given: Mapping[str, object], num_epochs: int
 EMBED_EPOCH_FLAG = MethodFlag(
     "--embed-epoch", "embed_epoch", "moderate, prototype, kcenter and d2: the epoch whose recorded embeddings "
     "(embed_{epoch}.npy) are read; default the last one recorded. They read the file as recorded: a random "
-    "projection of the classifier input (PRODUCE.EMBED_DIM > 0) or the input itself (PRODUCE.EMBED_DIM -1)",
-    _embed_epoch, {"type": int, "metavar": "E"})
+    "projection of the classifier input (PRODUCE.EMBED_DIM > 0) or the input itself (PRODUCE.EMBED_DIM -1); "
+    "with --embeddings, that folder's epochs (embed.py writes epoch 0)",
+    _embed_epoch, {"type": int, "metavar": "E"}, reads="embeddings")
 def _prototype_switch(value: Optional[float], given: Mapping[str, object], num_epochs: int, where: str) -> float:
     value = PROTOTYPE_SWITCH if value is None else value
     if not 0.0 < value <= 1.0:  # NaN fails too
@@ -499,9 +501,11 @@ METHODS: Dict[str, Method] = {
 
 
 def resolve_defaults(names: Sequence[str], params: ScoreParams, num_epochs: int, where: str = "the history",
-                     given: Optional[Mapping[str, object]] = None) -> ScoreParams:
+                     given: Optional[Mapping[str, object]] = None, embed_where: Optional[str] = None) -> ScoreParams:
     """`params` with each parameter that the methods `names` take and that is missing
-    resolved by its flag (given: the flags' values as parsed; by default `params`')."""
+    resolved by its flag (given: the flags' values as parsed; by default `params`').
+    `where`: the history folder; `embed_where`: the embeddings' folder (default `where`)."""
+    folders = {"history": where, "embeddings": embed_where or where}
     values = params.values()
     given = values if given is None else given
     pending, done = list(names), set()
@@ -512,7 +516,7 @@ def resolve_defaults(names: Sequence[str], params: ScoreParams, num_epochs: int,
         done.add(name)
         for flag in METHODS[name].flags:
             if values.get(flag.param) is None:
-                values[flag.param] = flag.resolve(given.get(flag.param), given, num_epochs, where)
+                values[flag.param] = flag.resolve(given.get(flag.param), given, num_epochs, folders[flag.reads])
         pending.extend(METHODS[name].uses(ScoreParams(**values)))
     return ScoreParams(**values)
 

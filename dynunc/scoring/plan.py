@@ -16,7 +16,8 @@ import numpy as np
 from dynunc.lists.index import FileListIndex, open_index
 from dynunc.scoring.dedup import check_threshold, eps_threshold
 from dynunc.uncertainty import check_fraction
-from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_fingerprint, contiguous_epoch_files, embed_path,
+from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_embeddings_samples, check_fingerprint,
+                            contiguous_epoch_files, describe_embeddings, embed_path, find_embeddings_dir,
                             find_history_dir, fingerprint_path, load_embeddings, load_epoch_prob, read_sample_keys,
                             read_threshold, record_loader, record_path, sample_keys_path, why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
@@ -24,18 +25,20 @@ from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read
 from dynunc.paths import check_arguments
 
 
-def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int) -> Optional[str]:
+def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int,
+                   edir: Optional[str] = None) -> Optional[str]:
     """The first record file that `method` reads and `hdir` lacks, or None (prob files are
     not checked: contiguous_epoch_files found every epoch's). An embedding method: its
-    epoch's embed_{epoch}.npy (params.embed_epoch, None if `hdir` holds none), then the
-    records of the methods whose scores it reads."""
+    epoch's embed_{epoch}.npy in `edir` (the embeddings' folder, default `hdir`;
+    params.embed_epoch, None if it holds none), then the records of the methods whose
+    scores it reads."""
     if METHODS[method].embed is not None:
         epoch = params.embed_epoch
-        path = embed_path(hdir, "<epoch>" if epoch is None else epoch)
+        path = embed_path(edir or hdir, "<epoch>" if epoch is None else epoch)
         if epoch is None or not os.path.exists(path):
             return path
         for used in METHODS[method].uses(params):
-            path = missing_record(hdir, used, params, num_epochs)
+            path = missing_record(hdir, used, params, num_epochs, edir)
             if path is not None:
                 return path
         return None
@@ -49,14 +52,15 @@ def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int)
     return None
 
 
-def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int) -> None:
-    """HistoryError, naming the first missing file and its method, unless `hdir` holds
-    every record file that `methods` read."""
+def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int,
+                  edir: Optional[str] = None) -> None:
+    """HistoryError, naming the first missing file and its method, unless `hdir` (and the
+    embeddings' folder `edir`, default `hdir`) holds every record file that `methods` read."""
     for name in methods:
-        path = missing_record(hdir, name, params, num_epochs)
+        path = missing_record(hdir, name, params, num_epochs, edir)
         if path is not None and os.path.basename(path).startswith("embed_"):
             raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; "
-                               f"{why_no_embeddings(hdir)}")
+                               f"{why_no_embeddings(hdir) if edir in (None, hdir) else 'embed.py writes epoch 0'}")
         if path is not None:
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
@@ -97,6 +101,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
     for flag, _ in method_flags().values():
         add_flag(parser, flag.name, dest=flag.param, help=flag.help, **flag.options)
     add_flag(parser, "--seed", type=int, default=0, help=seed_help)
+    add_flag(parser, "--embeddings", metavar="FOLDER",
+             help="read the embeddings (--dedup, the embedding methods, the report's projection and --leakage) from "
+             "FOLDER instead of the history: embed.py's output (a pretrained model's features) or another produce "
+             "run; refused unless they were made on the same list")
     add_flag(parser, "--dedup", type=float, metavar="COSINE",
              help="remove near-duplicates first (SemDeDup, dynunc/scoring/dedup.py): images whose recorded embeddings "
              "(embed_{epoch}.npy, the latest epoch) have a cosine SIMILARITY >= COSINE, in [0.5, 1], within a "
@@ -218,6 +226,11 @@ class Plan:
     count: int = 0  # N, read from the history when no list is given
     keys: Optional[List[str]] = None  # sample_keys.txt of a history without a list (None: named by index)
     also: Tuple[str, ...] = ()  # methods scored for another use (get_coreset's --label-score), no coreset
+    edir: str = ""  # the embeddings' folder: --embeddings, checked against the list (default: the history)
+
+    @property
+    def embed_dir(self) -> str:
+        return self.edir or self.hdir
 
     @property
     def num_samples(self) -> int:
@@ -237,11 +250,10 @@ class Plan:
     def embedded(self) -> Tuple[np.ndarray, np.ndarray]:
         """(the embeddings of --embed-epoch, a checked float16 memory map N x D; the
         list's labels): what the embedding methods read, loaded once for all of them."""
-        embeddings = load_embeddings(self.hdir, self.num_samples, self.params.embed_epoch)
+        embeddings = load_embeddings(self.embed_dir, self.num_samples, self.params.embed_epoch)
         readers = ", ".join(m for m in self.methods if METHODS[m].embed is not None) or "the embedding methods"
-        print(f"{readers}: read {embed_path(self.hdir, self.params.embed_epoch)}, {embeddings.shape[0]} x "
-              f"{embeddings.shape[1]} float16 (as recorded: PRODUCE.EMBED_DIM's random projection of the classifier "
-              f"input, or the input itself with PRODUCE.EMBED_DIM -1)", file=sys.stderr)
+        print(f"{readers}: read {embed_path(self.embed_dir, self.params.embed_epoch)}, {embeddings.shape[0]} x "
+              f"{embeddings.shape[1]} float16 ({describe_embeddings(self.embed_dir)})", file=sys.stderr)
         return embeddings, self.labels
 
     def describe_params(self) -> str:
@@ -280,8 +292,21 @@ def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[Fi
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {listed} is the list it was recorded on", file=sys.stderr)
     paths = contiguous_epoch_files(hdir)
-    chosen, params, also = _methods(args, hdir, paths, index.count, also)
-    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also=also)
+    edir = embeddings_dir(args, hdir, index.fingerprint())
+    chosen, params, also = _methods(args, hdir, paths, index.count, also, edir)
+    return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also=also, edir=edir)
+
+
+def embeddings_dir(args: argparse.Namespace, hdir: str, fingerprint: Optional[dict]) -> str:
+    """--embeddings' folder (find_embeddings_dir), checked to hold the samples of the
+    list (`fingerprint`) or of the history; "" without --embeddings (the history's own)."""
+    if not getattr(args, "embeddings", None):
+        return ""
+    edir = find_embeddings_dir(args.embeddings)
+    if not check_embeddings_samples(edir, hdir, fingerprint):
+        print(f"warning: {fingerprint_path(hdir)} does not exist: only the row count of the embeddings in {edir} "
+              f"can be checked against the history", file=sys.stderr)
+    return edir
 
 
 def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Sequence[str] = ()) -> Plan:
@@ -292,33 +317,38 @@ def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Seq
     paths = contiguous_epoch_files(hdir)
     count = len(load_epoch_prob(paths[0], mmap=True))
     keys = read_sample_keys(hdir, count)
+    fingerprint = None
     if keys is not None:  # the keys must be the ones the history was recorded on
         text = "".join(k + "\n" for k in keys).encode("utf-8")
-        check_fingerprint(hdir, sample_keys_path(hdir), {"entries": len(keys), "sha256": hashlib.sha256(text).hexdigest()})
+        fingerprint = {"entries": len(keys), "sha256": hashlib.sha256(text).hexdigest()}
+        check_fingerprint(hdir, sample_keys_path(hdir), fingerprint)
+    edir = embeddings_dir(args, hdir, fingerprint)
     if selection.class_balanced:
         raise ValueError("--class-balanced needs --dataset_file_list: the classes are the list's labels")
     keeps = fraction_keeps(args.fraction, count)
-    chosen, params, also = _methods(args, hdir, paths, count, also)
+    chosen, params, also = _methods(args, hdir, paths, count, also, edir)
     needing = [m for m in with_inputs(chosen + list(also), params) if METHODS[m].labels(params)]
     if needing:
         raise ValueError(f"method {needing[0]} reads the class labels: give --dataset_file_list")
-    return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys, also)
+    return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys, also, edir)
 
 
-def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int,
-             also: Sequence[str] = ()) -> Tuple[List[str], ScoreParams, Tuple[str, ...]]:
-    """The methods to score (--method, or every one whose records `hdir` holds), their
-    resolved parameters, and `also` (methods scored for another use) without those."""
+def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, also: Sequence[str] = (),
+             edir: str = "") -> Tuple[List[str], ScoreParams, Tuple[str, ...]]:
+    """The methods to score (--method, or every one whose records `hdir` holds, the
+    embeddings in `edir` when given), their resolved parameters, and `also` (methods
+    scored for another use) without those."""
     chosen = list(args.method) if args.method is not None else list(METHODS)
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
     also = tuple(m for m in dict.fromkeys(also) if m not in chosen)
-    params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given)
-    check_records(hdir, also, params, len(paths))
+    params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given,
+                              embed_where=edir or None)
+    check_records(hdir, also, params, len(paths), edir or None)
     if args.method is not None:
-        check_records(hdir, chosen, params, len(paths))
+        check_records(hdir, chosen, params, len(paths), edir or None)
     else:
-        chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths)) is None]
+        chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths), edir or None) is None]
         left_out = [m for m in METHODS if m not in chosen and METHODS[m].embed is None]
         if left_out:
             print(f"warning: {hdir} lacks the records of {', '.join(left_out)}: left out (produce runs of this "
