@@ -249,3 +249,16 @@ def test_report_leakage_and_dedup_read_the_embeddings_of_embed_py(embedded, tmp_
     html = (page / "index.html").read_text()
     assert f"features of {MODEL}" in html
     assert (page / "leakage.csv").read_text().startswith("val_index,")
+
+
+def test_leakage_refuses_a_validation_list_other_than_the_one_embedded(embedded, tmp_path):
+    run_dir = tmp_path / "run"
+    write_full_history(embedded["list"], run_dir, np.linspace(0.05, 0.95, 30), 3, np.random.default_rng(0))
+    make_image_tree(str(tmp_path / "val"), per_class=5, fmt="PNG")  # 15 lines, as the embedded one, other names
+    proc = subprocess.run([sys.executable, "report.py", "--input", str(run_dir), "--embeddings", str(embedded["out"]),
+                           "--dataset_file_list", str(embedded["list"]), "--method", "dynunc", "--fraction", "0.5",
+                           "--window", "2", "--leakage", "0.5", "--val_file_list", str(tmp_path / "val" / "file_list.txt"),
+                           "--output", str(tmp_path / "page")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"is not the validation list embedded in {embedded['out']}" in proc.stderr

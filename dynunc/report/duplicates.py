@@ -113,6 +113,10 @@ def add_leakage(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace
                 thumbnail: Thumbnail) -> None:
     """--leakage: the pairs file, the figure of the most similar pairs, numbers['leakage']."""
     val_list = read_file_list(args.val_file_list, root=args.val_data_root)
+    embedded_val = (read_embedder(hdir) or {}).get("val")  # embed.py records the validation list it embedded
+    if embedded_val and embedded_val["sha256"] != val_list.index.fingerprint()["sha256"]:
+        raise ValueError(f"--val_file_list {args.val_file_list} is not the validation list embedded in {hdir} "
+                         f"({embedded_val['path']}, {embedded_val['entries']} entries)")
     epoch, val = latest_embeddings(hdir, len(val_list), kind="val_embed")
     train = load_embeddings(hdir, len(file_list), epoch)  # the same epoch's training embeddings
     found, cosine = nearest_neighbours(train, val)
