@@ -51,7 +51,7 @@ from dynunc.paths import check_arguments
 from dynunc.training.embeddings import FULL_WIDTH, EmbeddingStore, remove_parts
 from dynunc.training.recorder import keys_identity
 from main import InputError, with_class_count
-from models.timm_embedder import EmbedderError, build_embedder, parse_model_kwargs, sha256_of
+from models.timm_embedder import EmbedderError, build_embedder, feature_width, parse_model_kwargs, sha256_of
 from utils.config import load_config
 from utils.distributed import cleanup, init_distributed
 from utils.output_lock import OutputInUseError, lock_output
@@ -92,13 +92,14 @@ def sample_identity(samples) -> Optional[dict]:
     return keys_identity(named["keys"])[1]
 
 
-def describe(args: argparse.Namespace, config, data, embedder) -> dict:
+def describe(args: argparse.Namespace, config, data, embedder, width: int) -> dict:
     """embedder.json without the run's figures: what defines the embeddings (IDENTITY_KEYS)
     and where they came from."""
     return {"model": args.model, "model_kwargs": parse_model_kwargs(args.model_kwargs),
             "weights": os.path.abspath(args.weights), "weights_sha256": sha256_of(args.weights),
             "img_size": config.DATA.IMG_SIZE, "interpolation": config.DATA.INTERPOLATION,
-            "embed_dim": args.embed_dim, "mean": list(embedder.mean), "std": list(embedder.std),
+            "embed_dim": args.embed_dim, "width": width if args.embed_dim == FULL_WIDTH else args.embed_dim,
+            "features": width, "mean": list(embedder.mean), "std": list(embedder.std),
             "train": sample_identity(data.train), "val": sample_identity(data.val),
             "classifier_keys_dropped": len(embedder.dropped)}
 
@@ -133,7 +134,7 @@ def read_inputs(args: argparse.Namespace, dist_info):
             opts += ["DATA.BATCH_SIZE_VAL", str(args.batch_size)]
         config = with_class_count(load_config(args.config, opts), args.config)
         data = load_file_lists(config)
-        described = describe(args, config, data, embedder)
+        described = describe(args, config, data, embedder, feature_width(embedder.model, config.DATA.IMG_SIZE, args.model))
         check_same(args.output, described)
         result = (config, data, embedder, described)
     except (FileListError, EmbedderError, ValueError, KeyError, OSError) as e:
@@ -155,15 +156,14 @@ def renormalise(embedder, device: torch.device):
 
 
 @torch.no_grad()
-def embed_samples(config, samples, kind: str, embedder, dim: int, dist_info, amp: bool) -> dict:
+def embed_samples(config, samples, kind: str, embedder, described: dict, dist_info, amp: bool) -> dict:
     """Embed `samples` (every world_size-th on this rank) into ``{kind}_0.npy``; rank 0's
     figures of the pass."""
     device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
     n = len(samples)
     scale, shift = renormalise(embedder, device)
-    size = config.DATA.IMG_SIZE
-    width = embedder.model(torch.zeros(1, 3, size, size, device=device)).flatten(1).shape[1]
-    store = EmbeddingStore(config.OUTPUT, width if dim == FULL_WIDTH else dim, rank, world, project=dim != FULL_WIDTH)
+    store = EmbeddingStore(config.OUTPUT, described["width"], rank, world,
+                           project=described["embed_dim"] != FULL_WIDTH)
     mine = np.arange(rank, n, world)
     started, done, next_note = time.perf_counter(), 0, 0.1
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
@@ -223,9 +223,9 @@ def run(args, config, data, embedder, described: dict, dist_info) -> dict:
                     f"{f', {len(data.val)} validation images' if data.val is not None else ''} at "
                     f"{config.DATA.IMG_SIZE} px")
     figures = {"processes": dist_info.world_size, "device": str(dist_info.device), "amp": amp,
-               "embed": embed_samples(config, data.train, "embed", embedder, args.embed_dim, dist_info, amp)}
+               "embed": embed_samples(config, data.train, "embed", embedder, described, dist_info, amp)}
     if data.val is not None:
-        figures["val_embed"] = embed_samples(config, data.val, "val_embed", embedder, args.embed_dim, dist_info, amp)
+        figures["val_embed"] = embed_samples(config, data.val, "val_embed", embedder, described, dist_info, amp)
     if dist_info.is_primary:
         write_identity(output, data.train)
         atomic_write_text(embedder_path(output), json.dumps({**described, "run": figures}, indent=1) + "\n")

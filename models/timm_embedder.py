@@ -127,3 +127,14 @@ def build_embedder(name: str, weights: str, kwargs: Dict[str, object]) -> Embedd
                     mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),
                     std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),
                     input_size=int(size[-1]), dropped=dropped)
+
+
+@torch.no_grad()
+def feature_width(model: nn.Module, size: int, name: str) -> int:
+    """The width of `model`'s features of one size x size image (a forward on the CPU);
+    EmbedderError when the model cannot take that size."""
+    try:
+        return int(model(torch.zeros(1, 3, size, size)).flatten(1).shape[1])
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise EmbedderError(f"--model {name} cannot embed a {size} x {size} view: {e} (give --img-size, or "
+                            f"--model-kwargs such as dynamic_img_size=True)") from None

@@ -189,6 +189,9 @@ def test_bad_input_is_one_line_and_exit_2(embedded, tmp_path, capsys, restore_ro
     line = refused(capsys, ["--model", MODEL, "--weights", weights, "--output", tmp_path / "a", "--embed-dim", "0",
                             *base])
     assert "--embed-dim" in line
+    line = refused(capsys, ["--model", "test_convnext", "--weights", convnext, "--output", tmp_path / "a",
+                            "--config", CONFIG, "--img-size", "8", "--opts", *opts])  # too small for its 4 stages
+    assert "--model test_convnext cannot embed a 8 x 8 view" in line
     # a folder holds one embedding: other weights (or another list) into it are refused, untouched
     other = save_weights(str(tmp_path / "other.pth"), seed=1)
     before = (embedded["out"] / "embed_0.npy").read_bytes()
