@@ -265,3 +265,35 @@ def test_leakage_refuses_a_validation_list_other_than_the_one_embedded(embedded,
                           timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert f"is not the validation list embedded in {embedded['out']}" in proc.stderr
+
+
+def test_shards_are_embedded_by_key_and_read_by_a_keyed_history(embedded, tmp_path):
+    """DATA.FORMAT wds: the rows follow the shards' samples, sample_keys.txt names them, and
+    a history recorded on the same shards (named by the same keys) reads them."""
+    import get_coreset
+    from data.export import list_samples, to_shards
+    from dynunc.history import history_dir, write_epoch, write_fingerprint, write_sample_keys
+
+    to_shards(list_samples(str(embedded["list"])), str(tmp_path / "train-%02d.tar"), 12)
+    out = tmp_path / "emb"
+    run(embed_cmd(embedded["weights"], out, data_opts("", None) + ["DATA.FORMAT", "wds", "DATA.TRAIN_SHARDS",
+                                                                   str(tmp_path / "train-{00..02}.tar")]))
+    keys = (out / "sample_keys.txt").read_text().splitlines()
+    assert len(keys) == 30 and keys[0] == "c00/img_000"
+    # the shards hold the tree's images in the list's order: the rows are the folder run's
+    np.testing.assert_array_equal(np.load(out / "embed_0.npy"), np.load(embedded["out"] / "embed_0.npy"))
+    hdir = history_dir(str(tmp_path / "run"))
+    os.makedirs(hdir)
+    for epoch in range(3):
+        prob = np.random.default_rng(epoch).random(30).astype(np.float32)
+        write_epoch(hdir, epoch, prob=prob, correct=(prob > 0.5).astype(np.int8))
+    write_fingerprint(hdir, write_sample_keys(hdir, keys))
+    code, _, stderr = run_main(get_coreset.main, ["--input", tmp_path / "run", "--embeddings", out, "--method",
+                                                  "kcenter", "--fraction", "0.5", "--output", tmp_path / "kept.txt"])
+    assert code == 0, stderr
+    kept = (tmp_path / "kept.txt").read_text().splitlines()
+    assert len(kept) == 15 and set(kept) <= set(keys)
+    write_fingerprint(hdir, write_sample_keys(hdir, keys[::-1]))  # other keys: not the samples embedded
+    code, _, stderr = run_main(get_coreset.main, ["--input", tmp_path / "run", "--embeddings", out, "--method",
+                                                  "kcenter", "--fraction", "0.5", "--output", tmp_path / "kept2.txt"])
+    assert code == 2 and f"the embeddings in {out} are of sample_keys.txt" in stderr, stderr
