@@ -8,7 +8,7 @@ and report.py's projection, --dedup and --leakage, each given ``--embeddings OUT
 
 SemDeDup, D2 and prototypes read the features of a pretrained model (CLIP, SwAV, DINO),
 not those of the model being trained on the data being pruned: this is how to give them
-those. The config names the data as main.py's does (DATA.*: the file lists, shards or
+those. The config (or --opts alone) names the data as main.py's does (DATA.*: the file lists, shards or
 dataset, the workers); the images go through the produce run's eval view (shorter side
 resized to --img-size, centre crop, data/build.py's build_eval_view_loader) on the same
 DALI pipeline, and are renormalised from the pipeline's ImageNet mean and std to the
@@ -65,7 +65,9 @@ IDENTITY_KEYS = ("model", "model_kwargs", "weights_sha256", "img_size", "interpo
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config naming the data (DATA.*), as main.py's")
+    p.add_argument("--config", help="YAML config naming the data (DATA.*), as main.py's; without it, utils/config.py's "
+                   "defaults and --opts (e.g. --opts DATA.DATA_PATH_TRAIN /data/train DATA.DATASET custom "
+                   "MODEL.NUM_CLASSES 10)")
     p.add_argument("--model", required=True, help="timm model name (timm.list_models() lists them)")
     p.add_argument("--weights", required=True, help="local weights file of that model (.pth, .pt, .bin, .safetensors)")
     p.add_argument("--output", required=True, help="folder for the embeddings (get_coreset.py --embeddings OUT)")
@@ -132,7 +134,7 @@ def read_inputs(args: argparse.Namespace, dist_info):
         opts = list(args.opts) + ["OUTPUT", args.output, "DATA.IMG_SIZE", str(args.img_size or embedder.input_size)]
         if args.batch_size:
             opts += ["DATA.BATCH_SIZE_VAL", str(args.batch_size)]
-        config = with_class_count(load_config(args.config, opts), args.config)
+        config = with_class_count(load_config(args.config, opts), args.config or "--opts")
         data = load_file_lists(config)
         described = describe(args, config, data, embedder, feature_width(embedder.model, config.DATA.IMG_SIZE, args.model))
         check_same(args.output, described)
