@@ -75,20 +75,25 @@ def embedder_path(edir: str) -> str:
     return os.path.join(edir, EMBEDDER_NAME)
 
 
-def read_embedder(edir: str) -> Optional[dict]:
-    """embed.py's description of the embeddings in `edir` (None: a produce run's own).
-    HistoryError naming the file if it cannot be read."""
-    path = embedder_path(edir)
+def _read_object(path: str, keys: Sequence[str], writer: str) -> Optional[dict]:
+    """The JSON object in `path` (None if there is no such file); HistoryError naming the
+    file if it cannot be read or lacks one of `keys`."""
     try:
         with open(path, "r", encoding="utf-8") as f:
-            described = json.load(f)
+            value = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
         raise HistoryError(f"{path}: cannot be read: {e}") from None
-    if not isinstance(described, dict) or "model" not in described:
-        raise HistoryError(f"{path}: expected an object with the key model (written by embed.py)")
-    return described
+    if not isinstance(value, dict) or not all(k in value for k in keys):
+        raise HistoryError(f"{path}: expected an object with keys {', '.join(keys)} (written by {writer})")
+    return value
+
+
+def read_embedder(edir: str) -> Optional[dict]:
+    """embed.py's description of the embeddings in `edir` (None: a produce run's own).
+    HistoryError naming the file if it cannot be read."""
+    return _read_object(embedder_path(edir), ("model",), "embed.py")
 
 
 def describe_embeddings(edir: str) -> str:
@@ -257,17 +262,7 @@ def fingerprint_path(hdir: str) -> str:
 def read_fingerprint(hdir: str) -> Optional[dict]:
     """The recorded fingerprint of `hdir`, or None if it has none (runs from before it
     was recorded, the paper's text history). HistoryError if it is unreadable."""
-    path = fingerprint_path(hdir)
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            recorded = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise HistoryError(f"{path}: cannot be read: {e}") from None
-    if not isinstance(recorded, dict) or not all(k in recorded for k in ("path", "entries", "sha256")):
-        raise HistoryError(f"{path}: expected an object with keys path, entries, sha256")
-    return recorded
+    return _read_object(fingerprint_path(hdir), ("path", "entries", "sha256"), "a produce run or embed.py")
 
 
 def write_fingerprint(hdir: str, fingerprint: dict) -> None:
