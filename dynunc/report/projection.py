@@ -20,7 +20,8 @@ from matplotlib.lines import Line2D
 
 from dynunc.report import figures
 from dynunc.uncertainty import check_fraction
-from dynunc.history import EMBED_CONFIG_KEYS, embed_path, list_embed_epochs, load_embeddings
+from dynunc.history import (EMBED_CONFIG_KEYS, describe_embeddings, embed_path, list_embed_epochs, load_embeddings,
+                            read_embedder)
 from dynunc.report.stats import MethodOrder
 
 POINTS = 5000  # images drawn for the projection: the figure's cost stays bounded at 13M images
@@ -153,6 +154,7 @@ class Shown:
     fraction: str  # as written
     keep: int
     seed: int
+    source: str = ""  # embed.py's embeddings (--embeddings): the file and whose features they are
 
 
 def prepare(hdir: str, num_samples: int, given: Optional[str], fractions: Sequence[str], seed: int) -> Optional[Shown]:
@@ -166,7 +168,8 @@ def prepare(hdir: str, num_samples: int, given: Optional[str], fractions: Sequen
         return None
     embeddings = load_embeddings(hdir, num_samples)  # refuses a history without them, naming the keys
     epoch = epochs[-1]
-    return Shown(os.path.basename(embed_path(hdir, epoch)), epoch, embeddings, fraction, keep, seed)
+    source = f"{embed_path(hdir, epoch)}, {describe_embeddings(hdir)}" if read_embedder(hdir) is not None else ""
+    return Shown(os.path.basename(embed_path(hdir, epoch)), epoch, embeddings, fraction, keep, seed, source)
 
 
 def add_projection(files: Dict[str, bytes], numbers: dict, orders: Dict[str, MethodOrder], shown: Shown) -> None:
@@ -179,7 +182,7 @@ def add_projection(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Met
     title = f"PCA of {shown.file}, {count:,} images\nkept and pruned at keep {shown.fraction}"  # fits one panel
     files["projection.png"] = projection_figure(projection, kept, title, shown.seed)
     numbers["projection"] = {
-        "file": shown.file, "epoch": shown.epoch, "dim": int(dim), "fraction": shown.fraction, "keep": shown.keep,
+        "file": shown.file, "source": shown.source, "epoch": shown.epoch, "dim": int(dim), "fraction": shown.fraction, "keep": shown.keep,
         "seed": shown.seed, "points": count, "of": int(n), "explained": [float(v) for v in projection.explained],
         "panels": {m: {"kept": int(k.sum()), "pruned": int((~k).sum()),
                        "caption": panel_caption(m, int(k.sum()), int((~k).sum()))} for m, k in kept.items()},
@@ -195,7 +198,8 @@ def projection_html(projection: Optional[dict], heading: str) -> List[str]:
     p = projection
     first, second = (f"{100 * v:.1f}%" for v in p["explained"])
     return [heading, f"<p class=\"note\">PCA (principal component analysis, numpy's SVD) of the embeddings in "
-            f"{html.escape(p['file'])} (epoch {p['epoch']}, D = {p['dim']}), fitted on the {p['points']:,} images "
+            f"{html.escape(p['file'])} (epoch {p['epoch']}, D = {p['dim']}"
+            f"{'; ' + html.escape(p['source']) if p.get('source') else ''}), fitted on the {p['points']:,} images "
             f"shown, drawn at random once (seed {p['seed']}) from the {p['of']:,} and the same in every panel: "
             f"the two axes explain {first} and {second} of their variance. Blue: kept at keep "
             f"{html.escape(p['fraction'])} (each method keeps {p['keep']:,} images in all); red: pruned. The two "
