@@ -10,14 +10,15 @@ bilinear; cropped back to 28 x 28 at a random offset; re-encoded as JPEG at qual
 cosine decay; on 2 CPU cores DEFAULT_STEPS take about a minute.
 
 The `fc` layer (linear, PROJ outputs) is the projection head; the embedding to use is
-the 96-d pooled pre-logits: ``timm.create_model("test_resnet", num_classes=0)`` loaded
-with the saved state dict less its ``fc.*`` keys (`load_embedder`). Every image goes in
-as `view` makes it: the 28 x 28 grayscale digit upscaled to 32 x 32 (bilinear),
-replicated to 3 channels, scaled to [0, 1], normalised with mean 0.5 and std 0.5.
+the 96-d pooled pre-logits, what embed.py gives (``--model test_resnet --weights PATH
+--img-size 32``: timm's model with num_classes=0, the ``fc.*`` keys dropped). Training
+feeds the model what that view is: the 28 x 28 grayscale digit upscaled to 32 x 32
+(bilinear), replicated to 3 channels, scaled to [0, 1], normalised with test_resnet's
+mean and std, 0.5 (embed.py renormalises the pipeline's ImageNet values to them).
 """
 import io
 import time
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -45,13 +46,6 @@ def _normalised(upscaled):
     """uint8 (..., SIDE, SIDE) tensor -> float32 (..., 3, SIDE, SIDE), mean/std 0.5."""
     x = upscaled.float().div_(255.0).sub_(0.5).div_(0.5)
     return x.unsqueeze(-3).expand(*x.shape[:-2], 3, SIDE, SIDE).contiguous()
-
-
-def view(pixels: np.ndarray):
-    """A 28 x 28 grayscale uint8 digit as the model sees it: float32 tensor 3 x 32 x 32."""
-    import torch
-
-    return _normalised(torch.from_numpy(_upscaled(pixels).copy()))
 
 
 def augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -156,27 +150,3 @@ def train_invariant_model(path: str, steps: int = DEFAULT_STEPS, seed: int = 0, 
         torch.save(model.state_dict(), f)
     return {"steps": steps, "seconds": time.time() - start, "digits": len(images),
             "final_loss": float(np.mean(losses[-20:])) if losses else float("nan")}
-
-
-def load_embedder(path: str):
-    """test_resnet with num_classes=0 (96-d pooled features), loaded with the state dict
-    at `path` less its fc.* keys, in eval mode."""
-    import timm
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(ARCH, num_classes=0)
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
-    return model.eval()
-
-
-def embed(model, digits: Iterable[np.ndarray], batch: int = 512) -> np.ndarray:
-    """(N, D) float32 embeddings of 28 x 28 uint8 digits, each as `view` makes it."""
-    import torch
-
-    views = [view(d) for d in digits]
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(views), batch):
-            out.append(model(torch.stack(views[start:start + batch])).numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.empty((0, 0), dtype=np.float32)
