@@ -3,7 +3,8 @@
     python report.py --input OUTPUT --dataset_file_list LIST --output DIR \
         [--method NAME ...] [--fraction F ...] [--window J] [--epochs START:STOP] [--seed S] \
         [--flipped LIST.flipped.npy] [--data_root ROOT] [--accuracy CURVE.csv | METHOD:FRACTION=RUN ...] \
-        [--projection-fraction F] [--dedup THRESHOLD] [--leakage THRESHOLD --val_file_list VAL_LIST]
+        [--projection-fraction F] [--dedup THRESHOLD] [--leakage THRESHOLD --val_file_list VAL_LIST] \
+        [--embeddings FOLDER]
 
 Writes DIR/index.html (opens from disk, no server, no network), the PNG figures beside
 it and DIR/report.json (the numbers shown): first, which method at which fraction (a
@@ -22,7 +23,8 @@ the history (embed_{epoch}.npy) their PCA projection of at most 5,000 images, ke
 pruned in two colours per method (dynunc/report/projection.py); with --dedup the
 near-duplicate groups get_coreset.py --dedup removes, with --leakage (and
 --val_file_list) the validation images whose nearest training image is that close
-(dynunc/report/duplicates.py). Method flags as in
+(dynunc/report/duplicates.py). --embeddings FOLDER: those three read a pretrained model's
+embeddings (embed.py) instead of the history's. Method flags as in
 get_coreset.py. Bad input: exit code 2 and nothing written. See dynunc/report/page.py.
 """
 import sys

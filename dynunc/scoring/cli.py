@@ -33,6 +33,10 @@ groups go to OUTPUT.dedup_groups.tsv. A threshold that would remove more than
 --dedup-max-removed of the list (default half), or leave fewer lines than a fraction
 asks for, is refused with the numbers; --fraction 1 writes the deduplicated list.
 
+With --embeddings FOLDER, --dedup and the embedding methods (moderate, prototype, kcenter,
+d2) read FOLDER's embeddings instead of the history's: a pretrained model's (embed.py) or
+another produce run's, refused unless made on the same list.
+
 With --label-issues FILE (no --fraction needed), the suspected label errors go to FILE,
 a TSV, most suspicious first (dynunc/scoring/label_issues.py: the scores and their
 automatic cuts), and the estimate of how many labels are wrong is printed with its rule:
