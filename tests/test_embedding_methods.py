@@ -462,3 +462,23 @@ def test_default_methods_leave_out_the_embedding_methods_without_embeddings(s):
     assert code == 0, err
     assert "lacks the embeddings (embed_{epoch}.npy) or records of moderate, prototype, kcenter, d2: left out" in err
     assert "moderate" not in json.loads((out / "report.json").read_text())["methods"]
+
+
+def test_report_keeps_what_get_coreset_keeps_on_both_sides_of_prototypes_switch(s):
+    """Below --prototype-switch the report's kept set is the easiest (as get_coreset.py's),
+    its cut the highest kept score, its histogram line labelled <=; above it the hardest."""
+    out = s["tmp"] / "report"
+    code, _, err = run_main(report.main, ["--input", s["run"], "--dataset_file_list", s["list"], "--output", out,
+                                          "--window", "3", "--method", "prototype", "--fraction", "0.1", "0.5",
+                                          "--projection-fraction", "0.1", "--seed", "2"])
+    assert code == 0, err
+    numbers = json.loads((out / "report.json").read_text())
+    assert numbers["keeps_lowest"] == {"prototype": ["0.1"]}
+    scores = es.prototype_scores(s["embeddings"][5], 4, 2)
+    for fraction, lowest in (("0.1", True), ("0.5", False)):
+        keep = int(N * float(fraction))
+        expected = sorted(kept(-scores if lowest else scores, keep, seed=2))
+        assert numbers["cuts"]["prototype"][fraction] == (scores[expected].max() if lowest else scores[expected].min())
+    shown = numbers["projection"]  # the panel at keep 0.1: the shown images' kept flags are get_coreset's set
+    easiest = kept(-scores, int(N * 0.1), seed=2)
+    assert shown["panels"]["prototype"]["kept"] == sum(1 for i in shown["indices"] if i in easiest)

@@ -177,18 +177,20 @@ def axis_name(axis: str) -> str:
     return axis.split(" (")[0]
 
 
-def cut_label(fraction: str, cut: Cut, name: str) -> str:
-    """What one fraction's cut keeps, in words."""
+def cut_label(fraction: str, cut: Cut, name: str, lowest: bool = False) -> str:
+    """What one fraction's cut keeps, in words (`lowest`: the scores at or below it)."""
     if cut.tied:  # select.py's words; + 0.0 turns a score of -0.0 into 0.0
         return f"keep {fraction}: {replace(cut, score=cut.score + 0.0).describe()}"
     if not np.isfinite(cut.score):
         return f"keep {fraction}: every image down to those at {cut.score} (not drawn)"
-    return f"keep {fraction}: {name} >= {number(cut.score)}"
+    return f"keep {fraction}: {name} {'<=' if lowest else '>='} {number(cut.score)}"
 
 
-def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[Tuple[str, Cut]]) -> bytes:
+def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[Tuple[str, Cut]],
+                    lowest: Sequence[str] = ()) -> bytes:
     """Histogram of the finite scores (log count axis above 100 per bin), a vertical line at each
-    fraction's cut (kept: the scores at or right of it), each labelled with its fraction at its own
+    fraction's cut (kept: the scores at or right of it, or left of it for the fractions in
+    `lowest`), each labelled with its fraction at its own
     height and described in the legend below the plot, so that cuts at one score hide none of the
     others; NaN and +-inf counted in the title."""
     fig = _figure(histogram_size())
@@ -206,7 +208,7 @@ def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[T
     for i, (fraction, cut) in enumerate(cuts):
         colour = FRACTION_COLOURS[i % len(FRACTION_COLOURS)]
         style = CUT_STYLES[i % len(CUT_STYLES)]
-        label = cut_label(fraction, cut, axis_name(axis))
+        label = cut_label(fraction, cut, axis_name(axis), fraction in lowest)
         if np.isfinite(cut.score):
             ax.axvline(cut.score, color=colour, linestyle=style, linewidth=1.8, label=label, zorder=3 + i)
             ax.annotate(fraction, (cut.score, 0.96 - 0.08 * i), xycoords=("data", "axes fraction"), ha="center",

@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -157,7 +158,8 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     started = time.perf_counter()
     scores = score_history(methods, num_epochs, n, load, plan.params, embedded=plan.embedded)
     scored = time.perf_counter()
-    orders = {m: MethodOrder.of(scores.pop(m), plan.selection.seed) for m in methods}
+    orders = {m: MethodOrder.of(scores.pop(m), plan.selection.seed,  # prototype's Sorscher rule: its kept side
+                                partial(METHODS[m].keeps_lowest, plan.params, n=n)) for m in methods}
     reference = min(fractions, key=lambda f: (abs(float(f) - 0.5), -float(f)))  # the curves' and tables' fraction
     files: Dict[str, bytes] = {}
     numbers = {"num_samples": n, "num_epochs": num_epochs, "num_classes": len(class_dirs),
@@ -166,11 +168,13 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     numbers["kept_counts"] = {m: {f: int(np.count_nonzero(orders[m].kept(keeps[f]))) for f in fractions}
                               for m in methods}
     numbers["cuts"] = {m: {f: _number(orders[m].cut(keeps[f])) for f in fractions} for m in methods}
+    numbers["keeps_lowest"] = {m: [f for f in fractions if orders[m].keeps_lowest(keeps[f])] for m in methods}
     cuts = {m: {f: orders[m].tie(keeps[f]) for f in fractions} for m in methods}
     numbers["ties"] = {m: {f: {"score": _number(c.score), "score_text": figures.number(c.score), "tied": c.tied,
                                "drawn": c.drawn} for f, c in cuts[m].items()} for m in methods}
     for m in methods:
-        files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()))
+        files[f"hist_{m}.png"] = figures.score_histogram(m, METHODS[m].axis, orders[m].scores, list(cuts[m].items()),
+                                                         lowest=numbers["keeps_lowest"][m])
     add_per_class(files, numbers, orders, keeps, reference, labels, class_dirs)
     add_agreement(files, numbers, orders, keeps)
     if shown is not None:
@@ -356,6 +360,9 @@ def add_image_grids(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Me
                 listed[side].append({"index": int(i), "path": path, "label": label, "score": _number(score)})
             if uniform:
                 title = f"{len(indices)} {'kept' if side == 'highest' else 'pruned'} images, drawn uniformly"
+            elif numbers["keeps_lowest"][m]:  # prototype's Sorscher rule: which side is kept depends on the fraction
+                at = f"at keep {', '.join(numbers['keeps_lowest'][m])}"
+                title = f"{len(indices)} {side}-scored (kept first {'except ' + at if side == 'highest' else at})"
             else:
                 title = f"{len(indices)} {side}-scored ({'kept' if side == 'highest' else 'pruned'} first)"
             blocks.append((title, tiles))
@@ -524,8 +531,9 @@ def histograms_html(numbers: dict) -> List[str]:
     return _folded(f"{len(methods)} score histograms, each with the cut of every fraction "
                    f"({html.escape(', '.join(numbers['fractions']))})", [
         "<p class=\"note\">Highest scores are kept first; each line is where one fraction cuts: the images at or "
-        "right of it are kept. A cut inside a tie keeps some of the images at that score, drawn at random; the "
-        "legend says how many.</p>"] + [_img(f"hist_{m}.png", f"{m} score histogram") for m in methods])
+        "right of it are kept (at or left of it where the legend says &le;: prototype's Sorscher rule keeps the "
+        "easiest at small fractions). A cut inside a tie keeps some of the images at that score, drawn at random; "
+        "the legend says how many.</p>"] + [_img(f"hist_{m}.png", f"{m} score histogram") for m in methods])
 
 
 def per_class_html(numbers: dict) -> List[str]:

@@ -177,7 +177,7 @@ def add_projection(files: Dict[str, bytes], numbers: dict, orders: Dict[str, Met
     share of variance of each axis, and each panel's kept and pruned counts."""
     n, dim = shown.embeddings.shape
     projection = project(shown.embeddings, shown.seed, POINTS)
-    kept = {m: o.position[projection.indices] < shown.keep for m, o in orders.items()}
+    kept = {m: o.kept(shown.keep)[projection.indices] for m, o in orders.items()}
     count = len(projection.indices)
     title = f"PCA of {shown.file}, {count:,} images\nkept and pruned at keep {shown.fraction}"  # fits one panel
     files["projection.png"] = projection_figure(projection, kept, title, shown.seed)

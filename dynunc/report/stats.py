@@ -8,8 +8,8 @@ fraction at once, whether it is kept (position < int(N * fraction), exactly the 
 average position of each group of tied scores (NaN scores form one group, ranked last,
 as the selection ranks them).
 """
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -21,34 +21,54 @@ CHUNK = 1 << 20  # elements per chunk of the dot products (small float64 tempora
 
 @dataclass
 class MethodOrder:
-    """One method's scores and where each sample falls in their ranking."""
+    """One method's scores and where each sample falls in their ranking. A method that
+    keeps the lowest scores at some budgets (prototype's Sorscher rule: `keeps_lowest`)
+    is ranked a second time, on the negated scores, as get_coreset.py ranks it there;
+    `side(keep)` is the ranking whose first `keep` are the set kept at `keep`."""
 
     scores: np.ndarray  # float64, one per sample
-    order: np.ndarray  # sample indices, first kept first
-    position: np.ndarray  # position[i]: where sample i is in `order` (kept iff < keep)
+    order: np.ndarray  # sample indices, highest score first
+    position: np.ndarray  # position[i]: where sample i is in `order`
     twice_rank: np.ndarray  # 2 x the average position of i's tie group (an integer)
+    seed: int = 0
+    keeps_lowest: Callable[[int], bool] = field(default=lambda keep: False, repr=False)
+    _lowest_first: Optional["MethodOrder"] = field(default=None, repr=False)
 
     @classmethod
-    def of(cls, scores: np.ndarray, seed: int = 0) -> "MethodOrder":
+    def of(cls, scores: np.ndarray, seed: int = 0,
+           keeps_lowest: Callable[[int], bool] = lambda keep: False) -> "MethodOrder":
         scores = np.asarray(scores, dtype=np.float64)
         n = len(scores)
         index_type = np.int32 if n < 2 ** 30 else np.int64
         order = rank(scores, seed).astype(index_type)
         position = np.empty(n, dtype=index_type)
         position[order] = np.arange(n, dtype=index_type)
-        return cls(scores, order, position, tie_twice_ranks(scores, order, index_type))
+        return cls(scores, order, position, tie_twice_ranks(scores, order, index_type), seed, keeps_lowest)
+
+    def side(self, keep: int) -> "MethodOrder":
+        """The ranking whose first `keep` samples are the ones kept at `keep`: this one, or
+        the ranking of the negated scores (lowest first, ties drawn by the same seed)."""
+        if not self.keeps_lowest(keep):
+            return self
+        if self._lowest_first is None:
+            self._lowest_first = MethodOrder.of(-self.scores, self.seed)
+        return self._lowest_first
 
     def kept(self, keep: int) -> np.ndarray:
-        """Boolean mask of the `keep` samples kept (select.top's set)."""
-        return self.position < keep
+        """Boolean mask of the `keep` samples kept (get_coreset.py's set)."""
+        return self.side(keep).position < keep
 
     def cut(self, keep: int) -> float:
-        """The lowest kept score (the threshold drawn on the histogram)."""
-        return float(self.scores[self.order[keep - 1]])
+        """The score of the last kept sample (the threshold drawn on the histogram): the
+        lowest kept, or the highest when `keep` keeps the lowest scores."""
+        return float(self.scores[self.side(keep).order[keep - 1]])
 
     def tie(self, keep: int) -> Cut:
         """How the cut of `keep` meets ties: M images at the cut score, K kept at random."""
-        return top_cut(self.scores, keep)
+        if not self.keeps_lowest(keep):
+            return top_cut(self.scores, keep)
+        cut = top_cut(-self.scores, keep)
+        return replace(cut, score=None if cut.score is None else -cut.score)
 
     def deciles(self) -> np.ndarray:
         """uint8 score decile of each sample: 0 = the highest-scored tenth."""
@@ -98,7 +118,7 @@ def overlap_matrix(orders: Sequence[MethodOrder], keep: int) -> np.ndarray:
 
 def class_kept_fractions(order: MethodOrder, keep: int, labels: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Per class label, the fraction of its samples kept (NaN for a label with none)."""
-    kept = np.bincount(labels[order.order[:keep]], minlength=len(sizes))
+    kept = np.bincount(labels[order.side(keep).order[:keep]], minlength=len(sizes))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sizes > 0, kept / np.maximum(sizes, 1), np.nan)
 
@@ -113,7 +133,7 @@ def hardest_hit(fractions: np.ndarray, count: int, fraction: float) -> np.ndarra
 
 def flipped_kept_share(order: MethodOrder, keep: int, flipped: np.ndarray) -> float:
     """The share of the flipped (relabelled) samples that the method keeps at `keep`."""
-    return float(np.count_nonzero(order.position[flipped] < keep)) / len(flipped) if len(flipped) else float("nan")
+    return float(np.count_nonzero(order.kept(keep)[flipped])) / len(flipped) if len(flipped) else float("nan")
 
 
 @dataclass
@@ -147,7 +167,8 @@ def epoch_curves(orders: Dict[str, MethodOrder], num_epochs: int, load_prob: Cal
 def sample_sides(order: MethodOrder, keep: int, per_side: int, rng: np.random.Generator) -> List[np.ndarray]:
     """`per_side` samples drawn uniformly from the kept side and from the pruned side
     (fewer if a side is smaller), each ascending."""
-    sides = (order.order[:keep], order.order[keep:])
+    ranked = order.side(keep).order
+    sides = (ranked[:keep], ranked[keep:])
     return [np.sort(rng.choice(side, size=min(per_side, len(side)), replace=False)) for side in sides]
 
 
