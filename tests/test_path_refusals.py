@@ -46,6 +46,10 @@ COMMON = {
     "--dataset_file_list under a file": (
         "--dataset_file_list", "{t}/a_file/train.txt",
         "--dataset_file_list {t}/a_file/train.txt: not found: {t}/a_file is a file, not a folder"),
+    "--embeddings missing": ("--embeddings", "{t}/gone", "--embeddings {t}/gone: not found"),
+    "--embeddings a file": ("--embeddings", "{t}/a_file", "--embeddings {t}/a_file: is a file; a folder is expected"),
+    "--embeddings without embeddings": (
+        "--embeddings", "{t}/a_folder", "--embeddings {t}/a_folder: no embed_<epoch>.npy in '{t}/a_folder'"),
 }
 CORESET = {
     **COMMON,

@@ -138,7 +138,7 @@ def build_report(args: argparse.Namespace) -> Tuple[Dict[str, bytes], dict]:
     """The report's files ({name: bytes}, index.html and report.json included) and its numbers."""
     check_output(args.output)
     check_arguments(args, in_files=("dataset_file_list", "flipped", "val_file_list"),
-                    in_folders=("input", "data_root", "val_data_root"))
+                    in_folders=("input", "embeddings", "data_root", "val_data_root"))
     check_leakage_flags(args)
     file_list = read_file_list(args.dataset_file_list, root=args.data_root)
     plan = make_plan(args, check_flags(args), file_list.index)  # every check that needs no record read

@@ -166,7 +166,7 @@ class Selection:
 
 def check_flags(args: argparse.Namespace) -> Selection:
     """The checks that need neither the list nor the history; the selection rule."""
-    check_arguments(args, in_files=("dataset_file_list",), in_folders=("input",))
+    check_arguments(args, in_files=("dataset_file_list",), in_folders=("input", "embeddings"))
     if args.method is not None:
         unknown = [m for m in args.method if m not in METHODS]
         if unknown:
