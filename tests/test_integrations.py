@@ -114,6 +114,10 @@ def test_hugging_face_trainer_callback_under_torchrun(tmp_path):
                              save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(Net(), args, train_dataset=Digits(), callbacks=[DynUncTrainerCallback("run", len(y))])
     trainer.train()
+    # The Trainer leaves the process group to the script; without this, gloo's worker threads
+    # can abort the interpreter's exit (SIGABRT, "terminate called without an active
+    # exception"), now and then, after the history is written.
+    torch.distributed.destroy_process_group()
     """, launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     check_history(tmp_path / "run", 3)
 
