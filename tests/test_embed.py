@@ -297,3 +297,35 @@ def test_shards_are_embedded_by_key_and_read_by_a_keyed_history(embedded, tmp_pa
     code, _, stderr = run_main(get_coreset.main, ["--input", tmp_path / "run", "--embeddings", out, "--method",
                                                   "kcenter", "--fraction", "0.5", "--output", tmp_path / "kept2.txt"])
     assert code == 2 and f"the embeddings in {out} are of sample_keys.txt" in stderr, stderr
+
+
+def test_an_embeddings_folder_alone_is_scored_by_the_methods_that_need_no_history(embedded, tmp_path):
+    """Deduplicate, or select by geometry, before any training: get_coreset.py --input on
+    embed.py's folder, without a produce run; the methods that read a history are refused."""
+    import get_coreset
+    from dynunc.report import page as report
+    from dynunc.scoring.geometry import kcenter_scores
+
+    out, lst = embedded["out"], embedded["list"]
+    code, stdout, stderr = run_main(get_coreset.main, [
+        "--input", out, "--dataset_file_list", lst, "--method", "prototype", "kcenter", "moderate", "random",
+        "--fraction", "0.5", "--output", tmp_path / "{method}.txt"])
+    assert code == 0, stderr
+    assert f"scored 30 lines from the embeddings in {out}" in stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "kcenter.txt.scores.npy"),
+                                  kcenter_scores(np.load(out / "embed_0.npy"), 0))
+    assert all(len((tmp_path / f"{m}.txt").read_text().splitlines()) == 15 for m in ("prototype", "moderate"))
+    # the deduplicated list: random keeps every line left at fraction 1
+    code, stdout, stderr = run_main(get_coreset.main, [
+        "--input", out, "--dataset_file_list", lst, "--method", "random", "--fraction", "1", "--dedup", "1",
+        "--output", tmp_path / "dedup.txt"])
+    assert code == 0, stderr
+    assert (tmp_path / "dedup.txt").read_text() == lst.read_text()  # 30 distinct images: none removed
+    for method in ("dynunc", "d2", "forgetting"):  # the default, one that reads another's scores, a history one
+        code, _, stderr = run_main(get_coreset.main, ["--input", out, "--dataset_file_list", lst, "--method", method,
+                                                      "--fraction", "0.5", "--output", tmp_path / "x.txt"])
+        assert code == 2 and f"method {method} reads a produce run's history" in stderr, stderr
+    assert not (tmp_path / "x.txt").exists()
+    code, _, stderr = run_main(report.main, ["--input", out, "--dataset_file_list", lst, "--fraction", "0.5",
+                                             "--output", tmp_path / "page"])
+    assert code == 2 and f"{out} holds embeddings only: give it as --embeddings" in stderr, stderr

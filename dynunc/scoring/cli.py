@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
     label_score = LABEL_SCORES[args.label_score] if (args.label_issues or args.drop_label_issues) else None
     if label_score is None and args.label_score != DEFAULT_LABEL_SCORE:
         print("warning: --label-score is used by --label-issues and --drop-label-issues only; ignored", file=sys.stderr)
-    plan = make_plan(args, selection, also=methods_scored(args.label_score) if label_score else [])
+    plan = make_plan(args, selection, also=methods_scored(args.label_score) if label_score else [],
+                     embeddings_only=True)
     outputs = plan_outputs(args.output, plan) if coresets else []
     written = [method_scores_path(args.output, m) for m in plan.methods] + [o.path for o in outputs]
     groups_path = dedup_groups_path(args.output) if args.dedup is not None else None
@@ -302,7 +303,8 @@ def run(args: argparse.Namespace) -> int:
     if not coresets:
         return 0
     size = sum(os.path.getsize(path) for path in written)
-    print(f"scored {n} lines over {plan.num_epochs} epochs ({', '.join(plan.methods)}{plan.describe_params()}) in "
+    source = f"over {plan.num_epochs} epochs" if plan.num_epochs else f"from the embeddings in {plan.embed_dir}"
+    print(f"scored {n} lines {source} ({', '.join(plan.methods)}{plan.describe_params()}) in "
           f"{elapsed:.1f}s; wrote {len(written)} files ({size / 2**20:.0f} MiB, synced to disk) in "
           f"{time.perf_counter() - t1:.1f}s; scores -> {', '.join(written[:len(plan.methods)])}", file=sys.stderr)
     rule = selection.describe()

@@ -18,8 +18,9 @@ from dynunc.scoring.dedup import check_threshold, eps_threshold
 from dynunc.uncertainty import check_fraction
 from dynunc.history import (EMBED_CONFIG_KEYS, HistoryError, check_embeddings_samples, check_fingerprint,
                             contiguous_epoch_files, describe_embeddings, embed_path, find_embeddings_dir,
-                            find_history_dir, fingerprint_path, load_embeddings, load_epoch_prob, read_sample_keys,
-                            read_threshold, record_loader, record_path, sample_keys_path, why_no_embeddings)
+                            find_history_dir, fingerprint_path, list_embed_epochs, load_embeddings, load_epoch_prob,
+                            read_sample_keys, read_threshold, record_loader, record_path, sample_keys_path,
+                            why_no_embeddings)
 from dynunc.ranking import CCS, Cut, Ranking
 from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read, resolve_defaults, with_inputs
 from dynunc.paths import check_arguments
@@ -276,25 +277,49 @@ def _spelled(value) -> str:
 
 
 def make_plan(args: argparse.Namespace, selection: Selection, index: Optional[FileListIndex] = None,
-              also: Sequence[str] = ()) -> Plan:
+              also: Sequence[str] = (), embeddings_only: bool = False) -> Plan:
     """Open the list's index (unless given), open its history (HistoryError naming both
     if the list is not the one it was recorded on) and resolve the method flags; --method
     None: every method whose records the history holds (an empty list: none, when `also`
     names methods to score for another use, checked as --method's are). ValueError /
-    HistoryError / FileListError naming the flag or file."""
+    HistoryError / FileListError naming the flag or file. `embeddings_only`: --input may
+    be an embeddings folder without a history (open_input)."""
     if args.dataset_file_list is None:
-        return _plan_without_list(args, selection, also)
+        return _plan_without_list(args, selection, also, embeddings_only)
     index = open_index(args.dataset_file_list) if index is None else index
     keeps = fraction_keeps(args.fraction, index.count)
-    hdir = find_history_dir(args.input)
+    hdir, paths = open_input(args.input, embeddings_only)
     listed = args.dataset_file_list or index.list_path  # the list, or the history's sample_keys.txt
     if not check_fingerprint(hdir, listed, index.fingerprint()):
         print(f"warning: {fingerprint_path(hdir)} does not exist (a history from an older run or the paper's "
               f"code): cannot check that {listed} is the list it was recorded on", file=sys.stderr)
-    paths = contiguous_epoch_files(hdir)
     edir = embeddings_dir(args, hdir, index.fingerprint())
     chosen, params, also = _methods(args, hdir, paths, index.count, also, edir)
     return Plan(index, hdir, paths, chosen, params, list(args.fraction), keeps, selection, also=also, edir=edir)
+
+
+# The methods that read nothing but the embeddings (and the list's labels), or nothing at
+# all: what an embeddings folder without a history can be scored by.
+WITHOUT_HISTORY = tuple(m for m in METHODS if all(kind == "embed" for kind in METHODS[m].needs)
+                        and not METHODS[m].uses(ScoreParams()))  # not d2: it reads another method's scores
+
+
+def open_input(path: str, embeddings_only: bool = False) -> Tuple[str, List[str]]:
+    """--input's history folder and its epoch files. With `embeddings_only`, an embeddings
+    folder without a history (embed.py's output: no training dynamics) is taken too, as
+    (that folder, no epoch files); then only WITHOUT_HISTORY's methods can score it."""
+    try:
+        hdir = find_history_dir(path)
+    except HistoryError as e:
+        try:
+            edir = find_embeddings_dir(path)
+        except HistoryError:
+            raise e from None
+        if not embeddings_only:
+            raise HistoryError(f"{e}; {edir} holds embeddings only: give it as --embeddings beside a produce run's "
+                               f"--input") from None
+        return edir, []
+    return hdir, contiguous_epoch_files(hdir)
 
 
 def embeddings_dir(args: argparse.Namespace, hdir: str, fingerprint: Optional[dict]) -> str:
@@ -309,13 +334,17 @@ def embeddings_dir(args: argparse.Namespace, hdir: str, fingerprint: Optional[di
     return edir
 
 
-def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Sequence[str] = ()) -> Plan:
-    """The plan of a history scored without its file list: N from its first epoch file,
-    the samples named by its sample_keys.txt or by index; no labels, so class-balanced
-    selection and the methods that read labels are refused."""
-    hdir = find_history_dir(args.input)
-    paths = contiguous_epoch_files(hdir)
-    count = len(load_epoch_prob(paths[0], mmap=True))
+def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Sequence[str] = (),
+                       embeddings_only: bool = False) -> Plan:
+    """The plan of a history scored without its file list: N from its first epoch file
+    (or an embeddings folder's embed file), the samples named by its sample_keys.txt or
+    by index; no labels, so class-balanced selection and the methods that read labels
+    are refused."""
+    hdir, paths = open_input(args.input, embeddings_only)
+    if paths:
+        count = len(load_epoch_prob(paths[0], mmap=True))
+    else:  # the rows of the latest embed file (load_embeddings checks them against this count later)
+        count = len(np.load(embed_path(hdir, list_embed_epochs(hdir)[-1]), mmap_mode="r", allow_pickle=False))
     keys = read_sample_keys(hdir, count)
     fingerprint = None
     if keys is not None:  # the keys must be the ones the history was recorded on
@@ -333,6 +362,16 @@ def _plan_without_list(args: argparse.Namespace, selection: Selection, also: Seq
     return Plan(None, hdir, paths, chosen, params, list(args.fraction), keeps, selection, count, keys, also, edir)
 
 
+def _check_without_history(path: str, methods: Sequence[str]) -> None:
+    """ValueError naming the first of `methods` that an embeddings folder alone cannot score."""
+    for name in methods:
+        if name not in WITHOUT_HISTORY:
+            raise ValueError(
+                f"method {name} reads a produce run's history, and --input {path} holds embeddings only (embed.py): "
+                f"give --method {' '.join(WITHOUT_HISTORY)} (random with --fraction 1 --dedup T writes the "
+                f"deduplicated list), or a produce run as --input and this folder as --embeddings")
+
+
 def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, also: Sequence[str] = (),
              edir: str = "") -> Tuple[List[str], ScoreParams, Tuple[str, ...]]:
     """The methods to score (--method, or every one whose records `hdir` holds, the
@@ -342,6 +381,9 @@ def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, 
     flags = method_flags()
     given = {flag.param: getattr(args, flag.param) for flag, _ in flags.values()}
     also = tuple(m for m in dict.fromkeys(also) if m not in chosen)
+    if not paths:  # an embeddings folder alone (open_input)
+        chosen = chosen if args.method is not None else [m for m in chosen if m in WITHOUT_HISTORY]
+        _check_without_history(args.input, chosen + list(also))
     params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given,
                               embed_where=edir or None)
     check_records(hdir, also, params, len(paths), edir or None)
@@ -358,6 +400,8 @@ def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, 
             print(f"warning: {hdir} lacks the embeddings (embed_{{epoch}}.npy) or records of {', '.join(unembedded)}: "
                   f"left out (produce runs record embeddings when {EMBED_CONFIG_KEYS} ask for them)", file=sys.stderr)
     scored = with_inputs(chosen + list(also), params)  # with the methods whose scores they read (d2's --d2-score)
+    if not paths:
+        _check_without_history(args.input, scored)
     for flag, owners in flags.values():
         if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
