@@ -35,7 +35,9 @@ asks for, is refused with the numbers; --fraction 1 writes the deduplicated list
 
 With --embeddings FOLDER, --dedup and the embedding methods (moderate, prototype, kcenter,
 d2) read FOLDER's embeddings instead of the history's: a pretrained model's (embed.py) or
-another produce run's, refused unless made on the same list.
+another produce run's, refused unless made on the same list. An embed.py folder given as
+--input, with no produce run, is scored by prototype, kcenter, moderate and random only
+(`--method random --fraction 1 --dedup T`: the deduplicated list).
 
 With --label-issues FILE (no --fraction needed), the suspected label errors go to FILE,
 a TSV, most suspicious first (dynunc/scoring/label_issues.py: the scores and their

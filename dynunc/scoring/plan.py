@@ -89,7 +89,8 @@ def add_plan_flags(parser: argparse.ArgumentParser, method_default: Optional[Lis
     `fraction_default` None: --fraction required (unless `fraction_required` is False: the
     caller checks); `selection`: get_coreset.py's rule flags (and --dataset_file_list
     optional: without it the coreset is the kept indices or keys)."""
-    add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder")
+    add_flag(parser, "--input", required=True, help="produce run's output folder, or its pred_prob_history folder"
+             + ("; or an embed.py folder alone (methods prototype, kcenter, moderate, random)" if selection else ""))
     add_flag(parser, "--dataset_file_list", required=not selection,
              help="the training file list the history was recorded on" + (
                  "; without it, the coreset file holds the kept samples' indices (0-based), or their keys if the "
