@@ -74,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-kwargs", nargs="+", default=[], metavar="KEY=VALUE",
                    help="timm.create_model arguments, e.g. dynamic_img_size=True img_size=224")
     p.add_argument("--img-size", type=int, help="side of the view (default: the size the weights were trained at, "
-                   "timm's pretrained_cfg input_size)")
+                   "timm's pretrained_cfg input_size; the config's DATA.IMG_SIZE is the trained model's, not used)")
     p.add_argument("--embed-dim", type=int, default=FULL_WIDTH,
                    help=f"{FULL_WIDTH} (default): the pooled features as they are; D > 0: a fixed random projection "
                    "to D values (disk: N x D x 2 bytes)")
@@ -128,8 +128,9 @@ def read_inputs(args: argparse.Namespace, dist_info):
         if args.embed_dim == 0 or args.embed_dim < FULL_WIDTH:
             raise ValueError(f"--embed-dim must be {FULL_WIDTH} (the features as they are) or a width > 0, "
                              f"got {args.embed_dim}")
-        if args.batch_size is not None and args.batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        for flag, value in (("--batch-size", args.batch_size), ("--img-size", args.img_size)):
+            if value is not None and value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
         embedder = build_embedder(args.model, args.weights, parse_model_kwargs(args.model_kwargs))
         opts = list(args.opts) + ["OUTPUT", args.output, "DATA.IMG_SIZE", str(args.img_size or embedder.input_size)]
         if args.batch_size:
