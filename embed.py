@@ -1,4 +1,4 @@
-"""Embed a training list (and its validation list) with a pretrained timm model, for the
+r"""Embed a training list (and its validation list) with a pretrained timm model, for the
 methods that read embeddings: get_coreset.py --dedup, moderate, prototype, kcenter, d2,
 and report.py's projection, --dedup and --leakage, each given ``--embeddings OUT``.
 
