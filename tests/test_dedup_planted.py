@@ -22,8 +22,9 @@ test's images are never seen), embed.py embeds the list with the saved weights t
 the DALI eval view, and get_coreset.py --embeddings reads them with the produce run's
 history. Measured (2 CPU cores, training seeds 0 and 1, the embeddings computed with
 Pillow rather than DALI; found near / false positives of 1,020): 0.95: 99-100 / 7-9;
-0.975: 99 / 0-2; 0.99: 89-93 / 0. INVARIANT_THRESHOLD sits in the middle of the window
-with >= 90 found and <= 10 false.
+0.975: 99 / 0-2; 0.99: 89-93 / 0; through embed.py (DALI's resize), 0.97: 99 / 2 and 0.98:
+99 / 1 (docs/benchmarks.md). INVARIANT_THRESHOLD sits in the middle of the window with
+>= 90 found and <= 10 false.
 """
 import csv
 import os
