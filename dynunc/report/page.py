@@ -629,39 +629,38 @@ def dedup_html(dedup: Optional[dict]) -> List[str]:
     """--dedup: how many images the groups remove, and the largest groups as image rows."""
     if dedup is None:
         return []
-    source = html.escape(dedup.get("source") or f"the recorded embeddings of epoch {dedup['epoch']}")
-    out = [f"<p class=\"reading\">{dedup['groups']} groups of near-duplicates (cosine similarity of {source} "
-           f"&ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means "
-           f"clusters): get_coreset.py --dedup removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of "
-           f"the list, before any method selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.</p>"]
-    if dedup.get("warning"):
-        out.append(f"<p class=\"reading\"><b>Caution:</b> {html.escape(dedup['warning'])}.</p>")
-    if dedup["figure"]:
-        out += [f"<p class=\"note\">The {len(dedup['shown'])} largest groups, one per row: the kept image (the "
-                "least similar to its cluster's centroid, as SemDeDup keeps it), then the removed ones, most "
-                "similar first.</p>", _img(dedup["figure"], "near-duplicate groups")]
-    if dedup["unreadable"]:
-        out.append("<p>Could not be read: " + html.escape("; ".join(dedup["unreadable"])) + "</p>")
-    return out
+    reading = (f"{dedup['groups']} groups of near-duplicates (cosine similarity of {html.escape(dedup['source'])} "
+               f"&ge; {dedup['threshold']:g}, within {dedup['clusters']} k-means clusters): get_coreset.py --dedup "
+               f"removes {dedup['removed']} images, {_pct(dedup['removed_share'])} of the list, before any method "
+               f"selects. Every group: <a href=\"{dedup['file']}\">{dedup['file']}</a>.")
+    return _pairs_section(dedup, reading, f"The {len(dedup['shown'])} largest groups, one per row: the kept image "
+                          "(the least similar to its cluster's centroid, as SemDeDup keeps it), then the removed "
+                          "ones, most similar first.", "near-duplicate groups")
 
 
 def leakage_html(leakage: Optional[dict]) -> List[str]:
     """--leakage: how many validation images have a training image this close, and the closest pairs."""
     if leakage is None:
         return []
-    out = [f"<p class=\"reading\">{leakage['pairs']} of {leakage['val_images']} validation images "
-           f"({_pct(leakage['share'])}) have a training image with cosine similarity &ge; {leakage['threshold']:g} "
-           f"({html.escape(leakage.get('source') or 'recorded embeddings of epoch ' + str(leakage['epoch']))}; "
-           f"the highest {figures.number(leakage['max_cosine'])}, "
-           f"the median over validation images {figures.number(leakage['median_cosine'])}). Every pair: "
-           f"<a href=\"{leakage['file']}\">{leakage['file']}</a>.</p>"]
-    if leakage.get("warning"):
-        out.append(f"<p class=\"reading\"><b>Caution:</b> {html.escape(leakage['warning'])}.</p>")
-    if leakage["figure"]:
-        out += [f"<p class=\"note\">The {len(leakage['shown'])} most similar pairs, highest first: each validation "
-                "image, then its nearest training image.</p>", _img(leakage["figure"], "train/val pairs")]
-    if leakage["unreadable"]:
-        out.append("<p>Could not be read: " + html.escape("; ".join(leakage["unreadable"])) + "</p>")
+    reading = (f"{leakage['pairs']} of {leakage['val_images']} validation images ({_pct(leakage['share'])}) have a "
+               f"training image with cosine similarity &ge; {leakage['threshold']:g} ({html.escape(leakage['source'])}; "
+               f"the highest {figures.number(leakage['max_cosine'])}, the median over validation images "
+               f"{figures.number(leakage['median_cosine'])}). Every pair: <a href=\"{leakage['file']}\">"
+               f"{leakage['file']}</a>.")
+    return _pairs_section(leakage, reading, f"The {len(leakage['shown'])} most similar pairs, highest first: each "
+                          "validation image, then its nearest training image.", "train/val pairs")
+
+
+def _pairs_section(numbers: dict, reading: str, note: str, alt: str) -> List[str]:
+    """--dedup's and --leakage's section: the reading, its caution, the image rows with
+    their note, and the images that could not be read."""
+    out = [f"<p class=\"reading\">{reading}</p>"]
+    if numbers.get("warning"):
+        out.append(f"<p class=\"reading\"><b>Caution:</b> {html.escape(numbers['warning'])}.</p>")
+    if numbers["figure"]:
+        out += [f"<p class=\"note\">{note}</p>", _img(numbers["figure"], alt)]
+    if numbers["unreadable"]:
+        out.append("<p>Could not be read: " + html.escape("; ".join(numbers["unreadable"])) + "</p>")
     return out
 
 
