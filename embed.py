@@ -35,7 +35,7 @@ import logging
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,17 +84,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sample_identity(samples) -> Optional[dict]:
-    """The fingerprint a history records for `samples` (a file list's, or the sample keys')."""
+def sample_identity(samples) -> Tuple[Optional[dict], Optional[bytes]]:
+    """(the fingerprint a history records for `samples`: a file list's, or the sample
+    keys'; sample_keys.txt's bytes, None for a file list). (None, None) for no samples."""
     if samples is None:
-        return None
+        return None, None
     named = history_identity(samples)
     if "file_list" in named:
-        return open_index(named["file_list"]).fingerprint()
-    return keys_identity(named["keys"])[1]
+        return open_index(named["file_list"]).fingerprint(), None
+    text, fingerprint = keys_identity(named["keys"])
+    return fingerprint, text
 
 
-def describe(args: argparse.Namespace, config, data, embedder, width: int) -> dict:
+def describe(args: argparse.Namespace, config, embedder, width: int, train: dict, val: Optional[dict]) -> dict:
     """embedder.json without the run's figures: what defines the embeddings (IDENTITY_KEYS)
     and where they came from."""
     return {"model": args.model, "model_kwargs": parse_model_kwargs(args.model_kwargs),
@@ -102,7 +104,7 @@ def describe(args: argparse.Namespace, config, data, embedder, width: int) -> di
             "img_size": config.DATA.IMG_SIZE, "interpolation": config.DATA.INTERPOLATION,
             "embed_dim": args.embed_dim, "width": width if args.embed_dim == FULL_WIDTH else args.embed_dim,
             "features": width, "mean": list(embedder.mean), "std": list(embedder.std),
-            "train": sample_identity(data.train), "val": sample_identity(data.val),
+            "train": train, "val": val,
             "classifier_keys_dropped": len(embedder.dropped)}
 
 
@@ -120,8 +122,8 @@ def check_same(output: str, described: dict) -> None:
 
 
 def read_inputs(args: argparse.Namespace, dist_info):
-    """(config, data, embedder, description), checked on every rank: the lowest rank's
-    problem is everyone's (InputError)."""
+    """(config, data, embedder, description, the training samples' sample_keys.txt bytes or
+    None), checked on every rank: the lowest rank's problem is everyone's (InputError)."""
     result, error = None, None
     try:
         check_arguments(args, in_files=("config", "weights"), out_folders=("output",))
@@ -137,9 +139,11 @@ def read_inputs(args: argparse.Namespace, dist_info):
             opts += ["DATA.BATCH_SIZE_VAL", str(args.batch_size)]
         config = with_class_count(load_config(args.config, opts), args.config or "--opts")
         data = load_file_lists(config)
-        described = describe(args, config, data, embedder, feature_width(embedder.model, config.DATA.IMG_SIZE, args.model))
+        train, keys_text = sample_identity(data.train)
+        width = feature_width(embedder.model, config.DATA.IMG_SIZE, args.model)
+        described = describe(args, config, embedder, width, train, sample_identity(data.val)[0])
         check_same(args.output, described)
-        result = (config, data, embedder, described)
+        result = (config, data, embedder, described, keys_text)
     except (FileListError, EmbedderError, ValueError, KeyError, OSError) as e:
         error = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
     error = first_error(error)
@@ -186,35 +190,31 @@ def embed_samples(config, samples, kind: str, embedder, described: dict, dist_in
     return {"images": n, "dim": store.dim, "seconds": round(seconds, 2), "file": path and os.path.basename(path)}
 
 
-def write_identity(output: str, samples) -> None:
+def write_identity(output: str, fingerprint: dict, keys_text: Optional[bytes]) -> None:
     """file_list.json (and sample_keys.txt for samples named by keys): what the rows are."""
-    named = history_identity(samples)
-    if "file_list" in named:
-        write_fingerprint(output, open_index(named["file_list"]).fingerprint())
-        return
-    text, fingerprint = keys_identity(named["keys"])
-    with atomic_open(sample_keys_path(output), "wb") as f:
-        f.write(text)
+    if keys_text is not None:
+        with atomic_open(sample_keys_path(output), "wb") as f:
+            f.write(keys_text)
     write_fingerprint(output, fingerprint)
 
 
 def main(args: argparse.Namespace) -> dict:
     dist_info = init_distributed()
     try:
-        config, data, embedder, described = read_inputs(args, dist_info)
+        config, data, embedder, described, keys_text = read_inputs(args, dist_info)
         try:
             lock = lock_output(config.OUTPUT, dist_info.rank)
         except OutputInUseError as e:
             raise InputError(str(e), primary=dist_info.is_primary) from None
         try:
-            return run(args, config, data, embedder, described, dist_info)
+            return run(args, config, data, embedder, described, keys_text, dist_info)
         finally:
             lock.release()
     finally:
         cleanup()
 
 
-def run(args, config, data, embedder, described: dict, dist_info) -> dict:
+def run(args, config, data, embedder, described: dict, keys_text: Optional[bytes], dist_info) -> dict:
     output = config.OUTPUT
     embedder.model.to(dist_info.device)
     amp = dist_info.device.type == "cuda" and not args.no_amp
@@ -230,7 +230,7 @@ def run(args, config, data, embedder, described: dict, dist_info) -> dict:
     if data.val is not None:
         figures["val_embed"] = embed_samples(config, data.val, "val_embed", embedder, described, dist_info, amp)
     if dist_info.is_primary:
-        write_identity(output, data.train)
+        write_identity(output, described["train"], keys_text)
         atomic_write_text(embedder_path(output), json.dumps({**described, "run": figures}, indent=1) + "\n")
         logger.info(f"embed_{EPOCH}.npy: {len(data.train)} x {figures['embed']['dim']} "
                     f"{np.dtype(EMBED_DTYPE).name} in {figures['embed']['seconds']:.1f}s -> {output} "

@@ -96,16 +96,22 @@ def read_embedder(edir: str) -> Optional[dict]:
     return _read_object(embedder_path(edir), ("model",), "embed.py")
 
 
-def describe_embeddings(edir: str) -> str:
-    """What the embedding files of `edir` hold, for the commands' messages."""
+def embedder_summary(edir: str) -> Optional[str]:
+    """embed.py's embeddings in `edir` in words (its model, weights and view); None for a
+    produce run's own."""
     described = read_embedder(edir)
     if described is None:
-        return ("as recorded: PRODUCE.EMBED_DIM's random projection of the classifier input, or the input itself "
-                "with PRODUCE.EMBED_DIM -1")
+        return None
     dim = described.get("embed_dim", -1)
     width = "the pooled features" if dim == -1 else f"a random projection of the pooled features to {dim}"
     return (f"embed.py: {width} of {described['model']} ({described.get('weights', '?')}) at "
             f"{described.get('img_size', '?')} px")
+
+
+def describe_embeddings(edir: str) -> str:
+    """What the embedding files of `edir` hold, for the commands' messages."""
+    return embedder_summary(edir) or ("as recorded: PRODUCE.EMBED_DIM's random projection of the classifier input, "
+                                      "or the input itself with PRODUCE.EMBED_DIM -1")
 
 
 def find_embeddings_dir(path: str) -> str:

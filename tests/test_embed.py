@@ -163,7 +163,7 @@ def test_two_processes_write_what_one_writes(embedded, tmp_path):
     assert json.loads((out / "embedder.json").read_text())["run"]["processes"] == 2
 
 
-def refused(capsys, args):
+def refused(args):
     import embed
 
     code, _, err = run_main(embed.cli, args)
@@ -172,30 +172,30 @@ def refused(capsys, args):
     return lines[0]
 
 
-def test_bad_input_is_one_line_and_exit_2(embedded, tmp_path, capsys, restore_root_logging):
+def test_bad_input_is_one_line_and_exit_2(embedded, tmp_path, restore_root_logging):
     opts = data_opts(embedded["root"] / "train")
     base = ["--config", CONFIG, "--img-size", "32", "--opts", *opts]
     weights = embedded["weights"]
-    line = refused(capsys, ["--model", "no_such_net", "--weights", weights, "--output", tmp_path / "a", *base])
+    line = refused(["--model", "no_such_net", "--weights", weights, "--output", tmp_path / "a", *base])
     assert "--model no_such_net" in line
     convnext = save_weights(str(tmp_path / "convnext.pth"), name="test_convnext")
-    line = refused(capsys, ["--model", MODEL, "--weights", convnext, "--output", tmp_path / "a", *base])
+    line = refused(["--model", MODEL, "--weights", convnext, "--output", tmp_path / "a", *base])
     assert f"--weights {convnext} do not fit timm's {MODEL}" in line and "lack" in line
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    line = refused(capsys, ["--model", MODEL, "--weights", tmp_path / "junk.pth", "--output", tmp_path / "a", *base])
+    line = refused(["--model", MODEL, "--weights", tmp_path / "junk.pth", "--output", tmp_path / "a", *base])
     assert "cannot be read as a state dict" in line
-    line = refused(capsys, ["--model", MODEL, "--weights", tmp_path / "none.pth", "--output", tmp_path / "a", *base])
+    line = refused(["--model", MODEL, "--weights", tmp_path / "none.pth", "--output", tmp_path / "a", *base])
     assert "--weights" in line and "none.pth" in line
-    line = refused(capsys, ["--model", MODEL, "--weights", weights, "--output", tmp_path / "a", "--embed-dim", "0",
+    line = refused(["--model", MODEL, "--weights", weights, "--output", tmp_path / "a", "--embed-dim", "0",
                             *base])
     assert "--embed-dim" in line
-    line = refused(capsys, ["--model", "test_convnext", "--weights", convnext, "--output", tmp_path / "a",
+    line = refused(["--model", "test_convnext", "--weights", convnext, "--output", tmp_path / "a",
                             "--config", CONFIG, "--img-size", "8", "--opts", *opts])  # too small for its 4 stages
     assert "--model test_convnext cannot embed a 8 x 8 view" in line
     # a folder holds one embedding: other weights (or another list) into it are refused, untouched
     other = save_weights(str(tmp_path / "other.pth"), seed=1)
     before = (embedded["out"] / "embed_0.npy").read_bytes()
-    line = refused(capsys, ["--model", MODEL, "--weights", other, "--output", embedded["out"], "--config", CONFIG,
+    line = refused(["--model", MODEL, "--weights", other, "--output", embedded["out"], "--config", CONFIG,
                             "--img-size", "32", "--opts", *data_opts(embedded["root"] / "train", embedded["root"] / "val")])
     assert "weights_sha256" in line and "another --output" in line
     assert (embedded["out"] / "embed_0.npy").read_bytes() == before

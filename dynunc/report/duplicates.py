@@ -18,7 +18,7 @@ import numpy as np
 from dynunc.lists.file_list import FileList, read_file_list
 from dynunc.report import figures
 from dynunc.scoring.dedup import check_threshold, deduplicate, latest_embeddings, nearest_neighbours, write_groups
-from dynunc.history import describe_embeddings, load_embeddings, read_embedder
+from dynunc.history import embedder_summary, load_embeddings, read_embedder
 
 SHOWN_GROUPS = 12
 SHOWN_PAIRS = 24
@@ -64,9 +64,8 @@ def _class(label: int, class_dirs: Dict[int, str]) -> str:
 def embeddings_source(edir: str, epoch: int) -> str:
     """Which embeddings a section read, as the page says it: a produce run's recorded
     ones, or embed.py's (its model and weights)."""
-    if read_embedder(edir) is None:
-        return f"the recorded embeddings of epoch {epoch}"
-    return f"the embeddings in {edir} ({describe_embeddings(edir)})"
+    summary = embedder_summary(edir)
+    return f"the embeddings in {edir} ({summary})" if summary else f"the recorded embeddings of epoch {epoch}"
 
 
 def add_duplicates(files: Dict[str, bytes], numbers: dict, args: argparse.Namespace, hdir: str, file_list: FileList,

@@ -20,8 +20,7 @@ from matplotlib.lines import Line2D
 
 from dynunc.report import figures
 from dynunc.uncertainty import check_fraction
-from dynunc.history import (EMBED_CONFIG_KEYS, describe_embeddings, embed_path, list_embed_epochs, load_embeddings,
-                            read_embedder)
+from dynunc.history import EMBED_CONFIG_KEYS, embed_path, embedder_summary, list_embed_epochs, load_embeddings
 from dynunc.report.stats import MethodOrder
 
 POINTS = 5000  # images drawn for the projection: the figure's cost stays bounded at 13M images
@@ -168,7 +167,8 @@ def prepare(hdir: str, num_samples: int, given: Optional[str], fractions: Sequen
         return None
     embeddings = load_embeddings(hdir, num_samples)  # refuses a history without them, naming the keys
     epoch = epochs[-1]
-    source = f"{embed_path(hdir, epoch)}, {describe_embeddings(hdir)}" if read_embedder(hdir) is not None else ""
+    summary = embedder_summary(hdir)  # embed.py's (--embeddings): say whose features they are
+    source = f"{embed_path(hdir, epoch)}, {summary}" if summary else ""
     return Shown(os.path.basename(embed_path(hdir, epoch)), epoch, embeddings, fraction, keep, seed, source)
 
 

@@ -409,9 +409,9 @@ PROTOTYPE_FLAGS = (EMBED_EPOCH_FLAG, MethodFlag(
                f"starts; the centroids of the lowest k-means objective are kept, as FAISS's nredo (default "
                f"{PROTOTYPE_RESTARTS})", _at_least_one("--prototype-restarts", PROTOTYPE_RESTARTS),
                {"type": int, "metavar": "R"}),
-    MethodFlag("--prototype-keep", "prototype_keep", f"prototype: which side a coreset keeps. auto (default): "
-               f"Sorscher et al.'s rule, the easiest (nearest their prototype) for a fraction below "
-               f"--prototype-switch, the hardest (farthest) at or above it; easy or hard: that side at every fraction",
+    MethodFlag("--prototype-keep", "prototype_keep", "prototype: which side a coreset keeps. auto (default): "
+               "Sorscher et al.'s rule, the easiest (nearest their prototype) for a fraction below "
+               "--prototype-switch, the hardest (farthest) at or above it; easy or hard: that side at every fraction",
                lambda value, given, num_epochs, where: value or "auto",
                {"choices": PROTOTYPE_KEEP, "metavar": "{auto,easy,hard}"}),
     MethodFlag("--prototype-switch", "prototype_switch", f"prototype, --prototype-keep auto: the fraction from "
@@ -501,7 +501,7 @@ METHODS: Dict[str, Method] = {
 
 
 def resolve_defaults(names: Sequence[str], params: ScoreParams, num_epochs: int, where: str = "the history",
-                     given: Optional[Mapping[str, object]] = None, embed_where: Optional[str] = None) -> ScoreParams:
+                     given: Optional[Mapping[str, object]] = None, embed_where: str = "") -> ScoreParams:
     """`params` with each parameter that the methods `names` take and that is missing
     resolved by its flag (given: the flags' values as parsed; by default `params`').
     `where`: the history folder; `embed_where`: the embeddings' folder (default `where`)."""

@@ -26,8 +26,7 @@ from dynunc.scoring.methods import METHODS, MethodFlag, ScoreParams, epochs_read
 from dynunc.paths import check_arguments
 
 
-def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int,
-                   edir: Optional[str] = None) -> Optional[str]:
+def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int, edir: str = "") -> Optional[str]:
     """The first record file that `method` reads and `hdir` lacks, or None (prob files are
     not checked: contiguous_epoch_files found every epoch's). An embedding method: its
     epoch's embed_{epoch}.npy in `edir` (the embeddings' folder, default `hdir`;
@@ -53,15 +52,14 @@ def missing_record(hdir: str, method: str, params: ScoreParams, num_epochs: int,
     return None
 
 
-def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int,
-                  edir: Optional[str] = None) -> None:
+def check_records(hdir: str, methods: Sequence[str], params: ScoreParams, num_epochs: int, edir: str = "") -> None:
     """HistoryError, naming the first missing file and its method, unless `hdir` (and the
     embeddings' folder `edir`, default `hdir`) holds every record file that `methods` read."""
     for name in methods:
         path = missing_record(hdir, name, params, num_epochs, edir)
         if path is not None and os.path.basename(path).startswith("embed_"):
             raise HistoryError(f"{path} is missing: method {name} needs the recorded embeddings; "
-                               f"{why_no_embeddings(hdir) if edir in (None, hdir) else 'embed.py writes epoch 0'}")
+                               f"{why_no_embeddings(hdir) if edir in ('', hdir) else 'embed.py writes epoch 0'}")
         if path is not None:
             kind = os.path.basename(path).split("_")[0]
             raise HistoryError(f"{path} is missing: method {name} needs {kind}_{{epoch}}.npy "
@@ -386,12 +384,12 @@ def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, 
         chosen = chosen if args.method is not None else [m for m in chosen if m in WITHOUT_HISTORY]
         _check_without_history(args.input, chosen + list(also))
     params = resolve_defaults(chosen + list(also), ScoreParams(seed=args.seed), len(paths), hdir, given,
-                              embed_where=edir or None)
-    check_records(hdir, also, params, len(paths), edir or None)
+                              embed_where=edir)
+    check_records(hdir, also, params, len(paths), edir)
     if args.method is not None:
-        check_records(hdir, chosen, params, len(paths), edir or None)
+        check_records(hdir, chosen, params, len(paths), edir)
     else:
-        chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths), edir or None) is None]
+        chosen = [m for m in chosen if missing_record(hdir, m, params, len(paths), edir) is None]
         left_out = [m for m in METHODS if m not in chosen and METHODS[m].embed is None]
         if left_out:
             print(f"warning: {hdir} lacks the records of {', '.join(left_out)}: left out (produce runs of this "
@@ -401,8 +399,6 @@ def _methods(args: argparse.Namespace, hdir: str, paths: List[str], count: int, 
             print(f"warning: {hdir} lacks the embeddings (embed_{{epoch}}.npy) or records of {', '.join(unembedded)}: "
                   f"left out (produce runs record embeddings when {EMBED_CONFIG_KEYS} ask for them)", file=sys.stderr)
     scored = with_inputs(chosen + list(also), params)  # with the methods whose scores they read (d2's --d2-score)
-    if not paths:
-        _check_without_history(args.input, scored)
     for flag, owners in flags.values():
         if given[flag.param] not in (None, False) and not any(m in scored for m in owners):
             print(f"warning: {flag.name} is used by method{'s' if len(owners) > 1 else ''} {', '.join(owners)} "
