@@ -221,7 +221,8 @@ def score_histogram(method: str, axis: str, scores: np.ndarray, cuts: Sequence[T
                                                      (int(np.isneginf(scores).sum()), "-inf")) if count]
     ax.set_title(f"{method}: scores of {len(scores)} images" + (f" ({', '.join(notes)} not shown)" if notes else ""),
                  fontsize=11)
-    ax.set_xlabel(f"{axis}; kept first: highest", fontsize=9)
+    kept = "highest" if not lowest else f"highest, lowest at keep {', '.join(lowest)}"
+    ax.set_xlabel(f"{axis}; kept first: {kept}", fontsize=9)
     ax.set_ylabel("images (log scale)" if log else "images")
     if cuts:
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
